@@ -1,0 +1,89 @@
+"""The single definition of the prompt a routing model sees, shared by training and serving.
+
+A model answers well only in the format it was trained on, so the trainer records
+:attr:`PromptFormat.fingerprint` next to the weights and every backend builds its messages
+here; a mismatch is detected at load time instead of silently costing accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .calls import NO_INTENT
+from .registry import IntentCatalog, IntentSpec
+
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "PROMPT_VERSION", "Message", "PromptFormat"]
+
+#: The system prompt of the seed recipe, kept verbatim so its fine-tuned models route as trained.
+DEFAULT_SYSTEM_PROMPT = "你是一个意图识别专家，可以根据用户的问题识别出意图，并返回对应的函数调用和参数。"
+#: Bumped whenever the way messages are assembled changes; part of the fingerprint.
+PROMPT_VERSION = 1
+_SENTENCE_END = tuple("。！？!?.…")
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFormat:
+    """How an utterance becomes chat messages.
+
+    ``system_prompt`` is the instruction; ``list_intents`` appends the registered intents with
+    their signatures (for zero-shot models that were not fine-tuned on them);
+    ``turn_separator`` ends each turn when a session's user turns are joined.
+    """
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    list_intents: bool = False
+    turn_separator: str = "。"
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of everything that shapes the prompt (not the catalog)."""
+        payload = json.dumps([PROMPT_VERSION, asdict(self)], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def system(self, catalog: IntentCatalog | None = None) -> str:
+        """The system message; lists the intents when ``list_intents`` is set."""
+        if not self.list_intents or catalog is None:
+            return self.system_prompt
+        lines = [self.system_prompt, "", "可用的函数（只能调用这些）："]
+        lines += [f"- {_signature(spec)}：{spec.description}".rstrip("：") for spec in catalog.intents]
+        lines += ["", f"只回答函数调用，例如 weather_search(city=\"杭州\")；没有合适的函数时回答 {NO_INTENT}()。"]
+        return "\n".join(lines)
+
+    def messages(self, text: str, catalog: IntentCatalog | None = None) -> list[Message]:
+        """The chat messages for one utterance: system, then user."""
+        return [{"role": "system", "content": self.system(catalog)}, {"role": "user", "content": text}]
+
+    def join_turns(self, turns: Sequence[str]) -> str:
+        """Join a session's user turns the way the seed recipe does.
+
+        One turn is left as it is; several are each ended with ``turn_separator`` unless they
+        already end a sentence: ``["我想听音乐", "给我放个周杰伦的音乐吧"]`` →
+        ``"我想听音乐。给我放个周杰伦的音乐吧。"``.
+        """
+        turns = [t.strip() for t in turns if t.strip()]
+        if len(turns) <= 1:
+            return turns[0] if turns else ""
+        return "".join(t if t.endswith(_SENTENCE_END) else t + self.turn_separator for t in turns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "version": PROMPT_VERSION, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptFormat:
+        """Rebuild a format saved with :meth:`to_dict` (extra keys such as the fingerprint are ignored)."""
+        return cls(**{k: data[k] for k in ("system_prompt", "list_intents", "turn_separator") if k in data})
+
+
+def _signature(spec: IntentSpec) -> str:
+    parts = []
+    for param in spec.params:
+        kind = "|".join(param.choices) if param.kind == "choice" else param.kind
+        default = "" if param.required else f" = {json.dumps(param.default, ensure_ascii=False, default=str)}"
+        parts.append(f"{param.name}: {kind}{default}")
+    return f"{spec.name}({', '.join(parts)})"
