@@ -22,7 +22,7 @@ from .errors import (
 from .parser import ParseOutcome, parse_calls, parse_calls_lenient
 from .prompt import DEFAULT_SYSTEM_PROMPT, PromptFormat
 from .registry import BoundCall, Example, IntentCatalog, IntentSpec, Param, Registry
-from .router import InputError, Path, RouteResult, Router, RouterConfig, Session, Status, Timings
+from .router import InputError, Path, Router, RouterConfig, RouteResult, Session, Status, Timings
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "ParseOutcome",
     "Path",
     "PromptFormat",
+    "Registry",
     "RegistryError",
     "RouteResult",
     "Router",

@@ -133,9 +133,7 @@ class HandlerError(IntentKitError):
     def __init__(self, intent: str, exception: BaseException) -> None:
         self.intent = intent
         self.exception = exception
-        self.traceback = "".join(
-            _traceback.format_exception(type(exception), exception, exception.__traceback__)
-        )
+        self.traceback = "".join(_traceback.format_exception(type(exception), exception, exception.__traceback__))
         super().__init__(f"handler for {intent} raised {type(exception).__name__}: {exception}")
 
     def __reduce__(self):

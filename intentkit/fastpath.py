@@ -73,8 +73,7 @@ class FastPath:
             return FastMatch(_copy(hit[0]), hit[1], 100.0, True)
         if len(key) < self.min_fuzzy_chars or not self._keys:
             return None
-        candidates = process.extract(key, self._keys, scorer=fuzz.ratio, limit=8,
-                                     score_cutoff=self.threshold - self.margin)
+        candidates = process.extract(key, self._keys, scorer=fuzz.ratio, limit=8, score_cutoff=self.threshold - self.margin)
         if not candidates or candidates[0][1] < self.threshold:
             return None
         _, best_score, best_index = candidates[0]

@@ -88,8 +88,7 @@ def _scan(text: str, *, max_length: int, lenient: bool) -> ParseOutcome:
     outcome = ParseOutcome()
     if len(text) > max_length:
         outcome.errors.append(
-            ParseError(f"model output is {len(text)} characters, over the {max_length} limit",
-                       text=text, position=max_length)
+            ParseError(f"model output is {len(text)} characters, over the {max_length} limit", text=text, position=max_length)
         )
     else:
         parser = _Parser(text)

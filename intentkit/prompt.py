@@ -52,7 +52,7 @@ class PromptFormat:
             return self.system_prompt
         lines = [self.system_prompt, "", "可用的函数（只能调用这些）："]
         lines += [f"- {_signature(spec)}：{spec.description}".rstrip("：") for spec in catalog.intents]
-        lines += ["", f"只回答函数调用，例如 weather_search(city=\"杭州\")；没有合适的函数时回答 {NO_INTENT}()。"]
+        lines += ["", f'只回答函数调用，例如 weather_search(city="杭州")；没有合适的函数时回答 {NO_INTENT}()。']
         return "\n".join(lines)
 
     def messages(self, text: str, catalog: IntentCatalog | None = None) -> list[Message]:

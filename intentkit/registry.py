@@ -83,7 +83,7 @@ class ParamSpec:
         if self.kind == "list" and self.item is not None:
             schema = {"type": "array", "items": self.item.json_schema()}
         elif self.kind == "choice":
-            values = list(self.choice_values.values())
+            values = list(dict.fromkeys(self.choice_values.values()))  # enum names and values map to one member
             schema = {"enum": [v.value if isinstance(v, enum.Enum) else v for v in values]}
         else:
             schema = {"type": {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}[self.kind]}
@@ -102,7 +102,7 @@ class Example:
     arguments: Mapping[str, Value] = field(default_factory=dict)
 
 
-ExampleLike = Union[str, Example, tuple[str, Mapping[str, Value]]]
+ExampleLike = str | Example | tuple[str, Mapping[str, Value]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +114,8 @@ class BoundCall:
     call: Call
 
     def render(self) -> str:
-        """The canonical call text, e.g. ``weather_search(city="杭州", date="今天")``."""
-        plain = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in self.arguments.items()}
+        """The canonical call text, e.g. ``weather_search(city="杭州", date="今天")``; unset (None) values are left out."""
+        plain = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in self.arguments.items() if v is not None}
         return Call(self.name, (), plain).render()
 
 
@@ -147,19 +147,21 @@ class IntentSpec:
         problems: list[ArgumentProblem] = []
         given: dict[str, Value] = {}
         if len(call.args) > len(self.params):
-            extra = call.args[len(self.params):]
-            problems.append(ArgumentProblem(None, list(extra), f"{self.name} takes {len(self.params)} arguments, got {len(call.args)}"))
-        for spec, value in zip(self.params, call.args):
+            extra = call.args[len(self.params) :]
+            problems.append(
+                ArgumentProblem(None, list(extra), f"{self.name} takes {len(self.params)} arguments, got {len(call.args)}")
+            )
+        for spec, value in zip(self.params, call.args, strict=False):
             given[spec.name] = value
         for key, value in call.kwargs.items():
-            spec = self.param(key)
-            if spec is None:
+            target = self.param(key)
+            if target is None:
                 valid = ", ".join(p.name for p in self.params) or "(none)"
                 problems.append(ArgumentProblem(key, value, f"{self.name} has no parameter {key!r}; parameters: {valid}"))
-            elif spec.name in given:
-                problems.append(ArgumentProblem(spec.name, value, "given twice"))
+            elif target.name in given:
+                problems.append(ArgumentProblem(target.name, value, "given twice"))
             else:
-                given[spec.name] = value
+                given[target.name] = value
         values: dict[str, Any] = {}
         for spec in self.params:
             if spec.name not in given or (given[spec.name] is None and not spec.optional):
@@ -175,10 +177,13 @@ class IntentSpec:
         try:
             model = self.arguments_model.model_validate(values)
         except pydantic.ValidationError as exc:
-            raise ArgumentError(self.name, [
-                ArgumentProblem(str(err["loc"][0]) if err["loc"] else None, err.get("input"), err["msg"])
-                for err in exc.errors()
-            ]) from None
+            raise ArgumentError(
+                self.name,
+                [
+                    ArgumentProblem(str(err["loc"][0]) if err["loc"] else None, err.get("input"), err["msg"])
+                    for err in exc.errors()
+                ],
+            ) from None
         arguments = {spec.name: getattr(model, _field_name(i, spec.name)) for i, spec in enumerate(self.params)}
         return BoundCall(self.name, arguments, call)
 
@@ -306,8 +311,12 @@ class Registry:
         if self._catalog is None:
             intents = tuple(self._specs.values())
             described = [
-                [s.name, s.description, list(s.aliases),
-                 [[p.name, p.kind, p.required, list(p.choices), list(p.aliases)] for p in s.params]]
+                [
+                    s.name,
+                    s.description,
+                    list(s.aliases),
+                    [[p.name, p.kind, p.required, list(p.choices), list(p.aliases)] for p in s.params],
+                ]
                 for s in intents
             ]
             digest = hashlib.sha256(json.dumps(described, ensure_ascii=False, default=str).encode()).hexdigest()
@@ -331,8 +340,9 @@ class Registry:
         try:
             spec.bind(Call(spec.name, (), dict(example.arguments)))
         except ArgumentError as exc:
-            raise ExampleError(f"example {example.text!r} does not fit {spec.name}: {exc}; "
-                               f"give its arguments as (text, {{...}})") from None
+            raise ExampleError(
+                f"example {example.text!r} does not fit {spec.name}: {exc}; give its arguments as (text, {{...}})"
+            ) from None
         return example
 
 
@@ -374,15 +384,22 @@ def _params_of(handler: Callable[..., Any], intent: str) -> tuple[ParamSpec, ...
             raise UnsupportedSignatureError(f"{where}: names starting with '_' are private")
         annotation = hints.get(parameter.name, str)
         has_default = parameter.default is not parameter.empty
-        specs.append(_param_spec(parameter.name, annotation, where,
-                                 default=parameter.default if has_default else None,
-                                 required=not has_default,
-                                 positional_only=parameter.kind is parameter.POSITIONAL_ONLY))
+        specs.append(
+            _param_spec(
+                parameter.name,
+                annotation,
+                where,
+                default=parameter.default if has_default else None,
+                required=not has_default,
+                positional_only=parameter.kind is parameter.POSITIONAL_ONLY,
+            )
+        )
     return tuple(specs)
 
 
-def _param_spec(name: str, annotation: Any, where: str, *, default: Any, required: bool,
-                positional_only: bool = False) -> ParamSpec:
+def _param_spec(
+    name: str, annotation: Any, where: str, *, default: Any, required: bool, positional_only: bool = False
+) -> ParamSpec:
     extra = Param()
     inner = annotation
     if typing.get_origin(inner) is Annotated:
@@ -397,9 +414,18 @@ def _param_spec(name: str, annotation: Any, where: str, *, default: Any, require
         inner = members[0]
     kind, choices, item = _kind_of(inner, extra, where, annotation)
     return ParamSpec(
-        name=name, kind=kind, annotation=annotation, required=required, default=default,
-        optional=optional, choices=tuple(choices), choice_values=choices, item=item,
-        description=extra.description, aliases=tuple(extra.aliases), positional_only=positional_only,
+        name=name,
+        kind=kind,
+        annotation=annotation,
+        required=required,
+        default=default,
+        optional=optional,
+        choices=tuple(choices),
+        choice_values=choices,
+        item=item,
+        description=extra.description,
+        aliases=tuple(extra.aliases),
+        positional_only=positional_only,
     )
 
 

@@ -71,9 +71,11 @@ class RouterConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     confidence_threshold: float | None = pydantic.Field(
-        None, ge=0, le=1, description="Model answers below this confidence are not dispatched (low_confidence).")
+        None, ge=0, le=1, description="Model answers below this confidence are not dispatched (low_confidence)."
+    )
     choice_cutoff: float = pydantic.Field(
-        DEFAULT_CHOICE_CUTOFF, ge=0, le=100, description="Similarity a value needs to be read as a declared choice.")
+        DEFAULT_CHOICE_CUTOFF, ge=0, le=100, description="Similarity a value needs to be read as a declared choice."
+    )
     fast_path: bool = pydantic.Field(True, description="Answer registered example utterances without the model.")
     fast_path_threshold: float = pydantic.Field(92.0, ge=0, le=100, description="Similarity for a fuzzy example match.")
     fast_path_margin: float = pydantic.Field(5.0, ge=0, le=100, description="How much the best example must beat other intents'.")
@@ -149,7 +151,7 @@ class Session:
 
     def with_turn(self, text: str) -> list[str]:
         """The turns the model should see if ``text`` is said now (not yet recorded)."""
-        previous = self.turns[len(self.turns) - self.max_turns + 1:] if self.max_turns > 1 else []
+        previous = self.turns[len(self.turns) - self.max_turns + 1 :] if self.max_turns > 1 else []
         return [*previous, text]
 
     def record(self, text: str, result: RouteResult) -> None:
@@ -174,8 +176,14 @@ class Router:
     With no backend only the fast path answers; anything else is ``no_intent``.
     """
 
-    def __init__(self, backend: Backend | None = None, *, config: RouterConfig | None = None,
-                 prompt: PromptFormat | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        config: RouterConfig | None = None,
+        prompt: PromptFormat | None = None,
+        **settings: Any,
+    ) -> None:
         if backend is not None and not isinstance(backend, Backend):
             raise TypeError(f"backend must be an intentkit Backend, got {type(backend).__name__}")
         self.backend = backend
@@ -189,14 +197,22 @@ class Router:
         self._fast_lock = threading.Lock()
 
     # ----------------------------------------------------------------- registration
-    def intent(self, fn: F | None = None, *, name: str | None = None, description: str = "",
-               examples: Iterable[ExampleLike] = (), aliases: Iterable[str] = ()) -> Any:
+    def intent(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        description: str = "",
+        examples: Iterable[ExampleLike] = (),
+        aliases: Iterable[str] = (),
+    ) -> Any:
         """Register a handler: ``@router.intent`` or ``@router.intent(description=..., examples=[...])``."""
+
         def register(handler: F) -> F:
-            self.registry.register(handler, name=name, description=description,
-                                   examples=examples, aliases=aliases)
+            self.registry.register(handler, name=name, description=description, examples=examples, aliases=aliases)
             self._fast_dirty = True
             return handler
+
         return register(fn) if fn is not None else register
 
     def add_example(self, intent: str, example: ExampleLike) -> None:
@@ -220,6 +236,7 @@ class Router:
         if request is not None:
             assert self.backend is not None
             t = time.perf_counter()
+            generation: Generation | BackendError
             try:
                 generation = self.backend.generate(request)
             except Exception as exc:  # a broken backend must not take the router down
@@ -239,6 +256,7 @@ class Router:
         if request is not None:
             assert self.backend is not None
             t = time.perf_counter()
+            generation: Generation | BackendError
             try:
                 generation = await self.backend.agenerate(request)
             except Exception as exc:
@@ -269,7 +287,9 @@ class Router:
         result = RouteResult(text=text, status=Status.NO_INTENT, path=Path.NONE)
         if len(text) > self.config.max_input_chars:
             result.status = Status.INVALID
-            result.errors.append(InputError(f"utterance is {len(text)} characters, over max_input_chars={self.config.max_input_chars}"))
+            result.errors.append(
+                InputError(f"utterance is {len(text)} characters, over max_input_chars={self.config.max_input_chars}")
+            )
             return result, None
         if not text.strip():
             return result, None
@@ -287,8 +307,9 @@ class Router:
         result.model_input = model_input
         result.path = Path.MODEL
         catalog = self.registry.catalog
-        return result, GenerateRequest(model_input, self.prompt.messages(model_input, catalog),
-                                       catalog, self.prompt, self.config.max_tokens)
+        return result, GenerateRequest(
+            model_input, self.prompt.messages(model_input, catalog), catalog, self.prompt, self.config.max_tokens
+        )
 
     def _interpret(self, result: RouteResult, generation: Generation | BackendError) -> None:
         """Parse and validate the model's answer into ``result``."""
@@ -318,8 +339,11 @@ class Router:
             result.errors.extend(errors)
         elif not calls:
             result.status = Status.NO_INTENT
-        elif (self.config.confidence_threshold is not None and generation.confidence is not None
-              and generation.confidence < self.config.confidence_threshold):
+        elif (
+            self.config.confidence_threshold is not None
+            and generation.confidence is not None
+            and generation.confidence < self.config.confidence_threshold
+        ):
             result.status = Status.LOW_CONFIDENCE
         else:
             result.status = Status.OK

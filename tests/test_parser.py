@@ -49,8 +49,10 @@ def calls(text: str) -> list[tuple[str, tuple, dict]]:
         ("f(x=［a，b］)", [("f", (), {"x": ["a", "b"]})]),
         ("f(x=[1, 2,])", [("f", (), {"x": [1, 2]})]),
         # Unicode identifiers
-        ('home_turn_on_light(位置="客厅", 灯种="日光灯")',
-         [("home_turn_on_light", (), {"位置": "客厅", "灯种": "日光灯"})]),
+        (
+            'home_turn_on_light(位置="客厅", 灯种="日光灯")',
+            [("home_turn_on_light", (), {"位置": "客厅", "灯种": "日光灯"})],
+        ),
         ("打开灯(房间=卧室)", [("打开灯", (), {"房间": "卧室"})]),
         # escapes
         (r'f("a\"b", "c\\d", "\u4f60\n")', [("f", ('a"b', "c\\d", "你\n"), {})]),
@@ -141,8 +143,12 @@ def test_span_points_into_raw_text() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ['weather_search(city="杭州", date="明天")', 'match_query(name=["恒大", "山东鲁能"])', "play_music()",
-     'f(1, 2.5, true, null, "a\\"b")'],
+    [
+        'weather_search(city="杭州", date="明天")',
+        'match_query(name=["恒大", "山东鲁能"])',
+        "play_music()",
+        'f(1, 2.5, true, null, "a\\"b")',
+    ],
 )
 def test_render_round_trips(text: str) -> None:
     (call,) = parse_calls(text)
@@ -170,7 +176,7 @@ def test_arbitrary_text_only_ever_raises_parse_error(text: str) -> None:
         assert all(c.name.isidentifier() for c in result)
 
 
-_pieces = st.sampled_from(list("f(g)=,，、[]［］;；\n\"'“”「」 1a杭.\\（）") + ["true", "null", "os.system", "__import__"])
+_pieces = st.sampled_from([*list("f(g)=,，、[]［］;；\n\"'“”「」 1a杭.\\（）"), "true", "null", "os.system", "__import__"])
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,0 +1,32 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine:
+# the first run creates .venv and installs everything (≈ 8 min, most of it compiling llama.cpp).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# llama.cpp's native build enables AMX on CPUs that advertise it but cannot run it (SIGILL in
+# ggml_backend_amx_mul_mat); build for the AVX2/FMA baseline instead.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: install demo test bench lint
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull the multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e ".[all,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) examples/quickstart.py
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+lint: install
+	$(VENV)/bin/ruff check intentkit trainers tests benchmarks examples
+	$(VENV)/bin/mypy
