@@ -1,0 +1,150 @@
+"""Training data: both file formats, multi-turn rows, and errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from intentkit import Registry
+from trainers.data import DataError, build_registry, load_records, validate_records
+
+
+def write(tmp_path: Path, name: str, content: str) -> Path:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+def jsonl(*rows: object) -> str:
+    return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+
+
+def test_seed_format_json_array(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "seed.json",
+        json.dumps(
+            [
+                {"instruction": "我想聽音樂", "output": "play_music()"},
+                {"instruction": "我想去杭州玩，帮我查下天气预报", "output": "weather_search(杭州)"},
+            ],
+            ensure_ascii=False,
+        ),
+    )
+    records = load_records(path)
+    assert [r.intent for r in records] == ["play_music", "weather_search"]
+    assert records[1].calls[0].args == ("杭州",)
+    assert records[0].source == f"{path}[0]"
+
+
+def test_datasets_format_with_out_of_scope_and_lists(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "dev.jsonl",
+        jsonl(
+            {
+                "instruction": "打开客厅的两个日光灯",
+                "output": 'home_turn_on_light(位置="客厅", 灯种="日光灯")',
+                "name": "home_turn_on_light",
+                "args": {"位置": "客厅", "灯种": "日光灯"},
+            },
+            {"instruction": "恒大对鲁能", "output": 'match_query(name=["恒大", "山东鲁能"])'},
+            {"instruction": "今天吃什么", "output": None, "name": None},
+            {"instruction": "随便聊聊", "output": "no_intent()"},
+        ),
+    )
+    records = load_records(path)
+    assert [r.intent for r in records] == ["home_turn_on_light", "match_query", "no_intent", "no_intent"]
+    assert [r.in_scope for r in records] == [True, True, False, False]
+    assert records[2].target == "no_intent()" and records[3].output is None
+    assert records[0].source == f"{path}:1"
+
+
+def test_multi_turn_rows_are_joined_like_sessions(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "mt.jsonl", jsonl({"instruction": ["我想听音乐", "给我放个周杰伦的音乐吧"], "output": "play_music(周杰伦)"})
+    )
+    assert load_records(path)[0].instruction == "我想听音乐。给我放个周杰伦的音乐吧。"
+
+
+@pytest.mark.parametrize(
+    ("content", "where", "message"),
+    [
+        ('{"instruction": "a", "output": "f()"}\n{"instruction": "b", "output": \n', ":2", "invalid JSON"),
+        ('[{"instruction": "a", "output": "f()"},\n {"instruction": }]', ":2", "invalid JSON"),
+        ('{"output": "f()"}\n', ":1", "missing 'instruction'"),
+        ('{"instruction": "", "output": "f()"}\n', ":1", "non-empty"),
+        ('{"instruction": "a", "output": 3}\n', ":1", "must be a call as text"),
+        ('\n\n{"instruction": "a", "output": "f(x=1"}\n', ":3", "does not parse: unterminated call"),
+        ('["a"]', "[0]", "expected an object"),
+    ],
+)
+def test_errors_name_file_and_line(tmp_path: Path, content: str, where: str, message: str) -> None:
+    path = write(tmp_path, "bad.jsonl", content)
+    with pytest.raises(DataError) as info:
+        load_records(path)
+    assert info.value.source == f"{path}{where}"
+    assert message in str(info.value)
+
+
+def test_missing_and_binary_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        load_records(tmp_path / "nope.jsonl")
+    path = tmp_path / "bin.jsonl"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_records(path)
+
+
+def test_validation_report(tmp_path: Path) -> None:
+    train = load_records(
+        write(
+            tmp_path,
+            "train.jsonl",
+            jsonl(
+                *[{"instruction": f"放第{i}首歌", "output": "play_music()"} for i in range(60)],
+                {"instruction": "关掉音乐", "output": "music_exit()"},
+                {"instruction": "关掉音乐！", "output": "music_exit()"},
+                {"instruction": "关掉 音乐", "output": "volume_down()"},
+                {"instruction": "查天气", "output": "weather_search(town=杭州)"},
+            ),
+        )
+    )
+    dev = load_records(write(tmp_path, "dev.jsonl", jsonl({"instruction": "放第3首歌", "output": "play_music()"})))
+    registry = Registry()
+    registry.register(lambda song=None: None, name="play_music")
+    registry.register(lambda: None, name="music_exit")
+    registry.register(lambda: None, name="volume_down")
+    registry.register(lambda city: None, name="weather_search")
+    report = validate_records(train, registry=registry, dev=dev)
+    text = report.summary()
+    assert report.per_intent["play_music"] == 60 and report.imbalance == 60.0
+    assert "intent music_exit has 2 examples (fewer than 50)" in text
+    assert f"{tmp_path}/train.jsonl:62: duplicate of {tmp_path}/train.jsonl:61" in text
+    assert "train.jsonl:63: same utterance as" in text and "another answer" in text
+    assert "dev.jsonl:1: dev utterance also in training data at" in text
+    assert "train.jsonl:64: invalid arguments for weather_search" in text
+    assert len(report.errors) == 3
+
+
+def test_registry_from_data_binds_every_record(tmp_path: Path) -> None:
+    records = load_records(
+        write(
+            tmp_path,
+            "d.jsonl",
+            jsonl(
+                {"instruction": "a", "output": 'match_query(name=["恒大", "鲁能"], date="今天")'},
+                {"instruction": "b", "output": 'match_query(name="恒大")'},
+                {"instruction": "c", "output": "weather_search(杭州)"},
+                {"instruction": "d", "output": None},
+            ),
+        )
+    )
+    registry = build_registry(records)
+    assert registry.names == ["match_query", "weather_search"]
+    for record in records:
+        for call in record.calls:
+            registry.bind(call)
+    assert registry.bind(records[1].calls[0]).arguments["name"] == ["恒大"]

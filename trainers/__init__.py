@@ -1,0 +1,1 @@
+"""Training: data → fine-tune → evaluate → export. Depends on intentkit, never the reverse."""

@@ -1,0 +1,252 @@
+"""Training and evaluation data: loading, checking, and the intents the data implies.
+
+Accepted files (JSON array or JSON Lines), one record per utterance:
+
+- the seed format ``{"instruction": "我想听音乐", "output": "play_music()"}``;
+- the datasets format, which adds the structured gold call ``"name"`` and ``"args"``;
+  ``"output": null`` marks an out-of-scope utterance (the model should answer ``no_intent()``);
+- multi-turn records whose ``instruction`` is a list of user turns, joined as the prompt
+  module joins a session's turns.
+
+Every problem is reported with the file and line it came from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intentkit import NO_INTENT, Call, IntentKitError, ParseError, PromptFormat, Registry, parse_calls
+from intentkit.fastpath import normalize_utterance
+
+__all__ = [
+    "DataError",
+    "DataIssue",
+    "DataReport",
+    "Record",
+    "build_registry",
+    "load_records",
+    "records_from_rows",
+    "validate_records",
+]
+
+
+class DataError(IntentKitError, ValueError):
+    """A data file that cannot be read; ``source`` is ``file:line``."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        self.message = message
+        super().__init__(f"{source}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One utterance and its gold answer. ``calls`` is empty for out-of-scope utterances."""
+
+    instruction: str
+    output: str | None
+    calls: tuple[Call, ...]
+    source: str
+
+    @property
+    def in_scope(self) -> bool:
+        return self.output is not None
+
+    @property
+    def intent(self) -> str:
+        """The first call's name, or ``no_intent`` for an out-of-scope utterance."""
+        return self.calls[0].name if self.calls else NO_INTENT
+
+    @property
+    def target(self) -> str:
+        """The text the model is trained to answer."""
+        return self.output if self.output is not None else f"{NO_INTENT}()"
+
+
+def load_records(path: str | Path, *, prompt: PromptFormat | None = None) -> list[Record]:
+    """Read a JSON array or JSON Lines file of records; raises :class:`DataError` naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(str(path), "no such file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    rows: list[tuple[str, Any]] = []
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        rows = [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    return records_from_rows(rows, prompt=prompt)
+
+
+def records_from_rows(rows: Iterable[tuple[str, Any]], *, prompt: PromptFormat | None = None) -> list[Record]:
+    """Turn ``(source, object)`` pairs into records; the source names the row in errors."""
+    prompt = prompt or PromptFormat()
+    records = []
+    for source, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(source, f"expected an object, got {type(row).__name__}")
+        if "instruction" not in row:
+            raise DataError(source, f"missing 'instruction' (keys: {', '.join(row) or 'none'})")
+        instruction = row["instruction"]
+        if isinstance(instruction, list) and all(isinstance(t, str) for t in instruction):
+            instruction = prompt.join_turns(instruction)
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise DataError(source, "'instruction' must be non-empty text or a list of turns")
+        output = row.get("output")
+        if output is not None and not isinstance(output, str):
+            raise DataError(source, f"'output' must be a call as text or null, got {type(output).__name__}")
+        calls: tuple[Call, ...] = ()
+        if output is not None:
+            try:
+                calls = tuple(c for c in parse_calls(output) if c.name != NO_INTENT)
+            except ParseError as exc:
+                raise DataError(
+                    source, f"'output' does not parse: {exc.message} at position {exc.position}: {output!r}"
+                ) from None
+            if not calls:
+                output = None  # an explicit no_intent() answer is out of scope
+        records.append(Record(instruction.strip(), output, calls, source))
+    return records
+
+
+@dataclass(frozen=True, slots=True)
+class DataIssue:
+    """One finding of :func:`validate_records`: ``level`` is ``error`` or ``warning``."""
+
+    level: str
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.source}: {self.message}"
+
+
+@dataclass(slots=True)
+class DataReport:
+    """Counts and findings for a data set."""
+
+    records: int
+    per_intent: dict[str, int]
+    out_of_scope: int
+    issues: list[DataIssue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[DataIssue]:
+        return [i for i in self.issues if i.level == "error"]
+
+    @property
+    def imbalance(self) -> float:
+        """Largest intent count over the smallest (1.0 is perfectly balanced)."""
+        counts = list(self.per_intent.values())
+        return max(counts) / min(counts) if counts else 1.0
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.records} records, {len(self.per_intent)} intents, {self.out_of_scope} out of scope, "
+            f"imbalance {self.imbalance:.1f}x"
+        ]
+        lines += [str(issue) for issue in self.issues]
+        return "\n".join(lines)
+
+
+def validate_records(
+    records: Sequence[Record],
+    *,
+    registry: Registry | None = None,
+    dev: Sequence[Record] = (),
+    min_per_intent: int = 50,
+) -> DataReport:
+    """Check a training set: sparse intents, duplicates, conflicts, train/dev leakage and, with a
+    registry, calls to unregistered intents or with arguments that do not bind."""
+    per_intent = Counter(r.intent for r in records if r.in_scope)
+    report = DataReport(len(records), dict(per_intent.most_common()), sum(not r.in_scope for r in records))
+    issues = report.issues
+    first_source = {r.intent: r.source for r in reversed(records)}
+    for intent, count in per_intent.items():
+        if count < min_per_intent:
+            issues.append(
+                DataIssue("warning", first_source[intent], f"intent {intent} has {count} examples (fewer than {min_per_intent})")
+            )
+    seen: dict[str, Record] = {}
+    for record in records:
+        key = normalize_utterance(record.instruction)
+        previous = seen.get(key)
+        if previous is None:
+            seen[key] = record
+        elif previous.target != record.target:
+            issues.append(
+                DataIssue(
+                    "error",
+                    record.source,
+                    f"same utterance as {previous.source} with another answer: {record.target!r} vs {previous.target!r}",
+                )
+            )
+        else:
+            issues.append(DataIssue("warning", record.source, f"duplicate of {previous.source}"))
+    for record in dev:
+        match = seen.get(normalize_utterance(record.instruction))
+        if match is not None:
+            issues.append(DataIssue("error", record.source, f"dev utterance also in training data at {match.source}"))
+    if registry is not None:
+        for record in records:
+            for call in record.calls:
+                try:
+                    registry.bind(call)
+                except IntentKitError as exc:
+                    issues.append(DataIssue("error", record.source, str(exc)))
+    return report
+
+
+def build_registry(records: Iterable[Record]) -> Registry:
+    """A registry of the intents a data set uses, each taking the arguments seen with it as optional
+    text (lists allowed); positional arguments become ``arg0``, ``arg1``, … Evaluation and
+    constrained decoding use it when no app registry exists."""
+    params: dict[str, dict[str, bool]] = {}
+    for record in records:
+        for call in record.calls:
+            slots = params.setdefault(call.name, {})
+            for index, value in enumerate(call.args):
+                slots[f"arg{index}"] = slots.get(f"arg{index}", False) or isinstance(value, list)
+            for key, value in call.kwargs.items():
+                slots[key] = slots.get(key, False) or isinstance(value, list)
+    registry = Registry()
+    for name, slots in params.items():
+        registry.register(_handler(name, slots), name=name)
+    return registry
+
+
+def _handler(name: str, slots: dict[str, bool]) -> Any:
+    """A handler that returns its arguments, with a signature built from the slots."""
+
+    def handler(**arguments: Any) -> dict[str, Any]:
+        return arguments
+
+    ordered = sorted(slots, key=lambda s: (not s.startswith("arg"), s if s.startswith("arg") else ""))
+    annotations = {slot: (list[str] | None) if slots[slot] else (str | None) for slot in ordered}
+    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(slot, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotations[slot])
+            for slot in ordered
+        ]
+    )
+    handler.__annotations__ = annotations
+    handler.__name__ = name
+    return handler
