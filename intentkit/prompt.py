@@ -16,7 +16,7 @@ from typing import Any
 from .calls import NO_INTENT
 from .registry import IntentCatalog, IntentSpec
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "PROMPT_VERSION", "Message", "PromptFormat"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "PROMPT_VERSION", "TEMPLATES", "Message", "PromptFormat"]
 
 #: The system prompt of the seed recipe, kept verbatim so its fine-tuned models route as trained.
 DEFAULT_SYSTEM_PROMPT = "你是一个意图识别专家，可以根据用户的问题识别出意图，并返回对应的函数调用和参数。"
@@ -26,6 +26,16 @@ _SENTENCE_END = tuple("。！？!?.…")
 
 Message = dict[str, str]
 
+#: Text templates: (prompt up to the answer, what ends the answer). Gemma has no system role,
+#: so the system text opens the user turn, as its own chat template does.
+TEMPLATES: dict[str, tuple[str, str]] = {
+    "gemma": ("<start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>"),
+    "chatml": (
+        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_end|>",
+    ),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class PromptFormat:
@@ -33,12 +43,15 @@ class PromptFormat:
 
     ``system_prompt`` is the instruction; ``list_intents`` appends the registered intents with
     their signatures (for zero-shot models that were not fine-tuned on them);
-    ``turn_separator`` ends each turn when a session's user turns are joined.
+    ``turn_separator`` ends each turn when a session's user turns are joined; ``template``
+    names the text format of :meth:`render` (one of :data:`TEMPLATES`), used by the trainer and
+    by backends that take raw text, so that both see exactly the same characters.
     """
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     list_intents: bool = False
     turn_separator: str = "。"
+    template: str = "gemma"
 
     @property
     def fingerprint(self) -> str:
@@ -59,6 +72,15 @@ class PromptFormat:
         """The chat messages for one utterance: system, then user."""
         return [{"role": "system", "content": self.system(catalog)}, {"role": "user", "content": text}]
 
+    def render(self, text: str, catalog: IntentCatalog | None = None) -> str:
+        """The full prompt text, up to where the model's answer starts."""
+        return TEMPLATES[self.template][0].format(system=self.system(catalog), user=text)
+
+    @property
+    def answer_end(self) -> str:
+        """The text that ends an answer in this template (generation stops there)."""
+        return TEMPLATES[self.template][1]
+
     def join_turns(self, turns: Sequence[str]) -> str:
         """Join a session's user turns the way the seed recipe does.
 
@@ -77,7 +99,11 @@ class PromptFormat:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptFormat:
         """Rebuild a format saved with :meth:`to_dict` (extra keys such as the fingerprint are ignored)."""
-        return cls(**{k: data[k] for k in ("system_prompt", "list_intents", "turn_separator") if k in data})
+        return cls(**{k: data[k] for k in ("system_prompt", "list_intents", "turn_separator", "template") if k in data})
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATES:
+            raise ValueError(f"unknown prompt template {self.template!r}; templates: {', '.join(TEMPLATES)}")
 
 
 def _signature(spec: IntentSpec) -> str:

@@ -1,0 +1,126 @@
+"""The training loop on a tiny randomly initialised model built here (no download, CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from intentkit import PromptFormat  # noqa: E402
+from trainers.data import records_from_rows  # noqa: E402
+from trainers.train import TrainConfig, answer_loss, encode_records, train  # noqa: E402
+
+ROWS = [
+    {"instruction": "我想听音乐", "output": "play_music()"},
+    {"instruction": "太吵了", "output": "volume_down()"},
+    {"instruction": "查下杭州天气", "output": 'weather_search(city="杭州")'},
+    {"instruction": "今天吃什么", "output": None},
+] * 4
+RECORDS = records_from_rows((f"t.jsonl:{i + 1}", r) for i, r in enumerate(ROWS))
+
+
+def tiny_model_and_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    prompt = PromptFormat()
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    text = "".join(prompt.render(r.instruction) + r.target for r in RECORDS)
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(text)))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+    )
+    config = Gemma3TextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config), tokenizer
+
+
+def test_labels_cover_only_the_answer() -> None:
+    _, tokenizer = tiny_model_and_tokenizer()
+    encoded, length = encode_records(RECORDS[:3], tokenizer, PromptFormat())
+    first = encoded[0]
+    answer = tokenizer.decode(first.input_ids[first.answer_start :])
+    assert answer.replace(" ", "") == "play_music()<end_of_turn>"
+    assert length & (length - 1) == 0 and length >= max(len(e.input_ids) for e in encoded)
+
+
+def test_answer_only_loss_matches_full_head_loss() -> None:
+    model, tokenizer = tiny_model_and_tokenizer()
+    encoded, _ = encode_records(RECORDS[:4], tokenizer, PromptFormat())
+    from trainers.train import _collate
+
+    ids, mask, labels = _collate(encoded, tokenizer.pad_token_id, torch.device("cpu"))
+    fast, n = answer_loss(model, ids, mask, labels)
+    reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert n == sum(len(e.input_ids) - e.answer_start for e in encoded)
+    assert fast.item() == pytest.approx(reference.item(), rel=1e-4)
+
+
+def test_training_lowers_dev_loss(tmp_path: Path) -> None:
+    config = TrainConfig(method="full", epochs=10, learning_rate=1e-2, batch_size=4)
+    result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    losses = [h["dev_loss"] for h in result.history if "dev_loss" in h]
+    assert len(losses) == 10 and losses[-1] < losses[0] * 0.8
+    assert result.best_dev_loss == min(losses)
+    assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
+
+
+def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=2, learning_rate=5e-2, batch_size=4, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    losses = [h["dev_loss"] for h in result.history if "dev_loss" in h]
+    assert losses[-1] < losses[0]
+    assert result.steps == 8 and result.tokens_per_second > 0
+    meta = json.loads((tmp_path / "intentkit.json").read_text(encoding="utf-8"))
+    assert meta["prompt"]["fingerprint"] == PromptFormat().fingerprint
+    assert meta["intents"] == ["no_intent", "play_music", "volume_down", "weather_search"]
+    assert meta["steps"] == 8 and meta["tokens_per_second"] > 0
+    assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=2, batch_size=4, lora_r=4, save_every=4, lora_dropout=0.0)
+    first = train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    assert first.steps == 8 and (tmp_path / "checkpoint-last" / "state.pt").exists()
+    longer = config.model_copy(update={"epochs": 3})
+    resumed = train(RECORDS, tmp_path, longer, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    assert resumed.steps == 12 and len(resumed.history) == 12
+
+
+def test_qlora_needs_cuda(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="QLoRA needs a CUDA GPU"):
+        train(RECORDS, tmp_path, TrainConfig(method="qlora"), model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+
+
+def test_config_round_trips_through_json() -> None:
+    config = TrainConfig(method="full", epochs=1.5, target_modules=["q_proj", "v_proj"])
+    assert TrainConfig.model_validate_json(config.model_dump_json()) == config
+    with pytest.raises(ValueError, match="extra"):
+        TrainConfig(epoch=2)  # type: ignore[call-arg]

