@@ -151,8 +151,9 @@ class Session:
 
     def with_turn(self, text: str) -> list[str]:
         """The turns the model should see if ``text`` is said now (not yet recorded)."""
-        previous = self.turns[len(self.turns) - self.max_turns + 1 :] if self.max_turns > 1 else []
-        return [*previous, text]
+        previous = self.turns  # one read: expiry and the lock happen once
+        keep = self.max_turns - 1
+        return [*previous[len(previous) - keep :], text] if keep else [text]
 
     def record(self, text: str, result: RouteResult) -> None:
         with self._lock:
