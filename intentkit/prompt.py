@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +18,15 @@ from typing import Any
 from .calls import NO_INTENT
 from .registry import IntentCatalog, IntentSpec
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "PROMPT_VERSION", "TEMPLATES", "Message", "PromptFormat"]
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "PROMPT_VERSION",
+    "TEMPLATES",
+    "Message",
+    "PromptFormat",
+    "PromptMismatchWarning",
+    "check_prompt",
+]
 
 #: The system prompt of the seed recipe, kept verbatim so its fine-tuned models route as trained.
 DEFAULT_SYSTEM_PROMPT = "你是一个意图识别专家，可以根据用户的问题识别出意图，并返回对应的函数调用和参数。"
@@ -113,3 +123,24 @@ def _signature(spec: IntentSpec) -> str:
         default = "" if param.required else f" = {json.dumps(param.default, ensure_ascii=False, default=str)}"
         parts.append(f"{param.name}: {kind}{default}")
     return f"{spec.name}({', '.join(parts)})"
+
+
+class PromptMismatchWarning(UserWarning):
+    """A model was trained with a different prompt than the runtime builds: expect poor accuracy."""
+
+
+def check_prompt(trained: dict[str, Any] | None, runtime: PromptFormat, source: str) -> bool:
+    """Compare a model's saved prompt (``intentkit.json``'s ``prompt``) with the runtime's; warn loudly
+    on a mismatch. Returns True when they match (or the model recorded none)."""
+    if not trained or trained.get("fingerprint") in (None, runtime.fingerprint):
+        return True
+    saved = PromptFormat.from_dict(trained)
+    changed = [k for k, v in asdict(runtime).items() if asdict(saved).get(k) != v] or ["version"]
+    message = (
+        f"{source} was trained with prompt {trained.get('fingerprint')} but the router builds prompt "
+        f"{runtime.fingerprint} (differs in: {', '.join(changed)}); accuracy will suffer. "
+        f"Use PromptFormat.from_dict(...) with the model's saved prompt."
+    )
+    logging.getLogger("intentkit").warning(message)
+    warnings.warn(message, PromptMismatchWarning, stacklevel=3)
+    return False

@@ -52,12 +52,16 @@ class Param:
     """Extra facts about a parameter, given as ``Annotated[str, Param(...)]``.
 
     ``choices`` restricts a ``str`` to declared values (near misses are normalised);
-    ``aliases`` are other argument names the model may use (e.g. ``位置`` for ``room``).
+    ``aliases`` are other argument names the model may use (e.g. ``位置`` for ``room``);
+    ``from_utterance`` says the value is text copied from the utterance (a city, a song title),
+    which lets constrained decoding restrict it to the utterance's own text — set it to
+    ``False`` for values the model must normalise or invent (``"明儿"`` → ``"明天"``).
     """
 
     description: str = ""
     choices: Sequence[str] = ()
     aliases: Sequence[str] = ()
+    from_utterance: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class ParamSpec:
     description: str = ""
     aliases: tuple[str, ...] = ()
     positional_only: bool = False
+    from_utterance: bool = True
 
     def json_schema(self) -> dict[str, Any]:
         """This parameter as a JSON-schema property (OpenAI tool format)."""
@@ -265,11 +270,18 @@ class Registry:
         description: str = "",
         examples: Iterable[ExampleLike] = (),
         aliases: Iterable[str] = (),
+        replace: bool = False,
     ) -> IntentSpec:
-        """Record ``handler`` as an intent; raises if the name is taken or the signature unsupported."""
+        """Record ``handler`` as an intent; raises if the name is taken (unless ``replace``, which
+        swaps the handler of an intent already registered under ``name``) or the signature is unsupported."""
         name = name or handler.__name__
         aliases = tuple(aliases)
+        old = self._specs.get(name) if replace else None
+        if replace and old is None:
+            raise UnknownIntentError(name, self.names)
         for key in (name, *aliases):
+            if old is not None and self._lookup.get(key) is old:
+                continue
             if not key.isidentifier():
                 raise UnsupportedSignatureError(f"intent name {key!r} is not an identifier a model can call")
             if key == NO_INTENT:
@@ -288,6 +300,9 @@ class Registry:
         )
         for example in examples:
             spec.examples.append(self._checked_example(spec, example))
+        if old is not None:
+            for key in (old.name, *old.aliases):
+                self._lookup.pop(key, None)
         self._specs[name] = spec
         for key in (name, *aliases):
             self._lookup[key] = spec
@@ -426,6 +441,7 @@ def _param_spec(
         description=extra.description,
         aliases=tuple(extra.aliases),
         positional_only=positional_only,
+        from_utterance=extra.from_utterance,
     )
 
 

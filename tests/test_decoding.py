@@ -1,0 +1,195 @@
+"""Constrained decoding against a scripted token model: a character tokenizer whose logits favour
+the next token of a chosen answer, so every decision of the decoder can be checked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+import numpy as np
+import pytest
+
+from intentkit import Param, Registry
+from intentkit.decoding import ConstrainedDecoder, greedy_decode
+
+MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather"]
+END = 0
+
+
+class ScriptedModel:
+    """Tokens: END, the merged pieces, then single characters added on demand (longest match wins)."""
+
+    def __init__(self, answer: str, *, runner_up: str | None = None) -> None:
+        self.pieces: list[bytes] = [b"<end>", *(m.encode() for m in MERGED)]
+        self.index = {p: i for i, p in enumerate(self.pieces)}
+        self.answer, self.runner_up = answer, runner_up
+        self.tokens: list[int] = []
+        self.prompt_len = 0
+        self.fed_batches: list[int] = []
+        for text in (answer, runner_up or ""):
+            self.tokenize(text)  # every token the script can prefer exists before any logits row
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def _id(self, piece: bytes) -> int:
+        if piece not in self.index:
+            self.index[piece] = len(self.pieces)
+            self.pieces.append(piece)
+        return self.index[piece]
+
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = False) -> list[int]:
+        out, data = [], text.encode()
+        while data:
+            match = max((m for m in map(str.encode, MERGED) if data.startswith(m)), key=len, default=None)
+            if match is None:  # one character
+                match = data[: len(data.decode()[0].encode())]
+            out.append(self._id(match))
+            data = data[len(match) :]
+        return out
+
+    def piece(self, token: int) -> bytes:
+        return self.pieces[token]
+
+    def is_end(self, token: int) -> bool:
+        return token == END
+
+    def _logits(self, upto: int) -> np.ndarray:
+        row = np.zeros(len(self.pieces), dtype=np.float32)
+        said = b"".join(self.pieces[t] for t in self.tokens[self.prompt_len : upto])
+        for target, score in ((self.answer, 12.0), (self.runner_up, 6.0)):
+            if target is None:
+                continue
+            data = target.encode()
+            if data.startswith(said):
+                rest = data[len(said) :].decode()
+                row[self.tokenize(rest)[0] if rest else END] += score
+        return row
+
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        self.fed_batches.append(len(tokens))
+        start = len(self.tokens)
+        self.tokens.extend(tokens)
+        ends = range(start + 1, len(self.tokens) + 1) if all_logits else [len(self.tokens)]
+        return np.stack([self._logits(end) for end in ends])
+
+    def rewind(self, n_tokens: int) -> None:
+        del self.tokens[n_tokens:]
+
+    def start(self, prompt: str) -> np.ndarray:
+        self.tokens = self.tokenize(prompt)
+        self.prompt_len = len(self.tokens)
+        return self._logits(len(self.tokens))
+
+
+def play_music() -> None: ...
+def music_exit() -> None: ...
+def weather_search(city: str | None = None, date: str | None = None) -> None: ...
+def ac_set_mode(mode: Literal["制冷", "制热", "除湿"]) -> None: ...
+def set_alarm(time: str) -> None: ...
+def normalise_date(date: Annotated[str, Param(from_utterance=False)]) -> None: ...
+def match_query(name: list[str]) -> None: ...
+
+
+@pytest.fixture
+def catalog():
+    registry = Registry()
+    for fn in (play_music, music_exit, weather_search, ac_set_mode, set_alarm, normalise_date, match_query):
+        registry.register(fn)
+    return registry.catalog
+
+
+def decode(catalog, answer: str, utterance: str, **kwargs):
+    model = ScriptedModel(answer, **kwargs)
+    decoder = ConstrainedDecoder(model, catalog)
+    logits = model.start(f"<prompt>{utterance}<answer>")
+    return decoder.decode(logits, utterance), model
+
+
+@pytest.mark.parametrize(
+    ("answer", "utterance"),
+    [
+        ("play_music()", "我想听音乐"),
+        ("music_exit()", "把歌关了"),
+        ("no_intent()", "讲个笑话"),
+        ('weather_search(city="杭州")', "杭州天气怎么样"),
+        ('weather_search(city="杭州", date="明天")', "帮我查杭州明天的天气"),
+        ('weather_search(date="明天", city="杭州")', "明天杭州冷不冷"),
+        ('ac_set_mode(mode="制冷")', "空调开制冷"),
+        ('set_alarm(time="明天早上六点半")', "明天早上六点半叫我"),
+        ('match_query(name=["恒大", "鲁能"])', "恒大对鲁能谁赢了"),
+    ],
+)
+def test_follows_the_model_when_it_is_allowed(catalog, answer, utterance):
+    decoded, _ = decode(catalog, answer, utterance)
+    assert decoded.text == answer
+    assert decoded.intent == answer.split("(")[0]
+    assert decoded.confidence > 0.99
+
+
+def test_a_finished_call_is_not_evaluated_further(catalog):
+    decoded, model = decode(catalog, "play_music()", "我想听音乐")
+    # One decision after the prompt (play_music vs the others); the forced rest is never fed.
+    assert model.fed_batches == []
+    assert decoded.sampled >= 1 and decoded.forced >= 1
+
+
+def test_unregistered_function_cannot_be_produced(catalog):
+    decoded, _ = decode(catalog, 'shutdown(now="yes")', "关机")
+    assert decoded.intent in {
+        "play_music",
+        "music_exit",
+        "weather_search",
+        "ac_set_mode",
+        "set_alarm",
+        "normalise_date",
+        "match_query",
+        "no_intent",
+    }
+
+
+def test_copied_value_stays_inside_the_utterance(catalog):
+    decoded, _ = decode(catalog, 'weather_search(city="上海")', "杭州天气怎么样")
+    value = decoded.text.split('"')[1]
+    assert value and value in "杭州天气怎么样"
+
+
+def test_free_value_may_differ_from_the_utterance(catalog):
+    decoded, _ = decode(catalog, 'normalise_date(date="明天")', "明儿")
+    assert decoded.text == 'normalise_date(date="明天")'
+
+
+def test_choice_outside_the_declared_values_is_impossible(catalog):
+    decoded, _ = decode(catalog, 'ac_set_mode(mode="送风")', "空调送风")
+    assert decoded.text in {f'ac_set_mode(mode="{m}")' for m in ("制冷", "制热", "除湿")}
+
+
+def test_confidence_is_renormalised_over_the_intents(catalog):
+    decoded, _ = decode(catalog, "play_music()", "放歌", runner_up="music_exit()")
+    # play_music and music_exit differ at their first token: scores 12 vs 6 over the branch tokens.
+    assert 0.9 < decoded.confidence < 1.0
+    assert decoded.intent_scores["play_music"] == pytest.approx(decoded.confidence)
+    assert sum(decoded.intent_scores.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_drafting_verifies_copied_values_in_one_batch(catalog):
+    decoded, model = decode(catalog, 'set_alarm(time="明天早上六点半")', "明天早上六点半叫我")
+    assert decoded.text == 'set_alarm(time="明天早上六点半")'
+    value_tokens = len(model.tokenize("明天早上六点半"))
+    assert decoded.evaluations < value_tokens  # the draft is checked in one feed, not one per token
+
+
+def test_rejected_draft_is_removed_from_the_cache(catalog):
+    # The utterance continues "明天早上…", the model stops the value after "明天".
+    decoded, model = decode(catalog, 'weather_search(date="明天")', "明天早上冷不冷")
+    assert decoded.text == 'weather_search(date="明天")'
+    said = b"".join(model.pieces[t] for t in model.tokens[model.prompt_len :]).decode()
+    assert decoded.text.startswith(said)  # nothing of the rejected draft is left behind
+
+
+def test_greedy_decode_stops_at_the_end_token():
+    model = ScriptedModel("play_music()")
+    text, count = greedy_decode(model, model.start("<p>"), max_tokens=32)
+    assert text == "play_music()"
+    assert count == len(model.tokenize("play_music()")) + 1

@@ -1,0 +1,109 @@
+"""Export a trained PEFT LoRA adapter as a GGUF LoRA adapter that llama.cpp loads over the base GGUF.
+
+The tensors keep their PEFT shapes — ``lora_a`` is ``(r, in)`` and ``lora_b`` is ``(out, r)`` —
+which in GGUF's reversed dimension order is what llama.cpp checks against the base weight
+(``a.ne[0] == in``, ``b.ne[1] == out``). Names come from the ``gguf`` package's tensor map, e.g.
+``model.layers.0.self_attn.q_proj`` → ``blk.0.attn_q.weight.lora_a``. The scale llama.cpp applies
+is ``alpha / r``, as in PEFT. The adapter's ``intentkit.json`` (prompt fingerprint, intents) is
+copied next to the GGUF so a backend can check the prompt it was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from intentkit import MissingDependencyError
+
+from .train import META_FILE
+
+__all__ = ["ExportError", "export_gguf_lora"]
+
+# Architectures whose converter permutes the q/k projections; their LoRA B matrices would need the
+# same permutation, which this exporter does not do.
+_PERMUTED = {"llama", "mistral", "granite"}
+
+
+class ExportError(ValueError):
+    """The adapter cannot be exported (unsupported layout or architecture)."""
+
+
+def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None, *, dtype: str = "f16") -> Path:
+    """Write ``adapter_dir``'s PEFT LoRA as a GGUF adapter; returns its path (default ``adapter.gguf`` inside)."""
+    try:
+        import gguf
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise MissingDependencyError("gguf/safetensors", "train") from None
+    adapter_dir = Path(adapter_dir)
+    out = Path(out_path) if out_path else adapter_dir / "adapter.gguf"
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    except FileNotFoundError as exc:
+        raise ExportError(f"{adapter_dir} is not a PEFT adapter directory ({Path(exc.filename).name} missing)") from None
+    if config.get("peft_type") != "LORA":
+        raise ExportError(f"{adapter_dir}: only LoRA adapters can be exported, not {config.get('peft_type')}")
+    if config.get("use_dora") or config.get("use_rslora"):
+        raise ExportError(f"{adapter_dir}: DoRA / rsLoRA adapters are not supported by llama.cpp's LoRA loader")
+    model_type = _model_type(adapter_dir, config)
+    arch = _arch(gguf, model_type)
+    if model_type in _PERMUTED:
+        raise ExportError(f"{model_type}: q/k projections are permuted in GGUF; export a merged model instead")
+    layers = 1 + max((int(part) for name in tensors for part in _layer_numbers(name)), default=0)
+    names = gguf.get_tensor_name_map(arch, layers)
+    np_dtype = np.float16 if dtype == "f16" else np.float32
+
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+    count = 0
+    for name in sorted(tensors):
+        if ".lora_A." not in name and ".lora_B." not in name:
+            raise ExportError(f"{adapter_dir}: tensor {name} is not a LoRA matrix (modules_to_save is not supported)")
+        module = name.split(".lora_")[0].removeprefix("base_model.model.")
+        target = names.get_name(module)
+        if target is None:
+            raise ExportError(f"{adapter_dir}: no GGUF name for module {module} of {model_type}")
+        suffix = "lora_a" if ".lora_A." in name else "lora_b"
+        writer.add_tensor(f"{target}.weight.{suffix}", np.ascontiguousarray(tensors[name].astype(np_dtype)))
+        count += 1
+    if not count:
+        raise ExportError(f"{adapter_dir}: the adapter holds no tensors")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if (adapter_dir / META_FILE).exists() and out.parent != adapter_dir:
+        shutil.copy(adapter_dir / META_FILE, out.parent / META_FILE)
+    return out
+
+
+def _layer_numbers(name: str) -> list[str]:
+    parts = name.split(".")
+    return [parts[i + 1] for i, part in enumerate(parts[:-1]) if part == "layers" and parts[i + 1].isdigit()]
+
+
+def _model_type(adapter_dir: Path, config: dict[str, object]) -> str:
+    meta_path = adapter_dir / META_FILE
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("model_type"):
+            return str(meta["model_type"])
+    base = config.get("base_model_name_or_path") or ""
+    config_path = Path(str(base)) / "config.json"
+    if config_path.exists():
+        return str(json.loads(config_path.read_text(encoding="utf-8"))["model_type"])
+    raise ExportError(f"{adapter_dir}: cannot tell the base architecture (no model_type in {META_FILE})")
+
+
+def _arch(gguf: object, model_type: str) -> object:
+    wanted = model_type.removesuffix("_text")
+    for arch, name in gguf.MODEL_ARCH_NAMES.items():  # type: ignore[attr-defined]
+        if name == wanted:
+            return arch
+    raise ExportError(f"no GGUF architecture named {wanted!r} (from model_type {model_type!r})")
