@@ -16,12 +16,13 @@ Every outcome is a :class:`RouteResult` with a :class:`Status`; nothing is swall
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -130,6 +131,29 @@ class RouteResult:
     def intent(self) -> str | None:
         """The first call's intent name, if any."""
         return self.calls[0].name if self.calls else None
+
+    @property
+    def call_text(self) -> str:
+        """The validated calls in the canonical call format (``no_intent()`` when there are none)."""
+        return "; ".join(c.render() for c in self.calls) or f"{NO_INTENT}()"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view; handler results that JSON cannot hold are given as their ``repr``."""
+        return {
+            "text": self.text,
+            "status": self.status.value,
+            "path": self.path.value,
+            "calls": [{"name": c.name, "arguments": _jsonable(dict(c.arguments))} for c in self.calls],
+            "call_text": self.call_text,
+            "results": [_jsonable(r) for r in self.results],
+            "errors": [{"type": type(e).__name__, "message": str(e)} for e in self.errors],
+            "raw_output": self.raw_output,
+            "confidence": self.confidence,
+            "intent_scores": dict(self.intent_scores) if self.intent_scores else None,
+            "argument_confidence": dict(self.argument_confidence) if self.argument_confidence else None,
+            "model_input": self.model_input,
+            "timings": asdict(self.timings),
+        }
 
 
 class Session:
@@ -255,8 +279,9 @@ class Router:
         return Session(max_turns, ttl_s=ttl_s)
 
     # ----------------------------------------------------------------- routing
-    def handle(self, text: str, *, session: Session | None = None) -> RouteResult:
-        """Route one utterance and run its handlers. Never raises for model or handler failures."""
+    def handle(self, text: str, *, session: Session | None = None, dispatch: bool = True) -> RouteResult:
+        """Route one utterance and run its handlers (``dispatch=False``: only predict and validate
+        the calls). Never raises for model or handler failures."""
         start = time.perf_counter()
         result, request = self._begin(text, session)
         if request is not None:
@@ -269,13 +294,15 @@ class Router:
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
             self._interpret(result, generation)
-        if result.status is Status.OK:
+        if not dispatch:
+            pass
+        elif result.status is Status.OK:
             self._dispatch(result)
         elif result.status is Status.NO_INTENT and self._fallback is not None:
             self._run_fallback(result)
         return self._finish(result, start, text, session)
 
-    async def ahandle(self, text: str, *, session: Session | None = None) -> RouteResult:
+    async def ahandle(self, text: str, *, session: Session | None = None, dispatch: bool = True) -> RouteResult:
         """Async :meth:`handle`: async handlers are awaited, sync ones run in a worker thread."""
         start = time.perf_counter()
         result, request = self._begin(text, session)
@@ -289,7 +316,9 @@ class Router:
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
             self._interpret(result, generation)
-        if result.status is Status.OK:
+        if not dispatch:
+            pass
+        elif result.status is Status.OK:
             await self._adispatch(result)
         elif result.status is Status.NO_INTENT and self._fallback is not None:
             await asyncio.to_thread(self._run_fallback, result)
@@ -434,6 +463,21 @@ class Router:
                     self._fast.rebuild(self.registry)
                     self._fast_dirty = False
         return self._fast
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` if JSON can hold it (enums as their value), else its ``repr``."""
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    return repr(value)
 
 
 def _backend_failure(exc: Exception) -> BackendError:

@@ -163,6 +163,8 @@ class DataReport:
             f"{self.records} records, {len(self.per_intent)} intents, {self.out_of_scope} out of scope, "
             f"imbalance {self.imbalance:.1f}x"
         ]
+        width = max((len(name) for name in self.per_intent), default=0)
+        lines += [f"  {name:<{width}}  {count}" for name, count in self.per_intent.items()]
         lines += [str(issue) for issue in self.issues]
         return "\n".join(lines)
 

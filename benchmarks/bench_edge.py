@@ -1,0 +1,163 @@
+"""Edge latency / accuracy / memory benchmark: intentkit's llama.cpp router vs the naive recipe.
+
+    python benchmarks/bench_edge.py                                  # demo dev set, bundled model
+    python benchmarks/bench_edge.py --data ../shared/datasets/smp2020/dev.jsonl \\
+        --lora runs/smp2020/adapter.gguf --registry-from ../shared/datasets/smp2020/train.jsonl
+
+Each mode runs in its own process (so peak RSS and cold start are its own):
+
+- ``router``: ``Router.handle`` with :class:`LlamaCppBackend` (prefix cache, constrained decoding);
+- ``greedy``: the same backend with ``constrained=False`` (unconstrained greedy, prefix cache);
+- ``naive``: llama-cpp-python ``Llama.create_completion`` with the same model, adapter and prompt,
+  greedy, stopping at the end-of-turn marker;
+- ``gbnf``: ``naive`` plus a GBNF grammar of the registered calls.
+
+Reports p50/p95 latency, the ratio to naive, intent / exact-call accuracy, ECE, peak RSS and cold
+start (load + first route), as a table and as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("router", "greedy", "naive", "gbnf")
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from intentkit import Router
+    from intentkit.demo import SmartHome
+    from trainers.data import build_registry, load_records
+
+    if args.registry_from:
+        return build_registry(load_records(args.registry_from))
+    router = Router()
+    SmartHome().register(router)
+    return router.registry
+
+
+def _gbnf(registry: Any) -> str:
+    """A GBNF grammar of the registered calls (keyword arguments, JSON-quoted values)."""
+    value = r'"\"" [^"\\]* "\""'
+    rules = [f'value ::= {value} | "[" {value} (", " {value})* "]"']
+    alternatives = ['"no_intent()"']
+    for i, spec in enumerate(registry.catalog.intents):
+        if spec.params:
+            params = " | ".join(f'"{p.name}=" value' for p in spec.params)
+            rules.append(f"p{i} ::= {params}")
+            alternatives.append(f'"{spec.name}(" (p{i} (", " p{i})*)? ")"')
+        else:
+            alternatives.append(f'"{spec.name}()"')
+    return "\n".join([f"root ::= {' | '.join(alternatives)}", *rules])
+
+
+def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+    from intentkit import Router
+    from intentkit.backends.base import Generation
+    from intentkit.bundled import base_model_path, bundled_model_dir
+    from trainers.data import load_records
+    from trainers.evaluate import evaluate
+
+    records = load_records(args.data)[: args.limit or None]
+    base = Path(args.base) if args.base else base_model_path()
+    lora = Path(args.lora) if args.lora else bundled_model_dir() / "adapter.gguf"
+    registry = _registry(args)
+    started = time.perf_counter()
+    if args.mode in ("router", "greedy"):
+        from intentkit.backends.llamacpp import LlamaCppBackend
+
+        backend = LlamaCppBackend(base, lora=lora, n_threads=args.threads, constrained=args.mode == "router")
+        router = Router(backend, prompt=backend.prompt, fast_path=False)
+        router.registry = registry
+
+        def predict(text: str) -> Generation:
+            result = router.handle(text)
+            return Generation(result.raw_output or "", confidence=result.confidence)
+
+    else:
+        import llama_cpp
+
+        from intentkit import PromptFormat
+
+        meta = json.loads((lora.parent / "intentkit.json").read_text(encoding="utf-8"))
+        prompt = PromptFormat.from_dict(meta["prompt"])
+        llm = llama_cpp.Llama(str(base), lora_path=str(lora), n_ctx=512, n_threads=args.threads, verbose=False)
+        grammar = llama_cpp.LlamaGrammar.from_string(_gbnf(registry), verbose=False) if args.mode == "gbnf" else None
+
+        def predict(text: str) -> Generation:
+            out = llm.create_completion(
+                prompt.render(text), max_tokens=64, temperature=0.0, stop=[prompt.answer_end], grammar=grammar
+            )
+            return Generation(out["choices"][0]["text"])
+
+    predict(records[0].instruction)
+    cold_start = time.perf_counter() - started
+    report = evaluate(records, predict)
+    return {
+        "mode": args.mode,
+        "n": report.n,
+        "p50_ms": report.latency_p50_ms,
+        "p95_ms": report.latency_p95_ms,
+        "intent_accuracy": report.intent_accuracy,
+        "exact_call_accuracy": report.exact_call_accuracy,
+        "argument_accuracy": report.argument_accuracy,
+        "slot_f1": report.slot_f1,
+        "oos_f1": (report.out_of_scope or {}).get("f1"),
+        "ece": report.ece,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cold_start_s": cold_start,
+        "errors": report.errors[:20],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT / "examples" / "demo" / "dev.jsonl"), help="datasets-format JSONL")
+    parser.add_argument("--base", help="base GGUF (default: the bundled gemma-3-270m Q4_K_M)")
+    parser.add_argument("--lora", help="GGUF LoRA adapter (default: models/smart-home/adapter.gguf)")
+    parser.add_argument("--registry-from", help="derive the intents from this data file instead of the demo intents")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--limit", type=int, default=0, help="first N records only")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        print(json.dumps(run_mode(args), ensure_ascii=False))
+        return
+    results = {}
+    for mode in args.modes.split(","):
+        command = [sys.executable, __file__, "--mode", mode, "--data", args.data, "--threads", str(args.threads)]
+        for flag in ("base", "lora", "registry_from", "limit"):
+            if getattr(args, flag):
+                command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"mode {mode} failed:\n{done.stderr[-3000:]}")
+        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{mode}: done", file=sys.stderr)
+    naive = results.get("naive", {}).get("p50_ms")
+    header = "| mode | n | p50 ms | p95 ms | × naive p50 | intent acc | exact call | OOS F1 | ECE | peak RSS MB | cold start s |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for mode, r in results.items():
+        ratio = f"{r['p50_ms'] / naive:.2f}" if naive else "—"
+        oos = f"{r['oos_f1']:.3f}" if r["oos_f1"] is not None else "—"
+        ece = f"{r['ece']:.3f}" if r["ece"] is not None else "—"
+        print(
+            f"| {mode} | {r['n']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {ratio} | {r['intent_accuracy']:.2%} | "
+            f"{r['exact_call_accuracy']:.2%} | {oos} | {ece} | {r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

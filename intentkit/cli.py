@@ -1,0 +1,410 @@
+"""The ``intentkit`` command (``pip install 'intentkit-router[cli]'``).
+
+    intentkit route "我想听音乐"            route one utterance with the embedded default model
+    intentkit chat                          interactive, multi-turn
+    intentkit serve --port 8000             HTTP service (route API + OpenAI-compatible)
+    intentkit train train.jsonl --dev dev.jsonl --out runs/mine
+    intentkit eval dev.jsonl --lora runs/mine/adapter.gguf --intents-from train.jsonl
+    intentkit data validate|convert|augment ...
+    intentkit bench dev.jsonl               latency and accuracy of the configured router
+
+User mistakes (a bad path, bad JSON, an unknown model) print one line and a hint, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .errors import IntentKitError, MissingDependencyError
+from .router import Router, RouteResult
+
+app = typer.Typer(help="intentkit: utterance in, validated function call out.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Training data: validate, convert, augment.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Model = Annotated[Path | None, typer.Option("--model", "-m", help="base GGUF (default: bundled gemma-3-270m)")]
+Lora = Annotated[Path | None, typer.Option(help="GGUF LoRA adapter (default: the bundled smart-home adapter)")]
+IntentsFrom = Annotated[
+    Path | None, typer.Option(help="derive the intents from this data file (default: the demo smart-home intents)")
+]
+Backend = Annotated[str, typer.Option(help="llamacpp | openai | hf")]
+BaseUrl = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL (--backend openai)")]
+ApiModel = Annotated[str | None, typer.Option(help="model name on the OpenAI-compatible server")]
+Threshold = Annotated[float | None, typer.Option(help="confidence threshold (low_confidence below it)")]
+
+_HINTS = {
+    "DataError": "fix the record at the place shown, then run again",
+    "FileNotFoundError": "check the path",
+    "MissingDependencyError": "install the extra named above",
+    "JSONDecodeError": "the file is not valid JSON",
+    "ValidationError": "check the option values",
+}
+
+
+def _friendly(fn: F) -> F:
+    """Turn user mistakes into one line plus a hint (exit code 2)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (IntentKitError, OSError, ValueError) as exc:
+            kind = type(exc).__name__
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            bases = {c.__name__ for c in type(exc).__mro__}
+            hint = _HINTS.get(kind) or next((h for k, h in _HINTS.items() if k in bases), "see --help for the options")
+            typer.secho(f"hint: {hint}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def build_router(
+    *,
+    model: Path | None = None,
+    lora: Path | None = None,
+    intents_from: Path | None = None,
+    backend: str = "llamacpp",
+    base_url: str | None = None,
+    api_key: str | None = None,
+    api_model: str | None = None,
+    threshold: float | None = None,
+) -> Router:
+    """The router the CLI options describe."""
+    settings: dict[str, Any] = {"confidence_threshold": threshold}
+    if backend == "llamacpp" and model is None and lora is None and intents_from is None:
+        return Router.default(**settings)
+    factories: dict[str, Callable[[], Any]] = {
+        "llamacpp": lambda: _llamacpp(model, lora),
+        "openai": lambda: _openai(base_url, api_key, api_model),
+        "hf": lambda: _hf(model, lora),
+    }
+    if backend not in factories:
+        raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(factories)}")
+    made = factories[backend]()
+    router = Router(made, prompt=getattr(made, "prompt", None), **settings)
+    if intents_from is not None:
+        from trainers.data import build_registry, load_records
+
+        router.registry = build_registry(load_records(intents_from))
+    else:
+        from .demo import SmartHome
+
+        SmartHome().register(router)
+    return router
+
+
+def _llamacpp(model: Path | None, lora: Path | None) -> Any:
+    from .backends.llamacpp import LlamaCppBackend
+    from .bundled import base_model_path, bundled_model_dir
+
+    return LlamaCppBackend(model or base_model_path(), lora=lora or bundled_model_dir() / "adapter.gguf")
+
+
+def _openai(base_url: str | None, api_key: str | None, api_model: str | None) -> Any:
+    from .backends.openai import OpenAIBackend
+
+    if not base_url or not api_model:
+        raise ValueError("--backend openai needs --base-url and --api-model")
+    return OpenAIBackend(base_url, model=api_model, api_key=api_key or os.environ.get("OPENAI_API_KEY"))
+
+
+def _hf(model: Path | None, lora: Path | None) -> Any:
+    from .backends.transformers import TransformersBackend
+
+    if model is None:
+        raise ValueError("--backend hf needs --model (an HF model directory or a .gguf file)")
+    return TransformersBackend(model, adapter=lora)
+
+
+def _show(result: RouteResult) -> None:
+    confidence = f"{result.confidence:.2f}" if result.confidence is not None else "—"
+    color = typer.colors.GREEN if result.ok else typer.colors.YELLOW
+    typer.secho(f"{result.call_text}", fg=color, bold=True, nl=False)
+    typer.echo(f"   [{result.status.value}, confidence {confidence}, {result.timings.total_ms:.0f} ms, {result.path.value}]")
+    for value in result.results:
+        typer.echo(f"  → {value}")
+    for error in result.errors:
+        typer.secho(f"  ! {type(error).__name__}: {error}", fg=typer.colors.RED)
+
+
+@app.command()
+@_friendly
+def route(
+    texts: Annotated[list[str], typer.Argument(help="utterances to route")],
+    model: Model = None,
+    lora: Lora = None,
+    intents_from: IntentsFrom = None,
+    backend: Backend = "llamacpp",
+    base_url: BaseUrl = None,
+    api_model: ApiModel = None,
+    threshold: Threshold = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the RouteResult as JSON")] = False,
+) -> None:
+    """Route utterances and run the handlers."""
+    with build_router(
+        model=model,
+        lora=lora,
+        intents_from=intents_from,
+        backend=backend,
+        base_url=base_url,
+        api_model=api_model,
+        threshold=threshold,
+    ) as router:
+        for text in texts:
+            result = router.handle(text)
+            if as_json:
+                typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+            else:
+                typer.echo(f"{text}")
+                _show(result)
+
+
+@app.command()
+@_friendly
+def chat(
+    model: Model = None,
+    lora: Lora = None,
+    intents_from: IntentsFrom = None,
+    backend: Backend = "llamacpp",
+    base_url: BaseUrl = None,
+    api_model: ApiModel = None,
+    turns: Annotated[int, typer.Option(help="earlier turns joined with the new one")] = 2,
+) -> None:
+    """Interactive multi-turn routing (empty line or Ctrl-D to quit)."""
+    with build_router(
+        model=model, lora=lora, intents_from=intents_from, backend=backend, base_url=base_url, api_model=api_model
+    ) as router:
+        session = router.session(max_turns=turns)
+        typer.echo("say something (empty line to quit)")
+        while True:
+            try:
+                text = input("> ").strip()
+            except EOFError:
+                break
+            if not text:
+                break
+            _show(router.handle(text, session=session))
+
+
+@app.command()
+@_friendly
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: Annotated[str | None, typer.Option(envvar="INTENTKIT_TOKEN", help="bearer token required on /v1")] = None,
+    max_body: Annotated[int, typer.Option(help="largest request body in bytes")] = 64 * 1024,
+    model_name: Annotated[str, typer.Option(help="the model id /v1/models lists")] = "intentkit",
+    model: Model = None,
+    lora: Lora = None,
+    intents_from: IntentsFrom = None,
+    backend: Backend = "llamacpp",
+    base_url: BaseUrl = None,
+    api_model: ApiModel = None,
+    threshold: Threshold = None,
+) -> None:
+    """Serve the route API and OpenAI-compatible endpoints with uvicorn."""
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError:
+        raise MissingDependencyError("fastapi/uvicorn", "server") from None
+    router = build_router(
+        model=model,
+        lora=lora,
+        intents_from=intents_from,
+        backend=backend,
+        base_url=base_url,
+        api_model=api_model,
+        threshold=threshold,
+    )
+    with router:
+        uvicorn.run(create_app(router, token=token, max_body_bytes=max_body, model_name=model_name), host=host, port=port)
+
+
+@app.command()
+@_friendly
+def train(
+    data: Annotated[Path, typer.Argument(help="training data (seed or datasets format, JSON or JSONL)")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    dev: Annotated[Path | None, typer.Option(help="dev data for early stopping")] = None,
+    base: Annotated[str, typer.Option(help="'default', an HF model dir or a .gguf file")] = "default",
+    method: Annotated[str, typer.Option(help="lora | qlora | full")] = "lora",
+    epochs: float = 2.0,
+    learning_rate: float = 3e-4,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    lora_r: int = 16,
+    patience: Annotated[int | None, typer.Option(help="stop after N dev evaluations without improvement")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="steps between dev evaluations")] = None,
+    export: Annotated[bool, typer.Option(help="also write adapter.gguf for llama.cpp")] = True,
+) -> None:
+    """Fine-tune a routing model (LoRA by default) and export it for llama.cpp."""
+    from trainers.data import load_records
+    from trainers.export import export_gguf_lora
+    from trainers.train import TrainConfig
+    from trainers.train import train as run_train
+
+    config = TrainConfig(
+        base=base,
+        method=method,  # type: ignore[arg-type]
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        patience=patience,
+        eval_every=eval_every,
+    )
+    records = load_records(data)
+    dev_records = load_records(dev) if dev else []
+    result = run_train(records, out, config, dev=dev_records)
+    typer.echo(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, best dev loss {result.best_dev_loss}")
+    if export and method != "full":
+        typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
+
+
+@app.command("eval")
+@_friendly
+def evaluate_command(
+    data: Annotated[Path, typer.Argument(help="a file in the datasets format")],
+    model: Model = None,
+    lora: Lora = None,
+    intents_from: IntentsFrom = None,
+    backend: Backend = "llamacpp",
+    base_url: BaseUrl = None,
+    api_model: ApiModel = None,
+    out: Annotated[Path | None, typer.Option(help="write report.json / report.md / confusion.png here")] = None,
+    limit: Annotated[int, typer.Option(help="first N records only (0: all)")] = 0,
+) -> None:
+    """Intent / argument / exact-call accuracy, slot F1, OOS, calibration and latency on a data file."""
+    from rich.progress import Progress
+
+    from trainers.data import load_records
+    from trainers.evaluate import backend_predictor, evaluate
+
+    records = load_records(data)[: limit or None]
+    with build_router(
+        model=model, lora=lora, intents_from=intents_from, backend=backend, base_url=base_url, api_model=api_model
+    ) as router:
+        assert router.backend is not None
+        predict = backend_predictor(router.backend, router.registry, router.prompt)
+        with Progress(transient=True) as progress:
+            task = progress.add_task("evaluating", total=len(records))
+            report = evaluate(records, predict, progress=lambda done, total: progress.update(task, completed=done))
+    typer.echo(report.summary())
+    if out:
+        for path in report.save(out):
+            typer.echo(f"wrote {path}")
+
+
+@app.command()
+@_friendly
+def bench(
+    data: Annotated[Path, typer.Argument(help="utterances (datasets format)")],
+    model: Model = None,
+    lora: Lora = None,
+    intents_from: IntentsFrom = None,
+    backend: Backend = "llamacpp",
+    base_url: BaseUrl = None,
+    api_model: ApiModel = None,
+    limit: int = 200,
+) -> None:
+    """Latency of Router.handle over a data file (model path only; fast path off)."""
+    from trainers.data import load_records
+
+    texts = [r.instruction for r in load_records(data)][: limit or None]
+    started = time.perf_counter()
+    with build_router(
+        model=model, lora=lora, intents_from=intents_from, backend=backend, base_url=base_url, api_model=api_model
+    ) as router:
+        router.config.fast_path = False
+        router.handle(texts[0], dispatch=False)
+        cold = time.perf_counter() - started
+        latencies = []
+        for text in texts:
+            result = router.handle(text, dispatch=False)
+            latencies.append(result.timings.total_ms)
+    latencies.sort()
+    p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+    typer.echo(
+        f"{len(latencies)} utterances: p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms, "
+        f"mean {statistics.fmean(latencies):.1f} ms, cold start {cold:.2f} s"
+    )
+
+
+@data_app.command("validate")
+@_friendly
+def data_validate(
+    data: Path,
+    dev: Annotated[Path | None, typer.Option(help="dev file, checked for leakage")] = None,
+    intents_from: IntentsFrom = None,
+    min_per_intent: int = 50,
+) -> None:
+    """Counts per intent, imbalance, duplicates, conflicts, leakage and calls that do not bind."""
+    from trainers.data import build_registry, load_records, validate_records
+
+    records = load_records(data)
+    registry = build_registry(load_records(intents_from)) if intents_from else None
+    report = validate_records(records, registry=registry, dev=load_records(dev) if dev else (), min_per_intent=min_per_intent)
+    typer.echo(report.summary())
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@data_app.command("convert")
+@_friendly
+def data_convert(
+    source: Path,
+    target: Path,
+    from_format: Annotated[str, typer.Option("--from", help="itag | alpaca | sharegpt | dialogue | jsonl")] = "jsonl",
+    to_format: Annotated[str, typer.Option("--to", help="jsonl | alpaca | sharegpt")] = "jsonl",
+) -> None:
+    """Convert between intentkit's format and iTAG, LLaMA-Factory alpaca/sharegpt and dialogue records."""
+    from trainers.convert import export_rows, import_rows
+    from trainers.data import load_records, records_from_rows
+
+    records = load_records(source) if from_format == "jsonl" else records_from_rows(import_rows(source, from_format))
+    path = export_rows(records, target, to_format)
+    typer.echo(f"wrote {len(records)} records to {path}")
+
+
+@data_app.command("augment")
+@_friendly
+def data_augment(
+    templates: Path,
+    train_out: Annotated[Path, typer.Option("--train", help="where to write the training rows")],
+    dev_out: Annotated[Path | None, typer.Option("--dev", help="where to write the held-out-template rows")] = None,
+    per_intent: int = 80,
+    dev_per_intent: int = 12,
+    seed: int = 0,
+) -> None:
+    """Expand a template file (``帮我查{city}{date}的天气`` + slot values) into training data."""
+    from trainers.augment import augment, load_templates
+
+    out = augment(load_templates(templates), per_intent=per_intent, dev_per_intent=dev_per_intent, seed=seed)
+    out.write(train_out, dev_out)
+    typer.echo(
+        f"wrote {len(out.train)} train rows to {train_out}" + (f", {len(out.dev)} dev rows to {dev_out}" if dev_out else "")
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,233 @@
+"""The HTTP service: intentkit's own route API plus OpenAI-compatible endpoints.
+
+- ``POST /v1/route`` ``{"text", "session_id"?}`` → the :class:`~intentkit.RouteResult` as JSON
+  (handlers run);
+- ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and SSE streaming): the answer is the
+  call text (``play_music()``), handlers are *not* run — the caller executes the call, as with
+  any model server;
+- ``GET /healthz``, ``GET /metrics`` (Prometheus).
+
+A bearer token, when configured, is required on every ``/v1`` route. Requests larger than
+``max_body_bytes`` get 413 before they are read. Concurrent requests share one router; the
+backend queues them (the llama.cpp backend holds a lock around its one context).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..router import Router, Session, Status
+from .metrics import Metrics
+
+__all__ = ["ChatRequest", "RouteRequest", "create_app"]
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="the user's utterance")
+    session_id: str | None = Field(None, max_length=128, description="joins this turn with the session's earlier turns")
+    dispatch: bool = Field(True, description="run the handlers (false: only predict and validate)")
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # temperature, top_p, … are accepted and ignored
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+
+
+class _BodyLimit:
+    """Answer 413 for bodies over ``limit`` bytes, whether or not Content-Length is declared."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self.limit, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = json.dumps({"error": {"message": f"request body over {limit} bytes", "type": "request_too_large"}}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    router: Router,
+    *,
+    token: str | None = None,
+    model_name: str = "intentkit",
+    max_body_bytes: int = 64 * 1024,
+    max_sessions: int = 10_000,
+) -> FastAPI:
+    """A FastAPI app serving ``router``. ``token`` enables bearer auth on ``/v1``."""
+    app = FastAPI(title="intentkit", version="1", summary="Intent routing: utterance in, validated function call out.")
+    metrics = Metrics()
+    sessions: dict[str, Session] = {}
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def session_for(session_id: str | None) -> Session | None:
+        if session_id is None:
+            return None
+        if session_id not in sessions and len(sessions) >= max_sessions:
+            sessions.pop(next(iter(sessions)))  # forget the oldest session: memory stays bounded
+        return sessions.setdefault(session_id, router.session())
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        metrics.error(f"http_{exc.status_code}")
+        return JSONResponse(
+            {"error": {"message": exc.detail, "type": "invalid_request_error", "code": exc.status_code}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        metrics.error("http_422")
+        return JSONResponse({"error": {"message": problems, "type": "invalid_request_error", "code": 422}}, status_code=422)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "intents": len(router.registry), "backend": type(router.backend).__name__}
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        from fastapi.responses import Response
+
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.post("/v1/route", dependencies=[Depends(authorize)])
+    async def route(body: RouteRequest) -> JSONResponse:
+        result = await router.ahandle(body.text, session=session_for(body.session_id), dispatch=body.dispatch)
+        metrics.observe("/v1/route", result)
+        status = 503 if result.status is Status.BACKEND_ERROR else 200
+        return JSONResponse(result.to_dict(), status_code=status)
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "intentkit"}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
+    async def chat(body: ChatRequest) -> JSONResponse | StreamingResponse:
+        if body.model != model_name:
+            raise HTTPException(404, f"unknown model {body.model!r}; available: {model_name}")
+        turns = [_content(m) for m in body.messages if m.role == "user"]
+        if not turns or not turns[-1].strip():
+            raise HTTPException(400, "messages need a non-empty user message")
+        text = router.prompt.join_turns(turns)
+        result = await router.ahandle(text, dispatch=False)
+        metrics.observe("/v1/chat/completions", result)
+        if result.status is Status.BACKEND_ERROR:
+            raise HTTPException(503, f"backend failed: {result.error}")
+        answer = result.call_text if result.status is not Status.INVALID else (result.raw_output or "")
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        extra = {"status": result.status.value, "confidence": result.confidence}
+        if body.stream:
+            return StreamingResponse(_stream(completion_id, created, model_name, answer, extra), media_type="text/event-stream")
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "intentkit": extra,
+            }
+        )
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=_count_unhandled(metrics))
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.state.router, app.state.metrics = router, metrics
+    return app
+
+
+def _content(message: ChatMessage) -> str:
+    if isinstance(message.content, list):  # content parts: keep the text ones
+        return "".join(str(part.get("text", "")) for part in message.content if part.get("type") == "text")
+    return message.content or ""
+
+
+async def _stream(completion_id: str, created: int, model: str, answer: str, extra: dict[str, Any]) -> AsyncIterator[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if finish:
+            payload["intentkit"] = extra
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    yield chunk({"content": answer}, None)
+    yield chunk({}, "stop")
+    yield b"data: [DONE]\n\n"
+
+
+def _count_unhandled(metrics: Metrics) -> Any:
+    async def middleware(request: Request, call_next: Any) -> Any:
+        try:
+            return await call_next(request)
+        except Exception as exc:  # never a dropped connection: a structured 500 instead
+            metrics.error(type(exc).__name__)
+            return JSONResponse(
+                {"error": {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "server_error", "code": 500}},
+                status_code=500,
+            )
+
+    return middleware

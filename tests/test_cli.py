@@ -1,0 +1,73 @@
+"""The intentkit command: data subcommands end to end, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("typer")
+from typer.testing import CliRunner
+
+from intentkit.cli import app
+
+runner = CliRunner()
+DEMO = Path(__file__).parent.parent / "examples" / "demo"
+
+
+def test_data_validate_reports_counts():
+    result = runner.invoke(app, ["data", "validate", str(DEMO / "train.jsonl"), "--dev", str(DEMO / "dev.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "weather_search" in result.output
+
+
+def test_data_convert_round_trip(tmp_path):
+    alpaca = tmp_path / "a.json"
+    result = runner.invoke(app, ["data", "convert", str(DEMO / "dev.jsonl"), str(alpaca), "--to", "alpaca"])
+    assert result.exit_code == 0, result.output
+    back = tmp_path / "b.jsonl"
+    result = runner.invoke(app, ["data", "convert", str(alpaca), str(back), "--from", "alpaca"])
+    assert result.exit_code == 0, result.output
+    original = [json.loads(line)["output"] for line in (DEMO / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    converted = [json.loads(line)["output"] for line in back.read_text(encoding="utf-8").splitlines()]
+    assert converted == original
+
+
+def test_data_augment(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "augment",
+            str(DEMO / "templates.json"),
+            "--train",
+            str(tmp_path / "t.jsonl"),
+            "--dev",
+            str(tmp_path / "d.jsonl"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.jsonl").read_bytes() == (DEMO / "train.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "validate", "nope.jsonl"], "nope.jsonl: no such file"),
+        (["data", "validate", "{bad}"], "bad.jsonl:2: invalid JSON"),
+        (["data", "convert", "{bad}", "out.json", "--from", "csv"], "unknown format 'csv'"),
+        (["route", "hi", "--backend", "nope", "--intents-from", "{good}"], "unknown backend 'nope'"),
+        (["route", "hi", "--lora", "missing.gguf"], "not found: missing.gguf"),
+    ],
+)
+def test_user_mistakes_are_one_line(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "a", "output": "f()"}\n{oops\n', encoding="utf-8")
+    (tmp_path / "good.jsonl").write_text('{"instruction": "a", "output": "f()"}\n', encoding="utf-8")
+    args = [a.replace("{bad}", "bad.jsonl").replace("{good}", "good.jsonl") for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert "hint:" in result.output

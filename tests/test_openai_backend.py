@@ -1,0 +1,166 @@
+"""OpenAIBackend against a fake OpenAI-compatible server on loopback and against intentkit's own service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from conftest import serve
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from intentkit import Router
+from intentkit.backends.openai import OpenAIBackend, call_regex
+from intentkit.server import create_app
+from intentkit.testing import FakeBackend
+
+
+class FakeServer:
+    """Answers with ``answer``; the first ``failures`` requests get ``status``."""
+
+    def __init__(self) -> None:
+        self.failures, self.status, self.answer = 0, 503, "play_music()"
+        self.payloads: list[dict] = []
+        self.app = FastAPI()
+
+        @self.app.post("/v1/chat/completions")
+        async def chat(request: Request) -> JSONResponse:
+            self.payloads.append(await request.json())
+            if self.failures:
+                self.failures -= 1
+                return JSONResponse({"error": "busy"}, status_code=self.status)
+            return JSONResponse({"choices": [{"message": {"role": "assistant", "content": self.answer}}]})
+
+
+@pytest.fixture(scope="module")
+def fake():
+    server = FakeServer()
+    with serve(server.app) as url:
+        server.url = f"{url}/v1"
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def reset(fake):
+    fake.failures, fake.status, fake.answer = 0, 503, "play_music()"
+    fake.payloads.clear()
+
+
+OPEN: list[Router] = []
+
+
+@pytest.fixture(autouse=True)
+def close_routers():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+def router_for(backend) -> Router:
+    router = Router(backend, fast_path=False)
+    OPEN.append(router)
+
+    @router.intent(description="播放音乐")
+    def play_music() -> str:
+        return "playing"
+
+    @router.intent(description="查询天气")
+    def weather_search(city: str, date: str | None = None) -> str:
+        return city
+
+    return router
+
+
+def test_routes_through_the_server(fake):
+    router = router_for(OpenAIBackend(fake.url, model="m", retries=0))
+    assert router.handle("我想听音乐").results == ["playing"]
+    payload = fake.payloads[-1]
+    assert payload["model"] == "m" and payload["temperature"] == 0
+    assert payload["messages"][-1] == {"role": "user", "content": "我想听音乐"}
+
+
+def test_retries_on_429_and_5xx(fake):
+    fake.failures, fake.status = 2, 429
+    router = router_for(OpenAIBackend(fake.url, model="m", retries=3))
+    assert router.handle("我想听音乐").ok
+    assert len(fake.payloads) == 3
+
+
+def test_gives_up_with_a_backend_error(fake):
+    fake.failures = 10
+    result = router_for(OpenAIBackend(fake.url, model="m", retries=1)).handle("我想听音乐")
+    assert result.status.value == "backend_error"
+    assert "503" in str(result.error)
+
+
+def test_client_errors_are_not_retried(fake):
+    fake.failures, fake.status = 1, 400
+    result = router_for(OpenAIBackend(fake.url, model="m", retries=3)).handle("我想听音乐")
+    assert result.status.value == "backend_error" and len(fake.payloads) == 1
+
+
+def test_circuit_breaker_fails_fast_then_recovers(fake):
+    backend = OpenAIBackend(fake.url, model="m", retries=0, breaker_failures=2, breaker_reset_s=0.3)
+    router = router_for(backend)
+    fake.failures = 2
+    assert not router.handle("a").ok and not router.handle("b").ok
+    sent = len(fake.payloads)
+    result = router.handle("c")
+    assert "circuit open" in str(result.error) and len(fake.payloads) == sent  # nothing was sent
+    import time
+
+    time.sleep(0.35)
+    assert router.handle("我想听音乐").ok  # half-open trial succeeds, circuit closes
+
+
+def test_unreachable_server_is_a_backend_error():
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", model="m", retries=0, timeout=1)
+    assert router_for(backend).handle("我想听音乐").status.value == "backend_error"
+
+
+def test_zero_shot_lists_the_intents_and_structured_hint(fake):
+    backend = OpenAIBackend(fake.url, model="m", zero_shot=True, structured="guided_regex")
+    router = router_for(backend)
+    router.handle("我想听音乐")
+    system = fake.payloads[-1]["messages"][0]["content"]
+    assert "- play_music()：播放音乐" in system
+    assert "- weather_search(city: str, date: str = null)：查询天气" in system
+    assert fake.payloads[-1]["guided_regex"] == call_regex(router.registry.catalog)
+
+
+def test_call_regex_matches_valid_calls_only():
+    import regex
+
+    router = router_for(FakeBackend("x"))
+    pattern = regex.compile(call_regex(router.registry.catalog))
+    for text in ["play_music()", 'weather_search(city="杭州")', 'weather_search(city="杭州", date="明天")', "no_intent()"]:
+        assert pattern.fullmatch(text), text
+    for text in ["shutdown()", 'weather_search(town="杭州")', "play_music(); rm"]:
+        assert not pattern.fullmatch(text), text
+
+
+def test_async_path(fake):
+    router = router_for(OpenAIBackend(fake.url, model="m"))
+    fake.answer = 'weather_search(city="杭州")'
+
+    async def run():
+        try:
+            return await router.ahandle("杭州天气")
+        finally:
+            await router.backend.aclose()
+
+    assert asyncio.run(run()).results == ["杭州"]
+
+
+def test_against_intentkit_serve():
+    inner = router_for(FakeBackend({"我想听音乐": "play_music()"}))
+    with serve(create_app(inner, token="t", model_name="router")) as url:
+        outer = router_for(OpenAIBackend(f"{url}/v1", model="router", api_key="t"))
+        result = outer.handle("我想听音乐")
+        assert result.ok and result.results == ["playing"]
+        wrong = router_for(OpenAIBackend(f"{url}/v1", model="router", api_key="bad", retries=0)).handle("我想听音乐")
+        assert wrong.status.value == "backend_error" and "401" in str(wrong.error)
