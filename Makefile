@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) examples/quickstart.py
+	$(PY) examples/edge_demo.py
 
 test: install
 	$(PY) -m pytest -q

@@ -292,7 +292,7 @@ class ConstrainedDecoder:
         found: dict[int, bytes] = {}
         for start in range(len(text)):
             for end in range(start + 1, min(len(text), start + 16) + 1):
-                tokens = self._tok(text[start:end]) if end - start <= 2 else tuple(self.model.tokenize(text[start:end]))
+                tokens = self.model.tokenize(text[start:end])  # not cached: utterances are unbounded
                 if len(tokens) == 1:
                     found.setdefault(tokens[0], self.model.piece(tokens[0]))
                 elif len(tokens) > 2:

@@ -17,3 +17,44 @@ def test_quickstart_routes_every_utterance(capsys: pytest.CaptureFixture[str]) -
     assert "音量 40" in out
     assert "no_intent" in out and "unknown intent 'book_flight'" in out
     assert out.count("-> ok") == 7
+
+
+def _run(name: str, capsys: pytest.CaptureFixture[str]) -> str:
+    pytest.importorskip("llama_cpp")
+    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_edge_demo_main_job(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("edge_demo.py", capsys)
+    for call in ("play_music()", "volume_down()", "music_exit()", 'weather_search(city="杭州")', "no_intent()"):
+        assert call in out
+    assert "model loaded in" in out and " ms " in out
+
+
+def test_smart_home_example(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("smart_home.py", capsys)
+    assert "家里没有阳台" in out
+    assert "'客厅': True" in out and "AC on" in out
+
+
+def test_voice_assistant_example(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("voice_assistant.py", capsys)
+    assert "这个我还不会" in out  # the fallback answered the chit-chat
+    assert "模型输入: 我想听歌。那放稻香吧。" in out  # the session joined the turns
+
+
+def test_fastapi_app_example() -> None:
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("fastapi")
+    import httpx
+    from conftest import serve
+
+    namespace = runpy.run_path(str(EXAMPLES / "fastapi_app.py"), run_name="fastapi_app")
+    with serve(namespace["app"]) as url:
+        assert httpx.get(f"{url}/status").json() == {"hub": "up"}
+        body = httpx.post(f"{url}/voice", json={"text": "我想听音乐"}, timeout=30).json()
+        assert body["intent"] == "play_music"
+        routed = httpx.post(f"{url}/intent/v1/route", json={"text": "太吵了，把声音开小一点"}, timeout=30).json()
+        assert routed["call_text"] == "volume_down()"
+    namespace["router"].close()

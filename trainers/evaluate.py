@@ -26,7 +26,14 @@ from intentkit import NO_INTENT, Backend, Call, GenerateRequest, Generation, Pro
 
 from .data import Record
 
-__all__ = ["EvalReport", "Prediction", "backend_predictor", "evaluate", "score"]
+__all__ = [
+    "EvalReport",
+    "Prediction",
+    "backend_predictor",
+    "evaluate",
+    "predict_records",
+    "score",
+]
 
 Predictor = Callable[[str], "Generation | str"]
 
@@ -161,8 +168,10 @@ def backend_predictor(
     return predict
 
 
-def evaluate(records: Sequence[Record], predict: Predictor, *, progress: Callable[[int, int], None] | None = None) -> EvalReport:
-    """Run ``predict`` on every record and score the answers."""
+def predict_records(
+    records: Sequence[Record], predict: Predictor, *, progress: Callable[[int, int], None] | None = None
+) -> list[Prediction]:
+    """Run ``predict`` on every record (timed); :func:`score` turns the result into a report."""
     predictions = []
     for index, record in enumerate(records):
         start = time.perf_counter()
@@ -174,7 +183,12 @@ def evaluate(records: Sequence[Record], predict: Predictor, *, progress: Callabl
         predictions.append(Prediction(record, generation.text, calls, bool(parsed.errors), generation.confidence, latency))
         if progress is not None:
             progress(index + 1, len(records))
-    return score(predictions)
+    return predictions
+
+
+def evaluate(records: Sequence[Record], predict: Predictor, *, progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Run ``predict`` on every record and score the answers."""
+    return score(predict_records(records, predict, progress=progress))
 
 
 def score(predictions: Sequence[Prediction]) -> EvalReport:

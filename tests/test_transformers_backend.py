@@ -1,0 +1,93 @@
+"""TransformersBackend on a tiny randomly initialised Gemma3 built in the test (CPU, no download)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from test_trainers_train import RECORDS, tiny_model_and_tokenizer
+
+from intentkit import PromptFormat, Router
+from intentkit.backends.base import GenerateRequest
+from intentkit.backends.transformers import TransformersBackend
+from trainers.train import TrainConfig, train
+
+
+def demo_router(backend) -> Router:
+    router = Router(backend, fast_path=False)
+
+    @router.intent
+    def play_music() -> str:
+        return "playing"
+
+    @router.intent
+    def volume_down() -> str:
+        return "quieter"
+
+    @router.intent
+    def weather_search(city: str) -> str:
+        return city
+
+    return router
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny model after a short LoRA run on the four seed answers (so it has learned them)."""
+    out = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = TrainConfig(epochs=40, batch_size=4, learning_rate=3e-3, lora_r=8, lora_alpha=16, target_modules="all-linear")
+    train(RECORDS, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
+    from peft import PeftModel
+
+    base, tokenizer = tiny_model_and_tokenizer()
+    merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+    return merged, tokenizer
+
+
+def test_constrained_routes_to_registered_intents(trained):
+    model, tokenizer = trained
+    router = demo_router(TransformersBackend.from_model(model, tokenizer))
+    assert router.handle("我想听音乐").results == ["playing"]
+    assert router.handle("太吵了").results == ["quieter"]
+    result = router.handle("查下杭州天气")
+    assert result.results == ["杭州"] and 0 < result.confidence <= 1
+    assert router.handle("今天吃什么").status.value == "no_intent"
+
+
+def test_prefix_cache_is_reused(trained):
+    model, tokenizer = trained
+    backend = TransformersBackend.from_model(model, tokenizer)
+    router = demo_router(backend)
+    catalog = router.registry.catalog
+    first = backend.generate(GenerateRequest("我想听音乐", [], catalog, PromptFormat()))
+    second = backend.generate(GenerateRequest("太吵了", [], catalog, PromptFormat()))
+    assert first.info["cached_tokens"] == 0
+    assert second.info["cached_tokens"] > 20  # the system prompt was not evaluated again
+
+
+def test_unconstrained_and_batched_agree(trained):
+    model, tokenizer = trained
+    backend = TransformersBackend.from_model(model, tokenizer, constrained=False)
+    catalog = demo_router(backend).registry.catalog
+    requests = [GenerateRequest(t, [], catalog, PromptFormat()) for t in ("我想听音乐", "太吵了", "查下杭州天气")]
+    one_by_one = [backend.generate(r).text for r in requests]
+    assert one_by_one == ["play_music()", "volume_down()", 'weather_search(city="杭州")']
+    assert [g.text for g in backend.generate_batch(requests)] == one_by_one
+
+
+def test_prompt_mismatch_warns(trained):
+    from intentkit.prompt import PromptMismatchWarning
+
+    model, tokenizer = trained
+    saved = PromptFormat(system_prompt="another prompt").to_dict()
+    router = demo_router(TransformersBackend.from_model(model, tokenizer, meta={"prompt": saved}))
+    with pytest.warns(PromptMismatchWarning, match="trained with prompt"):
+        router.handle("我想听音乐")
+
+
+def test_missing_model_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        TransformersBackend(tmp_path / "nope")
