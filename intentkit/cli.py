@@ -81,9 +81,10 @@ def build_router(
     api_key: str | None = None,
     api_model: str | None = None,
     threshold: float | None = None,
+    **extra: Any,
 ) -> Router:
-    """The router the CLI options describe."""
-    settings: dict[str, Any] = {"confidence_threshold": threshold}
+    """The router the CLI options describe (``extra``: more :class:`RouterConfig` fields)."""
+    settings: dict[str, Any] = {"confidence_threshold": threshold, **extra}
     if backend == "llamacpp" and model is None and lora is None and intents_from is None:
         return Router.default(**settings)
     factories: dict[str, Callable[[], Any]] = {
@@ -104,6 +105,14 @@ def build_router(
 
         SmartHome().register(router)
     return router
+
+
+_ROUTER_OPTIONS = ("model", "lora", "intents_from", "backend", "base_url", "api_model", "threshold")
+
+
+def router_from(options: dict[str, Any], **extra: Any) -> Router:
+    """:func:`build_router` from a command's option values (its ``locals()``)."""
+    return build_router(**{k: options[k] for k in _ROUTER_OPTIONS if k in options}, **extra)
 
 
 def _llamacpp(model: Path | None, lora: Path | None) -> Any:
@@ -154,15 +163,7 @@ def route(
     as_json: Annotated[bool, typer.Option("--json", help="print the RouteResult as JSON")] = False,
 ) -> None:
     """Route utterances and run the handlers."""
-    with build_router(
-        model=model,
-        lora=lora,
-        intents_from=intents_from,
-        backend=backend,
-        base_url=base_url,
-        api_model=api_model,
-        threshold=threshold,
-    ) as router:
+    with router_from(locals()) as router:
         for text in texts:
             result = router.handle(text)
             if as_json:
@@ -184,9 +185,7 @@ def chat(
     turns: Annotated[int, typer.Option(help="earlier turns joined with the new one")] = 2,
 ) -> None:
     """Interactive multi-turn routing (empty line or Ctrl-D to quit)."""
-    with build_router(
-        model=model, lora=lora, intents_from=intents_from, backend=backend, base_url=base_url, api_model=api_model
-    ) as router:
+    with router_from(locals()) as router:
         session = router.session(max_turns=turns)
         typer.echo("say something (empty line to quit)")
         while True:
@@ -222,15 +221,7 @@ def serve(
         from .server import create_app
     except ImportError:
         raise MissingDependencyError("fastapi/uvicorn", "server") from None
-    router = build_router(
-        model=model,
-        lora=lora,
-        intents_from=intents_from,
-        backend=backend,
-        base_url=base_url,
-        api_model=api_model,
-        threshold=threshold,
-    )
+    router = router_from(locals())
     with router:
         uvicorn.run(create_app(router, token=token, max_body_bytes=max_body, model_name=model_name), host=host, port=port)
 
@@ -298,9 +289,7 @@ def evaluate_command(
     from trainers.evaluate import backend_predictor, evaluate
 
     records = load_records(data)[: limit or None]
-    with build_router(
-        model=model, lora=lora, intents_from=intents_from, backend=backend, base_url=base_url, api_model=api_model
-    ) as router:
+    with router_from(locals()) as router:
         assert router.backend is not None
         predict = backend_predictor(router.backend, router.registry, router.prompt)
         with Progress(transient=True) as progress:
@@ -329,10 +318,7 @@ def bench(
 
     texts = [r.instruction for r in load_records(data)][: limit or None]
     started = time.perf_counter()
-    with build_router(
-        model=model, lora=lora, intents_from=intents_from, backend=backend, base_url=base_url, api_model=api_model
-    ) as router:
-        router.config.fast_path = False
+    with router_from(locals(), fast_path=False) as router:
         router.handle(texts[0], dispatch=False)
         cold = time.perf_counter() - started
         latencies = []

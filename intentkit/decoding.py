@@ -41,7 +41,10 @@ _DRAFT_TOKENS = 4
 class TokenModel(Protocol):
     """What the decoder needs from a backend: tokens in, logits out, a rewindable cache."""
 
-    n_tokens: int  # tokens currently in the cache
+    @property
+    def n_tokens(self) -> int:
+        """Tokens currently in the cache."""
+        ...
 
     def tokenize(self, text: str, *, special: bool = False, bos: bool = False) -> list[int]: ...
 

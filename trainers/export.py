@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,9 +102,9 @@ def _model_type(adapter_dir: Path, config: dict[str, object]) -> str:
     raise ExportError(f"{adapter_dir}: cannot tell the base architecture (no model_type in {META_FILE})")
 
 
-def _arch(gguf: object, model_type: str) -> object:
+def _arch(gguf: Any, model_type: str) -> Any:
     wanted = model_type.removesuffix("_text")
-    for arch, name in gguf.MODEL_ARCH_NAMES.items():  # type: ignore[attr-defined]
+    for arch, name in gguf.MODEL_ARCH_NAMES.items():
         if name == wanted:
             return arch
     raise ExportError(f"no GGUF architecture named {wanted!r} (from model_type {model_type!r})")

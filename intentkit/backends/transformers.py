@@ -142,7 +142,7 @@ class TransformersBackend(Backend):
             loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
             meta_path = adapter_dir / META_FILE
             meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-        self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))
+        self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))  # type: ignore[arg-type]
 
     @classmethod
     def from_model(
