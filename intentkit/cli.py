@@ -65,6 +65,8 @@ def _friendly(fn: F) -> F:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             bases = {c.__name__ for c in type(exc).__mro__}
             hint = _HINTS.get(kind) or next((h for k, h in _HINTS.items() if k in bases), "see --help for the options")
+            if "no such file" in str(exc) or "not found" in str(exc):
+                hint = _HINTS["FileNotFoundError"]
             typer.secho(f"hint: {hint}", err=True)
             raise typer.Exit(2) from None
 

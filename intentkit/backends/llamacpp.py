@@ -177,7 +177,7 @@ class LlamaCppBackend(Backend):
         *,
         lora: str | Path | None = None,
         lora_scale: float = 1.0,
-        n_ctx: int = 512,
+        n_ctx: int = 1024,
         n_batch: int = 64,
         n_threads: int | None = None,
         constrained: bool = True,

@@ -1,0 +1,152 @@
+"""Load test of ``POST /v1/route`` on a real uvicorn server on 127.0.0.1 (loopback only, bounded).
+
+    python benchmarks/load_test.py                      # both runs below
+    python benchmarks/load_test.py --only fake --requests 5000 --concurrency 32
+
+- ``fake``: the FakeBackend router, 5,000 requests at concurrency 32 → errors, lost responses,
+  throughput and p50/p99 latency;
+- ``llama``: the embedded default (llama.cpp), ``--llama-requests`` at concurrency 8, compared with
+  the same router's single-stream capacity (sequential ``handle`` calls in-process) — the service
+  should add no more than 10 % on top of the model.
+
+Utterances come from ``--data`` (the demo dev set by default). Every response is checked: status
+200 and a JSON body whose ``text`` is the utterance sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _serve(app: Any) -> tuple[str, Any, threading.Thread]:
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+async def _load(url: str, texts: list[str], requests: int, concurrency: int, timeout_s: float) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    semaphore = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            text = texts[i % len(texts)]
+            async with semaphore:
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/v1/route", json={"text": text})
+                    body = response.json()
+                    if response.status_code != 200 or body.get("text") != text:
+                        errors.append(f"{response.status_code}: {str(body)[:200]}")
+                except Exception as exc:  # a lost response is exactly what this test looks for
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "answered": len(latencies) - len(errors),
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "seconds": round(seconds, 2),
+        "throughput_rps": round(requests / seconds, 1),
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
+    }
+
+
+def run_fake(texts: list[str], requests: int, concurrency: int) -> dict[str, Any]:
+    from intentkit import Router
+    from intentkit.demo import SmartHome
+    from intentkit.server import create_app
+    from intentkit.testing import FakeBackend
+
+    router = Router(FakeBackend('weather_search(city="杭州")'), fast_path=False)
+    SmartHome().register(router)
+    url, server, thread = _serve(create_app(router))
+    try:
+        return asyncio.run(_load(url, texts, requests, concurrency, timeout_s=60))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def run_llama(texts: list[str], requests: int, concurrency: int) -> dict[str, Any]:
+    from intentkit import Router
+    from intentkit.server import create_app
+
+    router = Router.default(fast_path=False)
+    sample = texts[: min(len(texts), 200)]
+    router.handle(sample[0])
+    started = time.perf_counter()
+    for text in sample:
+        router.handle(text)
+    single = len(sample) / (time.perf_counter() - started)
+    url, server, thread = _serve(create_app(router))
+    try:
+        result = asyncio.run(_load(url, texts, requests, concurrency, timeout_s=120))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        router.close()
+    result["single_stream_rps"] = round(single, 1)
+    result["vs_single_stream"] = round(result["throughput_rps"] / single, 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT / "examples" / "demo" / "dev.jsonl"))
+    parser.add_argument("--only", choices=["fake", "llama"])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--llama-requests", type=int, default=1000)
+    parser.add_argument("--llama-concurrency", type=int, default=8)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    from trainers.data import load_records
+
+    texts = [r.instruction for r in load_records(args.data)]
+    results = {}
+    if args.only in (None, "fake"):
+        results["fake"] = run_fake(texts, args.requests, args.concurrency)
+        print(json.dumps({"fake": results["fake"]}, ensure_ascii=False))
+    if args.only in (None, "llama"):
+        results["llama"] = run_llama(texts, args.llama_requests, args.llama_concurrency)
+        print(json.dumps({"llama": results["llama"]}, ensure_ascii=False))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+    if any(r["errors"] for r in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
