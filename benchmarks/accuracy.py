@@ -14,6 +14,7 @@ as ``eval-<name>/report.{json,md}``; the summary is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -67,6 +68,21 @@ def main() -> None:
         report = score(everything)
         report.save(args.out / f"eval-all{suffix}")
         print(f"\n== all ==\n{report.summary()}")
+    if any(p.confidence is not None for p in everything):
+        print("\n== confidence threshold (answers below it count as no_intent) ==")
+        print("| threshold | intent acc. | in-scope intent acc. | exact call | OOS P | OOS R | OOS F1 |")
+        print("|---|---|---|---|---|---|---|")
+        for threshold in (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99):
+            cut = [
+                dataclasses.replace(p, calls=[]) if p.confidence is not None and p.confidence < threshold else p
+                for p in everything
+            ]
+            r = score(cut)
+            oos = r.out_of_scope or {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+            print(
+                f"| {threshold} | {r.intent_accuracy:.2%} | {r.in_scope_intent_accuracy:.2%} | {r.exact_call_accuracy:.2%} | "
+                f"{oos['precision']:.2%} | {oos['recall']:.2%} | {oos['f1']:.3f} |"
+            )
     backend.close()
 
 

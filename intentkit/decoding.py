@@ -117,6 +117,7 @@ class ConstrainedDecoder:
         self.model = model
         self.catalog = catalog
         self._token_cache: dict[str, tuple[int, ...]] = {}
+        self._substrings: tuple[bytes, list[tuple[int, bytes]]] | None = None  # the last utterance's
         self.openers = self._options(self._opening_texts())
 
     # ------------------------------------------------------------------ building
@@ -232,7 +233,7 @@ class ConstrainedDecoder:
     ) -> tuple[bytes, float, _Option]:
         """Decode a quoted value up to one of ``closers``; returns (value, probability, closer)."""
         closer_first = {o.tokens[0] for o in closers if o.tokens}
-        candidates = self._substring_tokens(utterance) if utterance is not None else None
+        candidates = self._substring_tokens(utterance) if utterance is not None else None  # cached per utterance
         value = b""
         prob = 1.0
         rows: list[np.ndarray] = []  # logits after each drafted token (already in the cache)
@@ -291,6 +292,8 @@ class ConstrainedDecoder:
 
     def _substring_tokens(self, utterance: bytes) -> list[tuple[int, bytes]]:
         """Every vocabulary token whose text occurs in the utterance (found by tokenizing substrings)."""
+        if self._substrings is not None and self._substrings[0] == utterance:
+            return self._substrings[1]
         text = utterance.decode()
         found: dict[int, bytes] = {}
         for start in range(len(text)):
@@ -300,7 +303,8 @@ class ConstrainedDecoder:
                     found.setdefault(tokens[0], self.model.piece(tokens[0]))
                 elif len(tokens) > 2:
                     break  # longer substrings only get longer tokenizations
-        return list(found.items())
+        self._substrings = (utterance, list(found.items()))
+        return self._substrings[1]
 
     def _draft(self, utterance: bytes, value: bytes) -> list[int]:
         """The utterance's next tokens after ``value`` (its first occurrence), to verify in one batch."""
