@@ -21,7 +21,9 @@ def test_quickstart_routes_every_utterance(capsys: pytest.CaptureFixture[str]) -
 
 def _run(name: str, capsys: pytest.CaptureFixture[str]) -> str:
     pytest.importorskip("llama_cpp")
-    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", [name])  # as if run from the shell, without pytest's arguments
+        runpy.run_path(str(EXAMPLES / name), run_name="__main__")
     return capsys.readouterr().out
 
 

@@ -67,7 +67,11 @@ class _Model:
             if not self.adapter:
                 self.close()
                 raise BackendError(f"llama.cpp could not load the LoRA adapter {lora} (wrong base model?)")
-            lc.llama_set_adapter_lora(self.ctx, self.adapter, lora_scale)
+            adapters = (type(self.adapter) * 1)(self.adapter)
+            scales = (ctypes.c_float * 1)(lora_scale)
+            if lc.llama_set_adapters_lora(self.ctx, adapters, 1, scales) != 0:
+                self.close()
+                raise BackendError(f"llama.cpp could not apply the LoRA adapter {lora}")
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_ctx, self.n_batch = n_ctx, n_batch
