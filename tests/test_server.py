@@ -102,6 +102,12 @@ def test_bad_requests_get_clear_4xx(client, kwargs, status, message):
     assert message in response.json()["error"]["message"]
 
 
+def test_a_form_encoded_body_gets_a_hint(client):
+    response = client.post("/v1/route", content=b'{"text": "hi"}', headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 422
+    assert "Content-Type: application/json" in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}])
 def test_auth_is_required(server, headers):
     response = httpx.post(f"{server}/v1/route", json={"text": "我想听音乐"}, headers=headers)

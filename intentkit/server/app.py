@@ -134,6 +134,8 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        if "json" not in request.headers.get("content-type", ""):
+            problems += " (send a JSON body with Content-Type: application/json)"
         metrics.error("http_422")
         return JSONResponse({"error": {"message": problems, "type": "invalid_request_error", "code": 422}}, status_code=422)
 
