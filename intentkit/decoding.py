@@ -23,16 +23,20 @@ would have produced something the registry rejects.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from .backends.base import GenerateRequest, Generation
 from .calls import NO_INTENT
+from .errors import BackendError
+from .prompt import check_prompt
 from .registry import IntentCatalog, ParamSpec
 
-__all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode"]
+__all__ = ["ConstrainedDecoder", "Decoded", "LocalGenerator", "TokenModel", "greedy_decode"]
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
@@ -58,6 +62,10 @@ class TokenModel(Protocol):
 
     def rewind(self, n_tokens: int) -> None:
         """Forget everything after the first ``n_tokens`` tokens."""
+        ...
+
+    def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        """Evaluate a prompt reusing the cached common prefix; returns (last logits, tokens reused)."""
         ...
 
 
@@ -334,3 +342,48 @@ def greedy_decode(model: TokenModel, logits: np.ndarray, max_tokens: int) -> tup
         out += model.piece(token)
         logits = model.feed([token])[-1]
     return out.decode("utf-8", errors="replace"), count
+
+
+class LocalGenerator:
+    """One request through a local :class:`TokenModel`: the prompt-fingerprint check, the prompt
+    with its cached prefix, then constrained (or plain greedy) decoding. Shared by the llama.cpp
+    and transformers backends, which hold their own lock around :meth:`run`."""
+
+    def __init__(self, model: TokenModel, *, meta: dict[str, Any], source: str, constrained: bool, n_ctx: int | None = None):
+        self.model, self.meta, self.source = model, meta, source
+        self.constrained, self.n_ctx = constrained, n_ctx
+        self._decoders: dict[str, ConstrainedDecoder] = {}
+        self._checked: set[str] = set()
+
+    def run(self, request: GenerateRequest) -> Generation:
+        if request.prompt.fingerprint not in self._checked:
+            check_prompt(self.meta.get("prompt"), request.prompt, self.source)
+            self._checked.add(request.prompt.fingerprint)
+        t0 = time.perf_counter()
+        tokens = self.model.tokenize(request.prompt.render(request.text, request.catalog), special=True, bos=True)
+        if self.n_ctx is not None and len(tokens) + request.max_tokens > self.n_ctx:
+            raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={self.n_ctx}")
+        logits, reused = self.model.prefill(tokens)
+        t1 = time.perf_counter()
+        info: dict[str, Any] = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (t1 - t0) * 1e3}
+        if not self.constrained:
+            text, generated = greedy_decode(self.model, logits, request.max_tokens)
+            info.update(generated_tokens=generated, decode_ms=(time.perf_counter() - t1) * 1e3)
+            return Generation(text, info=info)
+        decoder = self._decoders.get(request.catalog.fingerprint)
+        if decoder is None:
+            decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(self.model, request.catalog)
+        decoded = decoder.decode(logits, request.text, max_tokens=request.max_tokens)
+        info.update(
+            decode_ms=(time.perf_counter() - t1) * 1e3,
+            sampled=decoded.sampled,
+            forced=decoded.forced,
+            evaluations=decoded.evaluations,
+        )
+        return Generation(
+            decoded.text,
+            confidence=decoded.confidence,
+            intent_scores=decoded.intent_scores,
+            argument_confidence=decoded.argument_confidence,
+            info=info,
+        )

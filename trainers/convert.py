@@ -25,34 +25,11 @@ from typing import Any
 
 from intentkit import NO_INTENT, PromptFormat
 
-from .data import DataError, Record
+from .data import DataError, Record, read_objects
 
 __all__ = ["EXPORTERS", "IMPORTERS", "export_rows", "import_rows"]
 
 Row = tuple[str, dict[str, Any]]
-
-
-def _read_objects(path: Path) -> Iterator[tuple[str, Any]]:
-    """(source, object) for a JSON array file or a JSON Lines file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(str(path), "no such file") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-        yield from ((f"{path}[{i}]", row) for i, row in enumerate(data))
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
 
 
 def _object(source: str, value: Any, what: str) -> dict[str, Any]:
@@ -62,7 +39,7 @@ def _object(source: str, value: Any, what: str) -> dict[str, Any]:
 
 
 def _itag(path: Path) -> Iterator[Row]:
-    for source, row in _read_objects(path):
+    for source, row in read_objects(path):
         row = _object(source, row, "an iTAG record")
         instruction = _object(source, row.get("data"), "'data'").get("instruction")
         labels = [key for key in row if key.startswith("label-")]
@@ -79,7 +56,7 @@ def _itag(path: Path) -> Iterator[Row]:
 
 
 def _alpaca(path: Path) -> Iterator[Row]:
-    for source, row in _read_objects(path):
+    for source, row in read_objects(path):
         row = _object(source, row, "an alpaca record")
         instruction = row.get("instruction")
         if isinstance(instruction, str) and row.get("input"):
@@ -88,7 +65,7 @@ def _alpaca(path: Path) -> Iterator[Row]:
 
 
 def _sharegpt(path: Path) -> Iterator[Row]:
-    for source, row in _read_objects(path):
+    for source, row in read_objects(path):
         row = _object(source, row, "a sharegpt record")
         turns = row.get("conversations") or row.get("messages")
         if not isinstance(turns, list) or not turns:
@@ -108,7 +85,7 @@ def _sharegpt(path: Path) -> Iterator[Row]:
 
 
 def _dialogue(path: Path) -> Iterator[Row]:
-    for source, row in _read_objects(path):
+    for source, row in read_objects(path):
         row = _object(source, row, "a dialogue record")
         if "context" not in row:
             raise DataError(source, f"missing 'context' (keys: {', '.join(row) or 'none'})")

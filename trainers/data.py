@@ -31,6 +31,7 @@ __all__ = [
     "Record",
     "build_registry",
     "load_records",
+    "read_objects",
     "records_from_rows",
     "validate_records",
 ]
@@ -69,8 +70,9 @@ class Record:
         return self.output if self.output is not None else f"{NO_INTENT}()"
 
 
-def load_records(path: str | Path, *, prompt: PromptFormat | None = None) -> list[Record]:
-    """Read a JSON array or JSON Lines file of records; raises :class:`DataError` naming file and line."""
+def read_objects(path: str | Path) -> list[tuple[str, Any]]:
+    """``(source, object)`` for each row of a JSON array or JSON Lines file; the source is
+    ``file[index]`` or ``file:line``. Raises :class:`DataError` naming file and line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -78,22 +80,26 @@ def load_records(path: str | Path, *, prompt: PromptFormat | None = None) -> lis
         raise DataError(str(path), "no such file") from None
     except UnicodeDecodeError as exc:
         raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    rows: list[tuple[str, Any]] = []
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-        rows = [(f"{path}[{i}]", row) for i, row in enumerate(data)]
-    else:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-    return records_from_rows(rows, prompt=prompt)
+        return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+    rows: list[tuple[str, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"{path}:{lineno}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    return rows
+
+
+def load_records(path: str | Path, *, prompt: PromptFormat | None = None) -> list[Record]:
+    """Read a JSON array or JSON Lines file of records; raises :class:`DataError` naming file and line."""
+    return records_from_rows(read_objects(path), prompt=prompt)
 
 
 def records_from_rows(rows: Iterable[tuple[str, Any]], *, prompt: PromptFormat | None = None) -> list[Record]:

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..bundled import DEFAULT_ADAPTER, base_model_path, bundled_model_dir
-from ..decoding import ConstrainedDecoder, greedy_decode
+from ..decoding import LocalGenerator
 from ..errors import BackendError, MissingDependencyError
-from ..prompt import PromptFormat, check_prompt
+from ..prompt import PromptFormat
 from .base import Backend, GenerateRequest, Generation
 
 __all__ = ["LlamaCppBackend"]
@@ -205,8 +205,9 @@ class LlamaCppBackend(Backend):
         #: What the model (adapter) recorded at training time: prompt, intents, config.
         self.meta = _read_meta(lora_path or path)
         self._lock = threading.Lock()
-        self._decoders: dict[str, ConstrainedDecoder] = {}
-        self._checked: set[str] = set()
+        self._generator = LocalGenerator(
+            self._model, meta=self.meta, source=str(lora_path or path), constrained=constrained, n_ctx=n_ctx
+        )
         self._closed = False
 
     @classmethod
@@ -225,38 +226,7 @@ class LlamaCppBackend(Backend):
         with self._lock:
             if self._closed:
                 raise BackendError("the llama.cpp backend is closed")
-            if request.prompt.fingerprint not in self._checked:
-                check_prompt(self.meta.get("prompt"), request.prompt, str(self.lora_path or self.model_path))
-                self._checked.add(request.prompt.fingerprint)
-            model = self._model
-            t0 = time.perf_counter()
-            tokens = model.tokenize(request.prompt.render(request.text, request.catalog), special=True, bos=True)
-            if len(tokens) + request.max_tokens > model.n_ctx:
-                raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={model.n_ctx}")
-            logits, reused = model.prefill(tokens)
-            t1 = time.perf_counter()
-            info: dict[str, Any] = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (t1 - t0) * 1e3}
-            if not self.constrained:
-                text, generated = greedy_decode(model, logits, request.max_tokens)
-                info.update(generated_tokens=generated, decode_ms=(time.perf_counter() - t1) * 1e3)
-                return Generation(text, info=info)
-            decoder = self._decoders.get(request.catalog.fingerprint)
-            if decoder is None:
-                decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(model, request.catalog)
-            decoded = decoder.decode(logits, request.text, max_tokens=request.max_tokens)
-            info.update(
-                decode_ms=(time.perf_counter() - t1) * 1e3,
-                sampled=decoded.sampled,
-                forced=decoded.forced,
-                evaluations=decoded.evaluations,
-            )
-            return Generation(
-                decoded.text,
-                confidence=decoded.confidence,
-                intent_scores=decoded.intent_scores,
-                argument_confidence=decoded.argument_confidence,
-                info=info,
-            )
+            return self._generator.run(request)
 
     def close(self) -> None:
         with self._lock:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..decoding import ConstrainedDecoder, greedy_decode
+from ..decoding import LocalGenerator
 from ..errors import BackendError, MissingDependencyError
-from ..prompt import PromptFormat, check_prompt
+from ..prompt import PromptFormat
 from .base import Backend, GenerateRequest, Generation
 
 __all__ = ["TransformersBackend"]
@@ -161,8 +160,7 @@ class TransformersBackend(Backend):
             if isinstance(token, int) and token != tokenizer.unk_token_id:
                 ends.add(token)
         self._model = _HFModel(model, tokenizer, ends)
-        self._decoders: dict[str, ConstrainedDecoder] = {}
-        self._checked: set[str] = set()
+        self._generator = LocalGenerator(self._model, meta=meta, source=source, constrained=constrained)
         self._lock = threading.Lock()
 
     @property
@@ -176,35 +174,11 @@ class TransformersBackend(Backend):
 
     def generate(self, request: GenerateRequest) -> Generation:
         with self._lock:
-            if request.prompt.fingerprint not in self._checked:
-                check_prompt(self.meta.get("prompt"), request.prompt, self.source)
-                self._checked.add(request.prompt.fingerprint)
-            model = self._model
-            t0 = time.perf_counter()
-            tokens = model.tokenize(request.prompt.render(request.text, request.catalog), special=True, bos=True)
             try:
-                logits, reused = model.prefill(tokens)
-                t1 = time.perf_counter()
-                info: dict[str, Any] = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (t1 - t0) * 1e3}
-                if not self.constrained:
-                    text, generated = greedy_decode(model, logits, request.max_tokens)
-                    info.update(generated_tokens=generated, decode_ms=(time.perf_counter() - t1) * 1e3)
-                    return Generation(text, info=info)
-                decoder = self._decoders.get(request.catalog.fingerprint)
-                if decoder is None:
-                    decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(model, request.catalog)
-                decoded = decoder.decode(logits, request.text, max_tokens=request.max_tokens)
+                return self._generator.run(request)
             except RuntimeError as exc:  # CUDA out of memory, shape errors: the router reports backend_error
-                model.cache, model.tokens = None, []
+                self._model.cache, self._model.tokens = None, []
                 raise BackendError(f"transformers failed: {exc}") from exc
-            info.update(decode_ms=(time.perf_counter() - t1) * 1e3, sampled=decoded.sampled, evaluations=decoded.evaluations)
-            return Generation(
-                decoded.text,
-                confidence=decoded.confidence,
-                intent_scores=decoded.intent_scores,
-                argument_confidence=decoded.argument_confidence,
-                info=info,
-            )
 
     def generate_batch(self, requests: Sequence[GenerateRequest], *, batch_size: int = 32) -> list[Generation]:
         """Unconstrained greedy answers for many requests, ``batch_size`` at a time (left padding)."""
