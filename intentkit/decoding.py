@@ -164,9 +164,9 @@ class ConstrainedDecoder:
         """Decode one call given the logits after the prompt; ``utterance`` bounds copied values."""
         decoded = Decoded("", NO_INTENT, 0.0, {})
         cursor = _Cursor(self.model, logits, decoded)
-        option, prob = self._walk(cursor, self.openers, scores=decoded.intent_scores)
-        decoded.intent, decoded.confidence = option.intent, prob
-        decoded.intent_scores[option.intent] = prob
+        option, _, intent_prob = self._walk(cursor, self.openers, scores=decoded.intent_scores)
+        decoded.intent, decoded.confidence = option.intent, intent_prob
+        decoded.intent_scores[option.intent] = intent_prob
         parts = [option.text]
         used: set[str] = set()
         budget = max_tokens
@@ -185,7 +185,7 @@ class ConstrainedDecoder:
                 choice_options = [
                     _Option(self._tok(v + c.text), v + c.text, c.intent, c.param, c.end, c.item) for v in values for c in closers
                 ]
-                option, p = self._walk(cursor, choice_options)
+                option, p, _ = self._walk(cursor, choice_options)
                 value_text = option.text
             else:
                 value, p, option = self._value(cursor, closers, utterance_bytes if param.from_utterance else None, budget)
@@ -199,8 +199,11 @@ class ConstrainedDecoder:
 
     def _walk(
         self, cursor: _Cursor, options: list[_Option], *, first: int | None = None, scores: dict[str, float] | None = None
-    ) -> tuple[_Option, float]:
-        """Follow the token trie of ``options``; consult the model only where it branches."""
+    ) -> tuple[_Option, float, float]:
+        """Follow the token trie of ``options``; consult the model only where it branches.
+
+        Returns the option, its probability, and the probability at the point where only one
+        intent was left (the intent's confidence, before any parameter choice)."""
         alive = [o for o in options if o.tokens and (first is None or o.tokens[0] == first)]
         if not alive:
             raise ValueError("no option to decode")
@@ -208,7 +211,10 @@ class ConstrainedDecoder:
         if first is not None:
             cursor.push(first, forced=False)
         prob = 1.0
+        intent_prob: float | None = None
         while len(alive) > 1:
+            if intent_prob is None and len({o.intent for o in alive}) == 1:
+                intent_prob = prob
             longer = [o for o in alive if len(o.tokens) > pos]
             if len(longer) < len(alive):  # an option that is a token prefix of another: keep the longer ones
                 alive = longer or alive[:1]
@@ -234,7 +240,7 @@ class ConstrainedDecoder:
         # The rest is forced. It is queued so a later decision sees it; a finished call never evaluates it.
         for token in alive[0].tokens[pos:]:
             cursor.push(token, forced=True)
-        return alive[0], prob
+        return alive[0], prob, prob if intent_prob is None else intent_prob
 
     def _value(
         self, cursor: _Cursor, closers: list[_Option], utterance: bytes | None, budget: int
@@ -278,7 +284,7 @@ class ConstrainedDecoder:
             if draft:
                 self.model.rewind(self.model.n_tokens - len(draft))
             token = closers[0].tokens[0]
-        option, p = self._walk(cursor, closers, first=token)
+        option, p, _ = self._walk(cursor, closers, first=token)
         return value, prob * p, option
 
     def _allowed(

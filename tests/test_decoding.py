@@ -193,3 +193,10 @@ def test_greedy_decode_stops_at_the_end_token():
     text, count = greedy_decode(model, model.start("<p>"), max_tokens=32)
     assert text == "play_music()"
     assert count == len(model.tokenize("play_music()")) + 1
+
+
+def test_intent_confidence_excludes_the_parameter_choice(catalog):
+    # weather_search is certain; which parameter comes first is not (city 12 vs date 6).
+    decoded, _ = decode(catalog, 'weather_search(city="杭州")', "杭州明天天气", runner_up='weather_search(date="明天")')
+    assert decoded.intent == "weather_search"
+    assert decoded.confidence > 0.999
