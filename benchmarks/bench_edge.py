@@ -61,13 +61,15 @@ def _gbnf(registry: Any) -> str:
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     from intentkit import Router
     from intentkit.backends.base import Generation
-    from intentkit.bundled import base_model_path, bundled_model_dir
+    from intentkit.bundled import base_model_path, bundled_model_dir, trimmed_model_path
     from trainers.data import load_records
     from trainers.evaluate import evaluate
 
     records = load_records(args.data)[: args.limit or None]
-    base = Path(args.base) if args.base else base_model_path()
     lora = Path(args.lora) if args.lora else bundled_model_dir() / "adapter.gguf"
+    keep = lora.parent / "keep_tokens.npy"
+    # The default: the base as Router.default() runs it (vocabulary trimmed for the bundled adapter).
+    base = Path(args.base) if args.base else trimmed_model_path(keep) if keep.is_file() else base_model_path()
     registry = _registry(args)
     started = time.perf_counter()
     if args.mode in ("router", "greedy"):
@@ -120,7 +122,9 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "examples" / "demo" / "dev.jsonl"), help="datasets-format JSONL")
-    parser.add_argument("--base", help="base GGUF (default: the bundled gemma-3-270m Q4_K_M)")
+    parser.add_argument(
+        "--base", help="base GGUF (default: gemma-3-270m Q4_K_M, vocabulary-trimmed when the adapter ships keep_tokens.npy)"
+    )
     parser.add_argument("--lora", help="GGUF LoRA adapter (default: models/smart-home/adapter.gguf)")
     parser.add_argument("--registry-from", help="derive the intents from this data file instead of the demo intents")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")

@@ -103,6 +103,27 @@ def test_prompt_mismatch_warns_loudly():
         router.close()
 
 
+def test_trimmed_vocabulary_tokenizes_like_the_full_one():
+    from intentkit.bundled import base_model_path
+    from trainers.data import load_records
+
+    trimmed = LlamaCppBackend.default()
+    full = LlamaCppBackend.default(trim_vocabulary=False)
+    assert trimmed.model_path != full.model_path and trimmed.model_path.stat().st_size < 0.6 * base_model_path().stat().st_size
+    prompt = PromptFormat()
+    try:
+        for record in load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl"):
+            text = prompt.render(record.instruction)
+            pieces = [[m.piece(t) for t in m.tokenize(text, special=True, bos=True)] for m in (trimmed._model, full._model)]
+            assert pieces[0] == pieces[1], record.instruction
+        # text outside the kept vocabulary still encodes (smaller pieces, byte fallback) and decodes back
+        odd = "ཀུན་ мир 🙂 Σ"
+        assert b"".join(trimmed._model.piece(t) for t in trimmed._model.tokenize(odd)).decode() == odd
+    finally:
+        trimmed.close()
+        full.close()
+
+
 def test_bad_model_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
         LlamaCppBackend(tmp_path / "missing.gguf")
@@ -155,10 +176,11 @@ def test_llama_cpp_and_transformers_predict_the_same():
     with Router.default(fast_path=False) as llama:
         hf_router = Router(hf, prompt=llama.prompt, fast_path=False)
         hf_router.registry = llama.registry
-        prompt_text = llama.prompt.render(records[0].instruction)
-        assert hf._model.tokenize(prompt_text, special=True, bos=True) == llama.backend._model.tokenize(
-            prompt_text, special=True, bos=True
-        )
+        for record in records:  # the trimmed vocabulary renumbers tokens but must not change the text pieces
+            text = llama.prompt.render(record.instruction)
+            hf_pieces = [hf._model.piece(t) for t in hf._model.tokenize(text, special=True, bos=True)]
+            llama_model = llama.backend._model
+            assert hf_pieces == [llama_model.piece(t) for t in llama_model.tokenize(text, special=True, bos=True)]
         pairs = [
             (llama.handle(r.instruction, dispatch=False).call_text, hf_router.handle(r.instruction, dispatch=False).call_text)
             for r in records
