@@ -59,17 +59,16 @@ def _gbnf(registry: Any) -> str:
 
 
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
-    from intentkit import Router
+    from intentkit import PromptFormat, Router
     from intentkit.backends.base import Generation
-    from intentkit.bundled import base_model_path, bundled_model_dir, trimmed_model_path
+    from intentkit.bundled import bundled_model_dir, deployment_base, read_model_meta, trained_prompt
     from trainers.data import load_records
     from trainers.evaluate import evaluate
 
     records = load_records(args.data)[: args.limit or None]
     lora = Path(args.lora) if args.lora else bundled_model_dir() / "adapter.gguf"
-    keep = lora.parent / "keep_tokens.npy"
     # The default: the base as Router.default() runs it (vocabulary trimmed for the bundled adapter).
-    base = Path(args.base) if args.base else trimmed_model_path(keep) if keep.is_file() else base_model_path()
+    base = Path(args.base) if args.base else deployment_base(lora.parent)
     registry = _registry(args)
     started = time.perf_counter()
     if args.mode in ("router", "greedy"):
@@ -86,10 +85,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     else:
         import llama_cpp
 
-        from intentkit import PromptFormat
-
-        meta = json.loads((lora.parent / "intentkit.json").read_text(encoding="utf-8"))
-        prompt = PromptFormat.from_dict(meta["prompt"])
+        prompt = trained_prompt(read_model_meta(lora.parent)) or PromptFormat()
         llm = llama_cpp.Llama(str(base), lora_path=str(lora), n_ctx=512, n_threads=args.threads, verbose=False)
         grammar = llama_cpp.LlamaGrammar.from_string(_gbnf(registry), verbose=False) if args.mode == "gbnf" else None
 

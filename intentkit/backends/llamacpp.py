@@ -16,7 +16,6 @@ loaded once, memory stays bounded). ``pip install 'intentkit-router[llamacpp]'``
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundled import DEFAULT_ADAPTER, base_model_path, bundled_model_dir, trimmed_model_path
+from ..bundled import DEFAULT_ADAPTER, base_model_path, bundled_model_dir, deployment_base, read_model_meta, trained_prompt
 from ..decoding import LocalGenerator
 from ..errors import BackendError, MissingDependencyError
 from ..prompt import PromptFormat
@@ -34,7 +33,6 @@ from .base import Backend, GenerateRequest, Generation
 
 __all__ = ["LlamaCppBackend"]
 
-META_FILE = "intentkit.json"
 _backend_ready = False
 _init_lock = threading.Lock()
 
@@ -203,7 +201,7 @@ class LlamaCppBackend(Backend):
         self.model_path, self.lora_path = path, lora_path
         self.constrained = constrained
         #: What the model (adapter) recorded at training time: prompt, intents, config.
-        self.meta = _read_meta(lora_path or path)
+        self.meta = read_model_meta((lora_path or path).parent)
         self._lock = threading.Lock()
         self._generator = LocalGenerator(
             self._model, meta=self.meta, source=str(lora_path or path), constrained=constrained, n_ctx=n_ctx
@@ -220,15 +218,12 @@ class LlamaCppBackend(Backend):
         140 MB less memory and a cheaper output head per step.
         """
         directory = bundled_model_dir(DEFAULT_ADAPTER)
-        keep = directory / "keep_tokens.npy"
-        base = trimmed_model_path(keep) if trim_vocabulary and keep.is_file() else base_model_path()
-        return cls(base, lora=directory / "adapter.gguf", **kwargs)
+        return cls(deployment_base(directory, trim_vocabulary=trim_vocabulary), lora=directory / "adapter.gguf", **kwargs)
 
     @property
     def prompt(self) -> PromptFormat | None:
         """The prompt format the adapter was trained with, when it recorded one."""
-        saved = self.meta.get("prompt")
-        return PromptFormat.from_dict(saved) if saved else None
+        return trained_prompt(self.meta)
 
     def generate(self, request: GenerateRequest) -> Generation:
         with self._lock:
@@ -253,14 +248,3 @@ def _init_backend(lc: Any, verbose: bool) -> None:
                 lc.llama_log_set(callback, ctypes.c_void_p(0))
             lc.llama_backend_init()
             _backend_ready = True
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    meta_path = path.parent / META_FILE
-    if not meta_path.is_file():
-        return {}
-    try:
-        data = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BackendError(f"{meta_path}: unreadable model metadata ({exc})") from None
-    return data if isinstance(data, dict) else {}

@@ -9,7 +9,6 @@ generation for many utterances in one padded batch (the throughput path on a GPU
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,14 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from ..bundled import read_model_meta, trained_prompt
 from ..decoding import LocalGenerator
 from ..errors import BackendError, MissingDependencyError
 from ..prompt import PromptFormat
 from .base import Backend, GenerateRequest, Generation
 
 __all__ = ["TransformersBackend"]
-
-META_FILE = "intentkit.json"
 
 
 class _HFModel:
@@ -139,8 +137,7 @@ class TransformersBackend(Backend):
             if adapter_dir.suffix == ".gguf":
                 adapter_dir = adapter_dir.parent  # the PEFT adapter lives next to its GGUF export
             loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
-            meta_path = adapter_dir / META_FILE
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+            meta = read_model_meta(adapter_dir)
         self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))  # type: ignore[arg-type]
 
     @classmethod
@@ -165,8 +162,7 @@ class TransformersBackend(Backend):
 
     @property
     def prompt(self) -> PromptFormat | None:
-        saved = self.meta.get("prompt")
-        return PromptFormat.from_dict(saved) if saved else None
+        return trained_prompt(self.meta)
 
     @property
     def device(self) -> Any:
