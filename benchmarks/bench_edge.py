@@ -10,6 +10,8 @@ Each mode runs in its own process (so peak RSS and cold start are its own):
 - ``greedy``: the same backend with ``constrained=False`` (unconstrained greedy, prefix cache);
 - ``naive``: llama-cpp-python ``Llama.create_completion`` with the same model, adapter and prompt,
   greedy, stopping at the end-of-turn marker;
+- ``naive-lora``: ``naive`` with the adapter applied at run time over the base (only differs from
+  ``naive`` when the adapter is merged, the default: ``--no-merge`` runs everything unmerged);
 - ``gbnf``: ``naive`` plus a GBNF grammar of the registered calls.
 
 Reports p50/p95 latency, the ratio to naive, intent / exact-call accuracy, ECE, peak RSS and cold
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("router", "greedy", "naive", "gbnf")
+MODES = ("router", "greedy", "naive", "naive-lora", "gbnf")
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -58,23 +60,36 @@ def _gbnf(registry: Any) -> str:
     return "\n".join([f"root ::= {' | '.join(alternatives)}", *rules])
 
 
+def _model_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(base GGUF, adapter GGUF); the default base is the one Router.default() runs (vocabulary
+    trimmed for the bundled adapter). The merged model is built here once, so that no mode's cold
+    start includes building it."""
+    from intentkit.bundled import bundled_model_dir, deployment_base, merged_model_path
+
+    lora = Path(args.lora) if args.lora else bundled_model_dir() / "adapter.gguf"
+    base = Path(args.base) if args.base else deployment_base(lora.parent)
+    if args.merge:
+        merged_model_path(base, lora)
+    return base, lora
+
+
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     from intentkit import PromptFormat, Router
     from intentkit.backends.base import Generation
-    from intentkit.bundled import bundled_model_dir, deployment_base, read_model_meta, trained_prompt
+    from intentkit.bundled import merged_model_path, read_model_meta, trained_prompt
     from trainers.data import load_records
     from trainers.evaluate import evaluate
 
     records = load_records(args.data)[: args.limit or None]
-    lora = Path(args.lora) if args.lora else bundled_model_dir() / "adapter.gguf"
-    # The default: the base as Router.default() runs it (vocabulary trimmed for the bundled adapter).
-    base = Path(args.base) if args.base else deployment_base(lora.parent)
+    base, lora = _model_files(args)
     registry = _registry(args)
     started = time.perf_counter()
     if args.mode in ("router", "greedy"):
         from intentkit.backends.llamacpp import LlamaCppBackend
 
-        backend = LlamaCppBackend(base, lora=lora, n_threads=args.threads, constrained=args.mode == "router")
+        backend = LlamaCppBackend(
+            base, lora=lora, n_threads=args.threads, constrained=args.mode == "router", merge_lora=args.merge
+        )
         router = Router(backend, prompt=backend.prompt, fast_path=False)
         router.registry = registry
 
@@ -86,7 +101,10 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         import llama_cpp
 
         prompt = trained_prompt(read_model_meta(lora.parent)) or PromptFormat()
-        llm = llama_cpp.Llama(str(base), lora_path=str(lora), n_ctx=512, n_threads=args.threads, verbose=False)
+        if args.merge and args.mode != "naive-lora":  # the very model file the router runs
+            llm = llama_cpp.Llama(str(merged_model_path(base, lora)), n_ctx=512, n_threads=args.threads, verbose=False)
+        else:
+            llm = llama_cpp.Llama(str(base), lora_path=str(lora), n_ctx=512, n_threads=args.threads, verbose=False)
         grammar = llama_cpp.LlamaGrammar.from_string(_gbnf(registry), verbose=False) if args.mode == "gbnf" else None
 
         def predict(text: str) -> Generation:
@@ -126,15 +144,20 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--limit", type=int, default=0, help="first N records only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--merge", action=argparse.BooleanOptionalAction, default=True, help="merge the adapter into the weights (default)"
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args), ensure_ascii=False))
         return
+    _model_files(args)
     results = {}
     for mode in args.modes.split(","):
         command = [sys.executable, __file__, "--mode", mode, "--data", args.data, "--threads", str(args.threads)]
+        command.append("--merge" if args.merge else "--no-merge")
         for flag in ("base", "lora", "registry_from", "limit"):
             if getattr(args, flag):
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

@@ -8,12 +8,15 @@ network is used. The smart-home adapter is part of this project (``models/smart-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import BackendError, MissingDependencyError
+from .gguf_edit import write_merged_gguf, write_trimmed_gguf
 from .prompt import PromptFormat
 
 __all__ = [
@@ -24,10 +27,10 @@ __all__ = [
     "bundled_model_dir",
     "cache_dir",
     "deployment_base",
+    "merged_model_path",
     "read_model_meta",
     "trained_prompt",
     "trimmed_model_path",
-    "write_trimmed_gguf",
 ]
 
 BASE_GGUF_NAME = "gemma-3-270m-Q4_K_M.gguf"
@@ -93,61 +96,31 @@ def deployment_base(model_dir: Path, *, trim_vocabulary: bool = True) -> Path:
 
 def trimmed_model_path(keep_file: Path, base: Path | None = None) -> Path:
     """The base GGUF with its vocabulary cut to the token ids in ``keep_file`` (a ``.npy`` written by
-    :func:`trainers.export.domain_vocabulary`), built once into the cache.
-
-    gemma's 262k-token embedding, which is also its output head, is most of the model's memory and
-    of every decode step; a domain needs a fraction of it. Byte-fallback tokens are always kept, so
-    any text still encodes; the token ids change, the text of every kept token does not.
-    """
-    import hashlib
-
+    :func:`trainers.export.domain_vocabulary`), built once into the cache
+    (:func:`intentkit.gguf_edit.write_trimmed_gguf`)."""
     import numpy as np
 
     base = base or base_model_path()
-    digest = hashlib.sha256(keep_file.read_bytes() + base.name.encode()).hexdigest()[:12]
-    path = cache_dir() / f"{base.stem}.trim-{digest}.gguf"
+    return _cached(base, "trim", keep_file.read_bytes(), lambda out: write_trimmed_gguf(base, out, np.load(keep_file)))
+
+
+def merged_model_path(base: Path, adapter: Path, *, scale: float = 1.0) -> Path:
+    """``base`` with the GGUF LoRA ``adapter`` merged into its weights and quantized to the base's
+    own mix, built once into the cache (:func:`intentkit.gguf_edit.write_merged_gguf`): the same
+    model without the adapter's two extra matrix products per weight and token."""
+    key = adapter.read_bytes() + repr(scale).encode()
+    return _cached(base, "merged", key, lambda out: write_merged_gguf(base, adapter, out, scale=scale))
+
+
+def _cached(base: Path, kind: str, key: bytes, build: Callable[[Path], None]) -> Path:
+    """A file derived from ``base`` (named by a digest of ``key``), built once, atomically."""
+    digest = hashlib.sha256(key + base.name.encode() + str(base.stat().st_size).encode()).hexdigest()[:12]
+    path = cache_dir() / f"{base.stem}.{kind}-{digest}.gguf"
     if not path.exists():
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        write_trimmed_gguf(base, partial, np.load(keep_file))
-        partial.replace(path)
+        partial = path.with_suffix(f".{os.getpid()}.partial")  # per process: concurrent first runs do not collide
+        try:
+            build(partial)
+            partial.replace(path)  # a crash never leaves a half-written model under the final name
+        finally:
+            partial.unlink(missing_ok=True)
     return path
-
-
-def write_trimmed_gguf(source: Path, target: Path, keep: Any) -> None:
-    """Copy ``source`` keeping only the token ids in ``keep`` (sorted, unique): tokenizer arrays,
-    special-token ids and the rows of ``token_embd.weight``; every other tensor is copied as is."""
-    try:
-        import gguf
-        import numpy as np
-    except ImportError:
-        raise MissingDependencyError("gguf", "llamacpp") from None
-    reader = gguf.GGUFReader(str(source))
-    kept = np.unique(np.asarray(keep, dtype=np.int64))
-    remap = {int(old): new for new, old in enumerate(kept)}
-    writer = gguf.GGUFWriter(str(target), str(reader.fields["general.architecture"].contents()))
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        sub_type = field.types[1] if len(field.types) > 1 else None
-        if name in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-            parts = [field.parts[field.data[i]] for i in kept]
-            values: Any = (
-                [bytes(p).decode("utf-8", "surrogateescape") for p in parts]
-                if name == "tokenizer.ggml.tokens"
-                else [p[0].item() for p in parts]
-            )
-            writer.add_key_value(name, values, field.types[0], sub_type)
-            continue
-        value = field.contents()
-        if name.startswith("tokenizer.ggml.") and name.endswith("_token_id"):
-            value = remap[int(value)]
-        writer.add_key_value(name, value, field.types[0], sub_type)
-    for tensor in reader.tensors:
-        data = tensor.data
-        if tensor.name == "token_embd.weight":
-            data = np.ascontiguousarray(data[kept])
-        writer.add_tensor(tensor.name, data, raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()

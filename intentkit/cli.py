@@ -118,10 +118,15 @@ def router_from(options: dict[str, Any], **extra: Any) -> Router:
 
 
 def _llamacpp(model: Path | None, lora: Path | None) -> Any:
+    """A base (default: the one ``lora``'s directory deploys on) with the adapter merged in, built
+    once into the cache; the bundled adapter when only ``--model`` is given."""
     from .backends.llamacpp import LlamaCppBackend
-    from .bundled import base_model_path, bundled_model_dir
+    from .bundled import bundled_model_dir, deployment_base
 
-    return LlamaCppBackend(model or base_model_path(), lora=lora or bundled_model_dir() / "adapter.gguf")
+    lora = lora or bundled_model_dir() / "adapter.gguf"
+    if not lora.is_file():
+        raise FileNotFoundError(f"LoRA adapter not found: {lora}")
+    return LlamaCppBackend(model or deployment_base(lora.parent), lora=lora, merge_lora=True)
 
 
 def _openai(base_url: str | None, api_key: str | None, api_model: str | None) -> Any:
@@ -269,6 +274,23 @@ def train(
     typer.echo(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, best dev loss {result.best_dev_loss}")
     if export and method != "full":
         typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
+
+
+@app.command()
+@_friendly
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="a trained adapter directory (intentkit train --out)")],
+    merged: Annotated[
+        Path | None, typer.Option(help="also write one GGUF with the adapter merged in, quantized like the base")
+    ] = None,
+    base: Annotated[Path | None, typer.Option(help="base GGUF (default: bundled gemma-3-270m Q4_K_M)")] = None,
+) -> None:
+    """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF."""
+    from trainers.export import export_gguf_lora, export_merged_gguf
+
+    typer.echo(f"llama.cpp adapter: {export_gguf_lora(model_dir)}")
+    if merged is not None:
+        typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
 
 
 @app.command("eval")

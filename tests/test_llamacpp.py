@@ -124,6 +124,46 @@ def test_trimmed_vocabulary_tokenizes_like_the_full_one():
         full.close()
 
 
+def test_merged_adapter_routes_like_the_adapter_on_top():
+    from trainers.data import load_records
+
+    records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::6]
+    merged = Router.default(fast_path=False)  # the default: adapter merged into the weights
+    backend = LlamaCppBackend.default(merge_lora=False)
+    separate = Router(backend, prompt=backend.prompt, fast_path=False)
+    SmartHome().register(separate)
+    try:
+        assert merged.backend.loaded_path != merged.backend.model_path and merged.backend._model.adapter is None
+        assert separate.backend._model.adapter is not None
+        pairs = [(merged.handle(r.instruction, dispatch=False), separate.handle(r.instruction, dispatch=False)) for r in records]
+    finally:
+        merged.close()
+        separate.close()
+    assert sum(m.call_text == s.call_text for m, s in pairs) / len(pairs) >= 0.95
+    assert max(abs(m.confidence - s.confidence) for m, s in pairs) < 0.2
+
+
+def test_cli_export_writes_a_merged_model_that_routes(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from intentkit.bundled import bundled_model_dir
+    from intentkit.cli import app
+
+    model_dir = tmp_path / "smart-home"
+    shutil.copytree(bundled_model_dir(), model_dir)
+    (model_dir / "adapter.gguf").unlink()  # exported again from the PEFT adapter
+    done = CliRunner().invoke(app, ["export", str(model_dir), "--merged", str(tmp_path / "out" / "merged.gguf")])
+    assert done.exit_code == 0, done.output
+    assert (model_dir / "adapter.gguf").is_file() and (tmp_path / "out" / "intentkit.json").is_file()
+    backend = LlamaCppBackend(tmp_path / "out" / "merged.gguf")  # one file, no adapter
+    router = Router(backend, prompt=backend.prompt, fast_path=False)
+    SmartHome().register(router)
+    with router:
+        assert [router.handle(t, dispatch=False).call_text for t in MAIN_JOB] == list(MAIN_JOB.values())
+
+
 def test_bad_model_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
         LlamaCppBackend(tmp_path / "missing.gguf")

@@ -127,6 +127,9 @@ def test_validation_report(tmp_path: Path) -> None:
     assert "dev.jsonl:1: dev utterance also in training data at" in text
     assert "train.jsonl:64: invalid arguments for weather_search" in text
     assert len(report.errors) == 3
+    assert f"warning: {tmp_path}/train.jsonl: no out-of-scope rows" in text  # the model could never say no
+    with_oos = [*train, *load_records(write(tmp_path, "oos.jsonl", jsonl({"instruction": "你好", "output": None})))]
+    assert "no out-of-scope rows" not in validate_records(with_oos).summary()
 
 
 def test_registry_from_data_binds_every_record(tmp_path: Path) -> None:

@@ -193,6 +193,15 @@ def validate_records(
             issues.append(
                 DataIssue("warning", first_source[intent], f"intent {intent} has {count} examples (fewer than {min_per_intent})")
             )
+    if records and not report.out_of_scope:
+        issues.append(
+            DataIssue(
+                "warning",
+                records[0].source.rsplit(":", 1)[0],
+                'no out-of-scope rows ("output": null): the model will never learn to answer no_intent(); '
+                "add chit-chat and requests the app does not handle (about 10 % of the data)",
+            )
+        )
     seen: dict[str, Record] = {}
     for record in records:
         key = normalize_utterance(record.instruction)

@@ -21,7 +21,7 @@ import numpy as np
 from intentkit import MissingDependencyError
 from intentkit.bundled import META_FILE, read_model_meta
 
-__all__ = ["ExportError", "domain_vocabulary", "export_gguf_lora"]
+__all__ = ["ExportError", "domain_vocabulary", "export_gguf_lora", "export_merged_gguf"]
 
 # Architectures whose converter permutes the q/k projections; their LoRA B matrices would need the
 # same permutation, which this exporter does not do.
@@ -80,6 +80,25 @@ def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None
     writer.write_tensors_to_file()
     writer.close()
     if (adapter_dir / META_FILE).exists() and out.parent != adapter_dir:
+        shutil.copy(adapter_dir / META_FILE, out.parent / META_FILE)
+    return out
+
+
+def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: str | Path | None = None) -> Path:
+    """Write one self-contained GGUF: ``base`` (default: the bundled gemma-3-270m Q4_K_M) with
+    ``adapter_dir``'s LoRA merged in and quantized to the base's own mix. The GGUF LoRA is
+    exported first if the directory has none; ``intentkit.json`` is copied next to the output so a
+    backend loading it still checks the prompt it was trained with."""
+    from intentkit.bundled import base_model_path
+    from intentkit.gguf_edit import write_merged_gguf
+
+    adapter_dir, out = Path(adapter_dir), Path(out_path)
+    adapter = adapter_dir / "adapter.gguf"
+    if not adapter.exists():
+        export_gguf_lora(adapter_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_merged_gguf(Path(base) if base else base_model_path(), adapter, out)
+    if (adapter_dir / META_FILE).exists() and out.parent.resolve() != adapter_dir.resolve():
         shutil.copy(adapter_dir / META_FILE, out.parent / META_FILE)
     return out
 

@@ -1,0 +1,156 @@
+"""Rewrite GGUF model files for deployment, with the ``gguf`` package and llama.cpp's quantizer.
+
+- :func:`write_trimmed_gguf` — the vocabulary cut to the token ids a domain uses. gemma's
+  262k-token embedding, which is also its output head, is most of the model's memory and of every
+  decode step; a domain needs a fraction of it. Byte-fallback tokens are kept, so any text still
+  encodes; the token ids change, the text of every kept token does not.
+- :func:`write_merged_gguf` — a GGUF LoRA adapter folded into the weights it adapts
+  (``W + scale · B·A``), then quantized back to the base's own quantization mix. llama.cpp
+  applies an unmerged adapter as two extra matrix products per adapted weight, every token; a
+  merged model does not pay for them.
+
+Both read any GGUF of an architecture llama.cpp knows; the cache-aware wrappers that build them
+once for the embedded default live in :mod:`intentkit.bundled`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import BackendError, MissingDependencyError
+
+__all__ = ["write_merged_gguf", "write_trimmed_gguf"]
+
+_TOKEN_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
+
+
+def write_trimmed_gguf(source: Path, target: Path, keep: Any) -> None:
+    """Copy ``source`` keeping only the token ids in ``keep``: tokenizer arrays, special-token ids
+    and the rows of ``token_embd.weight``; every other tensor is copied as is."""
+    gguf, _ = _imports()
+    _rewrite(gguf, gguf.GGUFReader(str(source)), target, keep=keep, deltas={})
+
+
+def write_merged_gguf(
+    source: Path, adapter: Path, target: Path, *, scale: float = 1.0, keep: Any = None, quantize: bool = True
+) -> None:
+    """Write ``source`` with the GGUF LoRA ``adapter`` merged in, quantized to ``source``'s file type.
+
+    ``scale`` multiplies the adapter's ``alpha / rank`` as llama.cpp's ``lora_scale`` does;
+    ``keep`` optionally trims the vocabulary in the same pass. The merged weights are written in
+    float32 (to a temporary file next to ``target``) and quantized from there by llama.cpp;
+    ``quantize=False`` leaves them in float32, for other quantization tools.
+    """
+    gguf, np = _imports()
+    reader = gguf.GGUFReader(str(source))
+    deltas = _lora_factors(gguf, np, reader, Path(adapter), scale)
+    if not quantize:
+        _rewrite(gguf, reader, target, keep=keep, deltas=deltas)
+        return
+    unquantized = target.with_name(target.name + ".f32")
+    try:
+        _rewrite(gguf, reader, unquantized, keep=keep, deltas=deltas)
+        file_type = reader.fields.get("general.file_type")
+        _quantize(unquantized, target, int(file_type.contents()) if file_type is not None else 1)
+    finally:
+        unquantized.unlink(missing_ok=True)
+
+
+def _imports() -> tuple[Any, Any]:
+    try:
+        import gguf
+        import numpy as np
+    except ImportError:
+        raise MissingDependencyError("gguf", "llamacpp") from None
+    return gguf, np
+
+
+def _lora_factors(gguf: Any, np: Any, base: Any, adapter: Path, scale: float) -> dict[str, tuple[Any, Any, float]]:
+    """``{base tensor name: (A, B, factor)}`` from a GGUF LoRA adapter, checked against ``base``."""
+    reader = gguf.GGUFReader(str(adapter))
+    kind = reader.fields.get("adapter.type")
+    if kind is None or kind.contents() != "lora":
+        raise BackendError(f"{adapter}: not a GGUF LoRA adapter (no adapter.type = lora)")
+    arch, base_arch = (r.fields["general.architecture"].contents() for r in (reader, base))
+    if arch != base_arch:
+        raise BackendError(f"{adapter}: a {arch} adapter cannot be merged into a {base_arch} model")
+    alpha_field = reader.fields.get("adapter.lora.alpha")
+    alpha = float(alpha_field.contents()) if alpha_field is not None else 0.0
+    pairs: dict[str, dict[str, Any]] = {}
+    for tensor in reader.tensors:
+        name, _, part = tensor.name.rpartition(".")
+        if part not in ("lora_a", "lora_b"):
+            raise BackendError(f"{adapter}: tensor {tensor.name} is not a LoRA matrix")
+        pairs.setdefault(name, {})[part] = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+    shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in base.tensors}  # numpy order: (out, in)
+    factors = {}
+    for name, pair in pairs.items():
+        if set(pair) != {"lora_a", "lora_b"}:
+            raise BackendError(f"{adapter}: {name} has only {', '.join(pair)}")
+        a, b = pair["lora_a"], pair["lora_b"]
+        if name not in shapes:
+            raise BackendError(f"{adapter}: the base model has no tensor {name} (adapter trained on another base?)")
+        if (b.shape[0], a.shape[1]) != shapes[name] or a.shape[0] != b.shape[1]:
+            raise BackendError(f"{adapter}: {name} is {shapes[name]} in the base, the adapter gives {b.shape} × {a.shape}")
+        rank = a.shape[0]
+        factors[name] = (a, b, scale * alpha / rank if alpha else scale)  # llama.cpp's scaling
+    return factors
+
+
+def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: dict[str, tuple[Any, Any, float]]) -> None:
+    _, np = _imports()
+    kept = np.unique(np.asarray(keep, dtype=np.int64)) if keep is not None else None
+    remap = {int(old): new for new, old in enumerate(kept)} if kept is not None else None
+    writer = gguf.GGUFWriter(str(target), str(reader.fields["general.architecture"].contents()))
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        sub_type = field.types[1] if len(field.types) > 1 else None
+        if kept is not None and name in _TOKEN_ARRAYS:
+            parts = [field.parts[field.data[i]] for i in kept]
+            values: Any = (
+                [bytes(p).decode("utf-8", "surrogateescape") for p in parts]
+                if name == "tokenizer.ggml.tokens"
+                else [p[0].item() for p in parts]
+            )
+            writer.add_key_value(name, values, field.types[0], sub_type)
+            continue
+        value = field.contents()
+        if remap is not None and name.startswith("tokenizer.ggml.") and name.endswith("_token_id"):
+            value = remap[int(value)]
+        writer.add_key_value(name, value, field.types[0], sub_type)
+    for tensor in reader.tensors:
+        if tensor.name in deltas:
+            a, b, factor = deltas[tensor.name]
+            weight = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+            writer.add_tensor(tensor.name, np.ascontiguousarray(weight + factor * (b @ a), dtype=np.float32))
+            continue
+        data = tensor.data
+        if tensor.name == "token_embd.weight" and kept is not None:
+            data = np.ascontiguousarray(data[kept])
+        writer.add_tensor(tensor.name, data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _quantize(source: Path, target: Path, file_type: int) -> None:
+    """llama.cpp's quantizer with ``file_type``'s mix (the same per-tensor choices as the base's)."""
+    try:
+        import llama_cpp as lc
+    except ImportError:
+        raise MissingDependencyError("llama-cpp-python", "llamacpp") from None
+    from .backends.llamacpp import quiet_llama_cpp
+
+    quiet_llama_cpp()
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = file_type
+    params.nthread = os.cpu_count() or 1
+    params.allow_requantize = True  # tensors the mix wants in another type than the base's (rare)
+    status = lc.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0:
+        raise BackendError(f"llama.cpp could not quantize {source} to file type {file_type} (status {status})")
