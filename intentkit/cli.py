@@ -284,11 +284,21 @@ def export(
         Path | None, typer.Option(help="also write one GGUF with the adapter merged in, quantized like the base")
     ] = None,
     base: Annotated[Path | None, typer.Option(help="base GGUF (default: bundled gemma-3-270m Q4_K_M)")] = None,
+    vocabulary_from: Annotated[
+        Path | None, typer.Option(help="training data: write keep_tokens.npy, the vocabulary the deployment is trimmed to")
+    ] = None,
 ) -> None:
-    """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF."""
-    from trainers.export import export_gguf_lora, export_merged_gguf
+    """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF
+    and a trimmed vocabulary."""
+    from trainers.data import load_records
+    from trainers.export import export_gguf_lora, export_merged_gguf, write_vocabulary
 
     typer.echo(f"llama.cpp adapter: {export_gguf_lora(model_dir)}")
+    if vocabulary_from is not None:
+        import numpy as np
+
+        keep = write_vocabulary(model_dir, load_records(vocabulary_from), base=base)
+        typer.echo(f"vocabulary: {keep} ({len(np.load(keep)):,} tokens)")
     if merged is not None:
         typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,6 +89,7 @@ class _Option:
     param: ParamSpec | None = None  # the parameter whose value follows
     end: bool = False  # the call is complete after this text
     item: bool = False  # the next value is another item of the same list
+    listed: bool = False  # the next value is inside [...] (a list parameter also takes a single value)
 
 
 class _Cursor:
@@ -143,20 +144,24 @@ class ConstrainedDecoder:
             if not any(p.required for p in spec.params):
                 texts.append((f"{spec.name}()", {"intent": spec.name, "end": True}))
             for param in spec.params:
-                texts.append((f"{spec.name}({_opener(param)}", {"intent": spec.name, "param": param}))
+                for opener, listed in _openers(param):
+                    texts.append((f"{spec.name}({opener}", {"intent": spec.name, "param": param, "listed": listed}))
         return texts
 
-    def _closers(self, intent: str, param: ParamSpec, used: set[str]) -> list[_Option]:
+    def _closers(self, intent: str, param: ParamSpec, used: set[str], listed: bool) -> list[_Option]:
         quote = '"' if param.kind != "bool" else ""
         texts: list[tuple[str, dict[str, Any]]] = []
-        close_list = "]" if param.kind == "list" else ""
-        if param.kind == "list":
-            texts.append((f'{quote}, "', {"intent": intent, "param": param, "item": True}))
+        close_list = "]" if listed else ""
+        if listed:
+            texts.append((f'{quote}, "', {"intent": intent, "param": param, "item": True, "listed": True}))
         texts.append((f"{quote}{close_list})", {"intent": intent, "end": True}))
         spec = next(s for s in self.catalog.intents if s.name == intent)
         for other in spec.params:
             if other.name not in used:
-                texts.append((f"{quote}{close_list}, {_opener(other)}", {"intent": intent, "param": other}))
+                for opener, other_listed in _openers(other):
+                    texts.append(
+                        (f"{quote}{close_list}, {opener}", {"intent": intent, "param": other, "listed": other_listed})
+                    )
         return self._options(texts)
 
     # ------------------------------------------------------------------ decoding
@@ -175,16 +180,14 @@ class ConstrainedDecoder:
             param = option.param
             assert param is not None
             used.add(param.name)
-            closers = self._closers(option.intent, param, used)
+            closers = self._closers(option.intent, param, used, option.listed)
             if param.kind in ("choice", "bool"):
                 values = (
                     [json.dumps(v, ensure_ascii=False)[1:-1] for v in param.choices]
                     if param.kind == "choice"
                     else ["true", "false"]
                 )
-                choice_options = [
-                    _Option(self._tok(v + c.text), v + c.text, c.intent, c.param, c.end, c.item) for v in values for c in closers
-                ]
+                choice_options = [replace(c, tokens=self._tok(v + c.text), text=v + c.text) for v in values for c in closers]
                 option, p, _ = self._walk(cursor, choice_options)
                 value_text = option.text
             else:
@@ -329,12 +332,14 @@ class ConstrainedDecoder:
         return list(self.model.tokenize(rest))[:_DRAFT_TOKENS] if rest else []
 
 
-def _opener(param: ParamSpec) -> str:
+def _openers(param: ParamSpec) -> list[tuple[str, bool]]:
+    """The texts that open a value of ``param``, each with whether the value is a ``[...]`` list.
+    A list parameter takes a single quoted value too (the usual case in the datasets)."""
     if param.kind == "bool":
-        return f"{param.name}="
+        return [(f"{param.name}=", False)]
     if param.kind == "list":
-        return f'{param.name}=["'
-    return f'{param.name}="'
+        return [(f'{param.name}="', False), (f'{param.name}=["', True)]
+    return [(f'{param.name}="', False)]
 
 
 def greedy_decode(model: TokenModel, logits: np.ndarray, max_tokens: int) -> tuple[str, int]:

@@ -90,12 +90,13 @@ def ac_set_mode(mode: Literal["制冷", "制热", "除湿"]) -> None: ...
 def set_alarm(time: str) -> None: ...
 def normalise_date(date: Annotated[str, Param(from_utterance=False)]) -> None: ...
 def match_query(name: list[str]) -> None: ...
+def listen(singer: list[str] | None = None, song: str | None = None) -> None: ...
 
 
 @pytest.fixture
 def catalog():
     registry = Registry()
-    for fn in (play_music, music_exit, weather_search, ac_set_mode, set_alarm, normalise_date, match_query):
+    for fn in (play_music, music_exit, weather_search, ac_set_mode, set_alarm, normalise_date, match_query, listen):
         registry.register(fn)
     return registry.catalog
 
@@ -119,6 +120,11 @@ def decode(catalog, answer: str, utterance: str, **kwargs):
         ('ac_set_mode(mode="制冷")', "空调开制冷"),
         ('set_alarm(time="明天早上六点半")', "明天早上六点半叫我"),
         ('match_query(name=["恒大", "鲁能"])', "恒大对鲁能谁赢了"),
+        # a list parameter also takes one plain value, and a list may be followed by another parameter
+        ('match_query(name="恒大")', "恒大昨天赢了吗"),
+        ('listen(singer="周杰伦", song="晴天")', "播放周杰伦的晴天"),
+        ('listen(singer=["周杰伦", "蔡依林"], song="布拉格广场")', "周杰伦和蔡依林的布拉格广场"),
+        ('listen(song="晴天", singer="周杰伦")', "晴天，周杰伦唱的"),
     ],
 )
 def test_follows_the_model_when_it_is_allowed(catalog, answer, utterance):

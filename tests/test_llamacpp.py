@@ -146,17 +146,29 @@ def test_merged_adapter_routes_like_the_adapter_on_top():
 def test_cli_export_writes_a_merged_model_that_routes(tmp_path):
     import shutil
 
+    import llama_cpp
+    import numpy as np
     from typer.testing import CliRunner
 
-    from intentkit.bundled import bundled_model_dir
+    from intentkit.bundled import base_model_path, bundled_model_dir
     from intentkit.cli import app
+    from trainers.data import load_records
 
     model_dir = tmp_path / "smart-home"
     shutil.copytree(bundled_model_dir(), model_dir)
     (model_dir / "adapter.gguf").unlink()  # exported again from the PEFT adapter
-    done = CliRunner().invoke(app, ["export", str(model_dir), "--merged", str(tmp_path / "out" / "merged.gguf")])
+    (model_dir / "keep_tokens.npy").unlink()  # written again from the data
+    demo = Path(__file__).parent.parent / "examples" / "demo"
+    merged = tmp_path / "out" / "merged.gguf"
+    args = ["export", str(model_dir), "--merged", str(merged), "--vocabulary-from", str(demo / "train.jsonl")]
+    done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     assert (model_dir / "adapter.gguf").is_file() and (tmp_path / "out" / "intentkit.json").is_file()
+    keep = np.load(model_dir / "keep_tokens.npy")
+    assert 60_000 < len(keep) < 200_000 and f"({len(keep):,} tokens)" in done.output
+    vocab = llama_cpp.Llama(str(base_model_path()), vocab_only=True, verbose=False)
+    for record in load_records(demo / "train.jsonl")[::40]:  # every token of the data is kept
+        assert set(vocab.tokenize(record.instruction.encode(), add_bos=False)) <= set(keep.tolist())
     backend = LlamaCppBackend(tmp_path / "out" / "merged.gguf")  # one file, no adapter
     router = Router(backend, prompt=backend.prompt, fast_path=False)
     SmartHome().register(router)

@@ -21,7 +21,7 @@ import numpy as np
 from intentkit import MissingDependencyError
 from intentkit.bundled import META_FILE, read_model_meta
 
-__all__ = ["ExportError", "domain_vocabulary", "export_gguf_lora", "export_merged_gguf"]
+__all__ = ["ExportError", "domain_vocabulary", "export_gguf_lora", "export_merged_gguf", "write_vocabulary"]
 
 # Architectures whose converter permutes the q/k projections; their LoRA B matrices would need the
 # same permutation, which this exporter does not do.
@@ -101,6 +101,26 @@ def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: s
     if (adapter_dir / META_FILE).exists() and out.parent.resolve() != adapter_dir.resolve():
         shutil.copy(adapter_dir / META_FILE, out.parent / META_FILE)
     return out
+
+
+def write_vocabulary(
+    model_dir: str | Path, records: Iterable[Any], *, base: str | Path | None = None, top: int = 50_000
+) -> Path:
+    """Write ``model_dir/keep_tokens.npy``: :func:`domain_vocabulary` over the prompt the model was
+    trained with and ``records`` (utterances and answers). A backend given the directory's adapter
+    then runs on a base trimmed to those tokens (:func:`intentkit.bundled.deployment_base`)."""
+    from intentkit.bundled import base_model_path, trained_prompt
+    from intentkit.prompt import PromptFormat
+
+    model_dir = Path(model_dir)
+    prompt = trained_prompt(read_model_meta(model_dir)) or PromptFormat()
+    texts = [prompt.render(r.instruction) + r.target for r in records]
+    if not texts:
+        raise ExportError("no records to take the vocabulary from")
+    keep = domain_vocabulary(Path(base) if base else base_model_path(), texts, top=top)
+    path = model_dir / "keep_tokens.npy"
+    np.save(path, keep)
+    return path
 
 
 def _layer_numbers(name: str) -> list[str]:
