@@ -159,9 +159,7 @@ class ConstrainedDecoder:
         for other in spec.params:
             if other.name not in used:
                 for opener, other_listed in _openers(other):
-                    texts.append(
-                        (f"{quote}{close_list}, {opener}", {"intent": intent, "param": other, "listed": other_listed})
-                    )
+                    texts.append((f"{quote}{close_list}, {opener}", {"intent": intent, "param": other, "listed": other_listed}))
         return self._options(texts)
 
     # ------------------------------------------------------------------ decoding

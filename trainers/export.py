@@ -103,9 +103,7 @@ def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: s
     return out
 
 
-def write_vocabulary(
-    model_dir: str | Path, records: Iterable[Any], *, base: str | Path | None = None, top: int = 50_000
-) -> Path:
+def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str | Path | None = None, top: int = 50_000) -> Path:
     """Write ``model_dir/keep_tokens.npy``: :func:`domain_vocabulary` over the prompt the model was
     trained with and ``records`` (utterances and answers). A backend given the directory's adapter
     then runs on a base trimmed to those tokens (:func:`intentkit.bundled.deployment_base`)."""
