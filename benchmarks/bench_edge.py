@@ -73,6 +73,15 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path]:
     return base, lora
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. ``VmHWM`` rather than ``ru_maxrss``, which Linux carries over
+    ``execve`` from the parent (the one that built the merged model)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     from intentkit import PromptFormat, Router
     from intentkit.backends.base import Generation
@@ -127,7 +136,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "slot_f1": report.slot_f1,
         "oos_f1": (report.out_of_scope or {}).get("f1"),
         "ece": report.ece,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
         "cold_start_s": cold_start,
         "errors": report.errors[:20],
     }

@@ -105,11 +105,11 @@ def trimmed_model_path(keep_file: Path, base: Path | None = None) -> Path:
 
 
 def merged_model_path(base: Path, adapter: Path, *, scale: float = 1.0) -> Path:
-    """``base`` with the GGUF LoRA ``adapter`` merged into its weights and quantized to the base's
-    own mix, built once into the cache (:func:`intentkit.gguf_edit.write_merged_gguf`): the same
-    model without the adapter's two extra matrix products per weight and token."""
+    """``base`` with the GGUF LoRA ``adapter`` merged into its weights (8-bit), built once into the
+    cache (:func:`intentkit.gguf_edit.write_merged_gguf`): the same model without the adapter's
+    two extra matrix products per weight and token."""
     key = adapter.read_bytes() + repr(scale).encode()
-    return _cached(base, "merged", key, lambda out: write_merged_gguf(base, adapter, out, scale=scale))
+    return _cached(base, "merged-q8", key, lambda out: write_merged_gguf(base, adapter, out, scale=scale))
 
 
 def _cached(base: Path, kind: str, key: bytes, build: Callable[[Path], None]) -> Path:

@@ -281,7 +281,7 @@ def train(
 def export(
     model_dir: Annotated[Path, typer.Argument(help="a trained adapter directory (intentkit train --out)")],
     merged: Annotated[
-        Path | None, typer.Option(help="also write one GGUF with the adapter merged in, quantized like the base")
+        Path | None, typer.Option(help="also write one GGUF with the adapter merged in (8-bit)")
     ] = None,
     base: Annotated[Path | None, typer.Option(help="base GGUF (default: bundled gemma-3-270m Q4_K_M)")] = None,
     vocabulary_from: Annotated[

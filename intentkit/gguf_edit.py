@@ -5,9 +5,11 @@
   decode step; a domain needs a fraction of it. Byte-fallback tokens are kept, so any text still
   encodes; the token ids change, the text of every kept token does not.
 - :func:`write_merged_gguf` — a GGUF LoRA adapter folded into the weights it adapts
-  (``W + scale · B·A``), then quantized back to the base's own quantization mix. llama.cpp
-  applies an unmerged adapter as two extra matrix products per adapted weight, every token; a
-  merged model does not pay for them.
+  (``W + scale · B·A``), then quantized to 8 bits. llama.cpp applies an unmerged adapter as two
+  extra matrix products per adapted weight, every token; a merged model does not pay for them.
+  Not back to the base's 4–5-bit mix: a LoRA update is mostly smaller than a 4-bit step, so
+  re-quantizing snaps the weights back to the base's grid and the adapter is largely lost
+  (measured on the demo dev set: intent accuracy 97.9 % → 76.0 %; with 8 bits, 97.9 %).
 
 Both read any GGUF of an architecture llama.cpp knows; the cache-aware wrappers that build them
 once for the embedded default live in :mod:`intentkit.bundled`.
@@ -34,10 +36,22 @@ def write_trimmed_gguf(source: Path, target: Path, keep: Any) -> None:
     _rewrite(gguf, gguf.GGUFReader(str(source)), target, keep=keep, deltas={})
 
 
+#: llama.cpp's ``LLAMA_FTYPE_MOSTLY_Q8_0``.
+Q8_0 = 7
+
+
 def write_merged_gguf(
-    source: Path, adapter: Path, target: Path, *, scale: float = 1.0, keep: Any = None, quantize: bool = True
+    source: Path,
+    adapter: Path,
+    target: Path,
+    *,
+    scale: float = 1.0,
+    keep: Any = None,
+    quantize: bool = True,
+    file_type: int = Q8_0,
 ) -> None:
-    """Write ``source`` with the GGUF LoRA ``adapter`` merged in, quantized to ``source``'s file type.
+    """Write ``source`` with the GGUF LoRA ``adapter`` merged in, quantized to ``file_type``
+    (a llama.cpp ``LLAMA_FTYPE_*``; default Q8_0, see the module docstring for why not 4 bits).
 
     ``scale`` multiplies the adapter's ``alpha / rank`` as llama.cpp's ``lora_scale`` does;
     ``keep`` optionally trims the vocabulary in the same pass. The merged weights are written in
@@ -53,8 +67,7 @@ def write_merged_gguf(
     unquantized = target.with_name(target.name + ".f32")
     try:
         _rewrite(gguf, reader, unquantized, keep=keep, deltas=deltas)
-        file_type = reader.fields.get("general.file_type")
-        _quantize(unquantized, target, int(file_type.contents()) if file_type is not None else 1)
+        _quantize(unquantized, target, file_type)
     finally:
         unquantized.unlink(missing_ok=True)
 
@@ -139,7 +152,7 @@ def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: dict[st
 
 
 def _quantize(source: Path, target: Path, file_type: int) -> None:
-    """llama.cpp's quantizer with ``file_type``'s mix (the same per-tensor choices as the base's)."""
+    """llama.cpp's quantizer with ``file_type``'s per-tensor choices."""
     try:
         import llama_cpp as lc
     except ImportError:
@@ -150,7 +163,7 @@ def _quantize(source: Path, target: Path, file_type: int) -> None:
     params = lc.llama_model_quantize_default_params()
     params.ftype = file_type
     params.nthread = os.cpu_count() or 1
-    params.allow_requantize = True  # tensors the mix wants in another type than the base's (rare)
+    params.allow_requantize = True  # unmerged tensors (e.g. a 4-bit embedding) may be converted too
     status = lc.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise BackendError(f"llama.cpp could not quantize {source} to file type {file_type} (status {status})")

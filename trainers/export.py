@@ -86,7 +86,7 @@ def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None
 
 def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: str | Path | None = None) -> Path:
     """Write one self-contained GGUF: ``base`` (default: the bundled gemma-3-270m Q4_K_M) with
-    ``adapter_dir``'s LoRA merged in and quantized to the base's own mix. The GGUF LoRA is
+    ``adapter_dir``'s LoRA merged in, quantized to 8 bits (Q8_0). The GGUF LoRA is
     exported first if the directory has none; ``intentkit.json`` is copied next to the output so a
     backend loading it still checks the prompt it was trained with."""
     from intentkit.bundled import base_model_path

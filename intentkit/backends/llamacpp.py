@@ -180,10 +180,9 @@ class LlamaCppBackend(Backend):
     trained on intentkit's call format, and for comparison). ``n_threads`` defaults to the CPU
     count; ``n_ctx`` bounds prompt + answer tokens.
 
-    ``merge_lora=True`` folds the adapter into the weights once (a quantized copy of the model in
-    the cache, :func:`intentkit.bundled.merged_model_path`) and runs that instead: the same
-    answers without the adapter's extra matrix products, which cost about a third of each
-    evaluation on a 270M model.
+    ``merge_lora=True`` folds the adapter into the weights once (an 8-bit copy of the model in
+    the cache, :func:`intentkit.bundled.merged_model_path`) and runs that instead: the adapter's
+    extra matrix products are gone (demo dev set: p50 45 → 36 ms, the same accuracy).
     """
 
     def __init__(
