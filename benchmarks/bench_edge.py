@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     records = load_records(args.data)[: args.limit or None]
     base, lora = _model_files(args)
     registry = _registry(args)
+    prompt_ms: list[float] = []
     started = time.perf_counter()
     if args.mode in ("router", "greedy"):
         from intentkit.backends.llamacpp import LlamaCppBackend
@@ -101,6 +103,14 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         )
         router = Router(backend, prompt=backend.prompt, fast_path=False)
         router.registry = registry
+        generate = backend.generate
+
+        def timed_generate(request: Any) -> Generation:  # keeps the prompt-evaluation share of each request
+            generation = generate(request)
+            prompt_ms.append(generation.info["prompt_ms"])
+            return generation
+
+        backend.generate = timed_generate  # type: ignore[method-assign]
 
         def predict(text: str) -> Generation:
             result = router.handle(text)
@@ -138,6 +148,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "ece": report.ece,
         "peak_rss_mb": _peak_rss_mb(),
         "cold_start_s": cold_start,
+        # Evaluating the prompt's new tokens (the utterance and the turn markers), which every recipe pays.
+        "prompt_p50_ms": statistics.median(prompt_ms[1:]) if len(prompt_ms) > 1 else None,
         "errors": report.errors[:20],
     }
 
@@ -187,6 +199,10 @@ def main() -> None:
             f"| {mode} | {r['n']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {ratio} | {r['intent_accuracy']:.2%} | "
             f"{r['exact_call_accuracy']:.2%} | {oos} | {ece} | {r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |"
         )
+    for mode, r in results.items():
+        if r.get("prompt_p50_ms") is not None:
+            share = f" = {r['prompt_p50_ms'] / naive:.2f} × naive p50" if naive else ""
+            print(f"{mode}: prompt evaluation alone p50 {r['prompt_p50_ms']:.1f} ms{share}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
 

@@ -280,9 +280,7 @@ def train(
 @_friendly
 def export(
     model_dir: Annotated[Path, typer.Argument(help="a trained adapter directory (intentkit train --out)")],
-    merged: Annotated[
-        Path | None, typer.Option(help="also write one GGUF with the adapter merged in (8-bit)")
-    ] = None,
+    merged: Annotated[Path | None, typer.Option(help="also write one GGUF with the adapter merged in (8-bit)")] = None,
     base: Annotated[Path | None, typer.Option(help="base GGUF (default: bundled gemma-3-270m Q4_K_M)")] = None,
     vocabulary_from: Annotated[
         Path | None, typer.Option(help="training data: write keep_tokens.npy, the vocabulary the deployment is trimmed to")

@@ -166,15 +166,19 @@ class ConstrainedDecoder:
     def decode(self, logits: np.ndarray, utterance: str, *, max_tokens: int = 64) -> Decoded:
         """Decode one call given the logits after the prompt; ``utterance`` bounds copied values."""
         decoded = Decoded("", NO_INTENT, 0.0, {})
+        start = self.model.n_tokens  # the prompt; max_tokens bounds what is added after it
         cursor = _Cursor(self.model, logits, decoded)
         option, _, intent_prob = self._walk(cursor, self.openers, scores=decoded.intent_scores)
         decoded.intent, decoded.confidence = option.intent, intent_prob
         decoded.intent_scores[option.intent] = intent_prob
         parts = [option.text]
         used: set[str] = set()
-        budget = max_tokens
+
+        def spent() -> int:  # answer tokens so far: in the cache or queued
+            return self.model.n_tokens + len(cursor.pending) - start
+
         utterance_bytes = utterance.encode()
-        while not option.end and budget > 0:
+        while not option.end and spent() < max_tokens:
             param = option.param
             assert param is not None
             used.add(param.name)
@@ -189,12 +193,12 @@ class ConstrainedDecoder:
                 option, p, _ = self._walk(cursor, choice_options)
                 value_text = option.text
             else:
+                budget = max_tokens - spent()
                 value, p, option = self._value(cursor, closers, utterance_bytes if param.from_utterance else None, budget)
                 value_text = value.decode("utf-8", errors="replace") + option.text
             key = param.name
             decoded.argument_confidence[key] = decoded.argument_confidence.get(key, 1.0) * p
             parts.append(value_text)
-            budget -= len(value_text)
         decoded.text = "".join(parts)
         return decoded
 

@@ -206,3 +206,14 @@ def test_intent_confidence_excludes_the_parameter_choice(catalog):
     decoded, _ = decode(catalog, 'weather_search(city="杭州")', "杭州明天天气", runner_up='weather_search(date="明天")')
     assert decoded.intent == "weather_search"
     assert decoded.confidence > 0.999
+
+
+def test_max_tokens_counts_tokens_not_characters(catalog):
+    city, date = "杭州" * 14, "明天" * 10
+    answer = f'weather_search(city="{city}", date="{date}")'
+    utterance = city + date
+    model = ScriptedModel(answer)
+    tokens = len(model.tokenize(answer))
+    assert tokens < len(answer) - 10  # 杭州 and 明天 are one token each
+    decoded = ConstrainedDecoder(model, catalog).decode(model.start(f"<prompt>{utterance}<answer>"), utterance, max_tokens=tokens)
+    assert decoded.text == answer
