@@ -79,8 +79,7 @@ def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    if (adapter_dir / META_FILE).exists() and out.parent != adapter_dir:
-        shutil.copy(adapter_dir / META_FILE, out.parent / META_FILE)
+    _copy_meta(adapter_dir, out)
     return out
 
 
@@ -98,9 +97,14 @@ def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: s
         export_gguf_lora(adapter_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_merged_gguf(Path(base) if base else base_model_path(), adapter, out)
+    _copy_meta(adapter_dir, out)
+    return out
+
+
+def _copy_meta(adapter_dir: Path, out: Path) -> None:
+    """Put the training record next to an exported file, so a backend loading it checks the prompt."""
     if (adapter_dir / META_FILE).exists() and out.parent.resolve() != adapter_dir.resolve():
         shutil.copy(adapter_dir / META_FILE, out.parent / META_FILE)
-    return out
 
 
 def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str | Path | None = None, top: int = 50_000) -> Path:
