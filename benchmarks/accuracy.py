@@ -7,8 +7,11 @@
 Trains a LoRA adapter with :mod:`trainers.train` (``--epochs``, ``--lr``, … as in ``intentkit
 train``), exports it for llama.cpp, then evaluates every ``--dev`` file (and all of them
 together) through :class:`LlamaCppBackend` with constrained decoding and a registry derived from
-the training file. ``--skip-train`` evaluates an existing ``--out``. Reports land in ``--out``
-as ``eval-<name>/report.{json,md}``; the summary is printed.
+the training file. Unless ``--no-scope``, the out-of-scope detector (:mod:`intentkit.scope`) is
+fitted first — the training utterances indexed, the threshold from the first ``--dev`` file's
+in-scope rows (``--scope-quantile``) — and saved as ``--out/scope.npz``. ``--skip-train``
+evaluates an existing ``--out``. Reports land in ``--out`` as ``eval-<name>/report.{json,md}``;
+the summary is printed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +38,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N records of each file")
     parser.add_argument("--unconstrained", action="store_true", help="greedy decoding without constraints")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--no-scope", action="store_true", help="no out-of-scope detector")
+    parser.add_argument("--scope-quantile", type=float, default=0.975)
     args = parser.parse_args()
 
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.bundled import base_model_path
+    from intentkit.scope import SCOPE_FILE
     from trainers.data import build_registry, load_records
     from trainers.evaluate import backend_predictor, predict_records, score
     from trainers.export import export_gguf_lora
+    from trainers.scope import fit_scope
     from trainers.train import TrainConfig, train
 
     records = load_records(args.train)
@@ -54,9 +62,16 @@ def main() -> None:
         print(f"trained: {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, {result.seconds / 60:.1f} min")
         export_gguf_lora(args.out)
     registry = build_registry(records)
-    backend = LlamaCppBackend(base_model_path(), lora=args.out / "adapter.gguf", constrained=not args.unconstrained)
+    backend = LlamaCppBackend(base_model_path(), lora=args.out / "adapter.gguf", constrained=not args.unconstrained, scope=None)
+    if not args.no_scope:
+        start = time.perf_counter()
+        calibration = next(iter(dev_sets.values()))
+        detector = fit_scope(backend, records, calibration=calibration, quantile=args.scope_quantile)
+        detector.save(args.out / SCOPE_FILE)
+        backend.set_scope(detector)
+        print(f"out-of-scope detector: {detector!r}, {detector.info['calibrated_on']}, {time.perf_counter() - start:.0f} s")
     predict = backend_predictor(backend, registry, backend.prompt)
-    suffix = "-unconstrained" if args.unconstrained else ""
+    suffix = ("-unconstrained" if args.unconstrained else "") + ("-noscope" if args.no_scope else "")
     everything = []
     for name, dev in dev_sets.items():
         predictions = predict_records(dev[: args.limit or None], predict)

@@ -117,7 +117,7 @@ def router_from(options: dict[str, Any], **extra: Any) -> Router:
     return build_router(**{k: options[k] for k in _ROUTER_OPTIONS if k in options}, **extra)
 
 
-def _llamacpp(model: Path | None, lora: Path | None) -> Any:
+def _llamacpp(model: Path | None, lora: Path | None, **kwargs: Any) -> Any:
     """A base (default: the one ``lora``'s directory deploys on) with the adapter merged in, built
     once into the cache; the bundled adapter when only ``--model`` is given."""
     from .backends.llamacpp import LlamaCppBackend
@@ -126,7 +126,7 @@ def _llamacpp(model: Path | None, lora: Path | None) -> Any:
     lora = lora or bundled_model_dir() / "adapter.gguf"
     if not lora.is_file():
         raise FileNotFoundError(f"LoRA adapter not found: {lora}")
-    return LlamaCppBackend(model or deployment_base(lora.parent), lora=lora, merge_lora=True)
+    return LlamaCppBackend(model or deployment_base(lora.parent), lora=lora, merge_lora=True, **kwargs)
 
 
 def _openai(base_url: str | None, api_key: str | None, api_model: str | None) -> Any:
@@ -285,9 +285,18 @@ def export(
     vocabulary_from: Annotated[
         Path | None, typer.Option(help="training data: write keep_tokens.npy, the vocabulary the deployment is trimmed to")
     ] = None,
+    scope_from: Annotated[
+        Path | None, typer.Option(help="training data: fit the out-of-scope detector (scope.npz) on its utterances")
+    ] = None,
+    scope_calibrate: Annotated[
+        Path | None, typer.Option(help="held-out data (dev) whose in-scope rows set the detector's threshold")
+    ] = None,
+    scope_quantile: Annotated[
+        float, typer.Option(min=0.5, max=1.0, help="share of held-out in-scope utterances the threshold keeps in scope")
+    ] = 0.975,
 ) -> None:
-    """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF
-    and a trimmed vocabulary."""
+    """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF,
+    a trimmed vocabulary and an out-of-scope detector."""
     from trainers.data import load_records
     from trainers.export import export_gguf_lora, export_merged_gguf, write_vocabulary
 
@@ -297,6 +306,29 @@ def export(
 
         keep = write_vocabulary(model_dir, load_records(vocabulary_from), base=base)
         typer.echo(f"vocabulary: {keep} ({len(np.load(keep)):,} tokens)")
+    if scope_from is not None:
+        from rich.progress import Progress
+
+        from trainers.scope import fit_scope
+
+        from .scope import SCOPE_FILE
+
+        records = load_records(scope_from)
+        calibration = load_records(scope_calibrate) if scope_calibrate else []
+        with _llamacpp(base, model_dir / "adapter.gguf", scope=None) as backend, Progress(transient=True) as progress:
+            task = progress.add_task("hidden states", total=None)
+            detector = fit_scope(
+                backend,
+                records,
+                calibration=calibration,
+                quantile=scope_quantile,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        path = detector.save(model_dir / SCOPE_FILE)
+        typer.echo(
+            f"out-of-scope detector: {path} ({detector.info['indexed']} utterances, "
+            f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
+        )
     if merged is not None:
         typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
 

@@ -35,8 +35,9 @@ from .calls import NO_INTENT
 from .errors import BackendError
 from .prompt import check_prompt
 from .registry import IntentCatalog, ParamSpec
+from .scope import ScopeDetector
 
-__all__ = ["ConstrainedDecoder", "Decoded", "LocalGenerator", "TokenModel", "greedy_decode"]
+__all__ = ["ConstrainedDecoder", "Decoded", "LocalBackendMixin", "LocalGenerator", "TokenModel", "greedy_decode"]
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
@@ -66,6 +67,14 @@ class TokenModel(Protocol):
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Evaluate a prompt reusing the cached common prefix; returns (last logits, tokens reused)."""
+        ...
+
+    def enable_hidden(self) -> None:
+        """From now on keep the final hidden state of the last token each evaluation outputs."""
+        ...
+
+    def hidden(self) -> np.ndarray:
+        """The final hidden state (after the last norm) of the last token evaluated."""
         ...
 
 
@@ -359,16 +368,31 @@ def greedy_decode(model: TokenModel, logits: np.ndarray, max_tokens: int) -> tup
 
 class LocalGenerator:
     """One request through a local :class:`TokenModel`: the prompt-fingerprint check, the prompt
-    with its cached prefix, then constrained (or plain greedy) decoding. Shared by the llama.cpp
-    and transformers backends, which hold their own lock around :meth:`run`."""
+    with its cached prefix, the out-of-scope check when a :class:`ScopeDetector` is set, then
+    constrained (or plain greedy) decoding. Shared by the llama.cpp and transformers backends,
+    which hold their own lock around :meth:`run`."""
 
     def __init__(self, model: TokenModel, *, meta: dict[str, Any], source: str, constrained: bool, n_ctx: int | None = None):
         self.model, self.meta, self.source = model, meta, source
         self.constrained, self.n_ctx = constrained, n_ctx
+        self.scope: ScopeDetector | None = None
+        self._hidden_on = False
         self._decoders: dict[str, ConstrainedDecoder] = {}
         self._checked: set[str] = set()
 
-    def run(self, request: GenerateRequest) -> Generation:
+    def set_scope(self, detector: ScopeDetector | None) -> None:
+        """Answer ``no_intent()`` without decoding when an utterance is farther from every
+        training utterance than ``detector.threshold``; ``None`` turns the check off."""
+        if detector is not None:
+            self._enable_hidden()
+        self.scope = detector
+
+    def _enable_hidden(self) -> None:
+        if not self._hidden_on:
+            self.model.enable_hidden()
+            self._hidden_on = True
+
+    def _prefill(self, request: GenerateRequest) -> tuple[np.ndarray, dict[str, Any]]:
         if request.prompt.fingerprint not in self._checked:
             check_prompt(self.meta.get("prompt"), request.prompt, self.source)
             self._checked.add(request.prompt.fingerprint)
@@ -377,8 +401,28 @@ class LocalGenerator:
         if self.n_ctx is not None and len(tokens) + request.max_tokens > self.n_ctx:
             raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={self.n_ctx}")
         logits, reused = self.model.prefill(tokens)
+        return logits, {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (time.perf_counter() - t0) * 1e3}
+
+    def hidden_state(self, request: GenerateRequest) -> np.ndarray:
+        """The feature a :class:`ScopeDetector` measures: the final hidden state at the prompt's
+        last token (the prompt is evaluated, nothing is decoded)."""
+        self._enable_hidden()
+        self._prefill(request)
+        return self.model.hidden()
+
+    def run(self, request: GenerateRequest) -> Generation:
+        logits, info = self._prefill(request)
+        if self.scope is not None:
+            verdict = self.scope.check(self.model.hidden())
+            info["scope"] = {
+                "distance": round(verdict.distance, 5),
+                "threshold": round(verdict.threshold, 5),
+                "nearest_intent": verdict.nearest_intent,
+            }
+            if not verdict.in_scope:
+                info["out_of_scope"] = True
+                return Generation(f"{NO_INTENT}()", info=info)
         t1 = time.perf_counter()
-        info: dict[str, Any] = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (t1 - t0) * 1e3}
         if not self.constrained:
             text, generated = greedy_decode(self.model, logits, request.max_tokens)
             info.update(generated_tokens=generated, decode_ms=(time.perf_counter() - t1) * 1e3)
@@ -400,3 +444,35 @@ class LocalGenerator:
             argument_confidence=decoded.argument_confidence,
             info=info,
         )
+
+
+class LocalBackendMixin:
+    """Out-of-scope detection for the backends built on :class:`LocalGenerator` (they set
+    ``_generator``, ``_lock`` and a ``prompt`` property)."""
+
+    _generator: LocalGenerator
+    _lock: Any
+    prompt: Any
+
+    @property
+    def scope(self) -> ScopeDetector | None:
+        """The out-of-scope detector in use (``scope.npz`` next to the adapter, or set)."""
+        return self._generator.scope
+
+    def set_scope(self, detector: ScopeDetector | None) -> None:
+        with self._lock:
+            self._generator.set_scope(detector)
+
+    def hidden_state(self, text: str, catalog: IntentCatalog | None = None) -> np.ndarray:
+        """The hidden state a :class:`~intentkit.scope.ScopeDetector` measures for ``text``,
+        under the prompt the model was trained with."""
+        from .prompt import PromptFormat
+        from .registry import Registry
+
+        prompt = self.prompt or PromptFormat()
+        catalog = catalog or Registry().catalog
+        request = GenerateRequest(text, prompt.messages(text, catalog), catalog, prompt)
+        with self._lock:
+            if getattr(self, "_closed", False):
+                raise BackendError("the backend is closed")
+            return self._generator.hidden_state(request)

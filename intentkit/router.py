@@ -104,6 +104,9 @@ class RouteResult:
 
     ``calls`` are the validated calls (``name``, ``arguments``), ``results`` what each handler
     returned (``None`` where it raised), ``errors`` the typed errors behind a non-ok status.
+    ``scope`` is the backend's out-of-scope check when it has a detector (:mod:`intentkit.scope`):
+    ``distance`` to the nearest training utterance, ``threshold``, ``nearest_intent``, and
+    ``out_of_scope: True`` when the utterance was turned away as ``no_intent`` without decoding.
     """
 
     text: str
@@ -117,6 +120,7 @@ class RouteResult:
     intent_scores: Mapping[str, float] | None = None
     argument_confidence: Mapping[str, float] | None = None
     model_input: str | None = None
+    scope: Mapping[str, Any] | None = None
     timings: Timings = field(default_factory=Timings)
 
     @property
@@ -152,6 +156,7 @@ class RouteResult:
             "intent_scores": dict(self.intent_scores) if self.intent_scores else None,
             "argument_confidence": dict(self.argument_confidence) if self.argument_confidence else None,
             "model_input": self.model_input,
+            "scope": dict(self.scope) if self.scope else None,
             "timings": asdict(self.timings),
         }
 
@@ -376,6 +381,8 @@ class Router:
         result.confidence = generation.confidence
         result.intent_scores = generation.intent_scores
         result.argument_confidence = generation.argument_confidence
+        if "scope" in generation.info:
+            result.scope = {**generation.info["scope"], "out_of_scope": bool(generation.info.get("out_of_scope"))}
         t = time.perf_counter()
         parsed = parse_calls_lenient(generation.text)
         result.timings.parse_ms = _ms(t)

@@ -176,6 +176,52 @@ def test_cli_export_writes_a_merged_model_that_routes(tmp_path):
         assert [router.handle(t, dispatch=False).call_text for t in MAIN_JOB] == list(MAIN_JOB.values())
 
 
+def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from intentkit.bundled import bundled_model_dir
+    from intentkit.cli import _llamacpp, app
+    from intentkit.scope import ScopeDetector
+    from trainers.convert import export_rows
+    from trainers.data import load_records
+
+    model_dir = tmp_path / "smart-home"
+    shutil.copytree(bundled_model_dir(), model_dir)
+    demo = Path(__file__).parent.parent / "examples" / "demo"
+    train = load_records(demo / "train.jsonl")[::25]
+    export_rows(train, tmp_path / "train.jsonl", "jsonl")
+    export_rows(load_records(demo / "dev.jsonl")[::10], tmp_path / "dev.jsonl", "jsonl")
+    args = ["export", str(model_dir), "--scope-from", str(tmp_path / "train.jsonl")]
+    done = CliRunner().invoke(app, [*args, "--scope-calibrate", str(tmp_path / "dev.jsonl")])
+    assert done.exit_code == 0, done.output
+    indexed = [r for r in train if r.calls]
+    assert f"({len(indexed)} utterances, threshold" in done.output and "held-out in-scope utterances" in done.output
+
+    with _llamacpp(None, model_dir / "adapter.gguf") as backend:  # scope.npz is picked up from the adapter's directory
+        detector = backend.scope
+        assert detector is not None and len(detector.intents) == len(indexed)
+        assert 0 < detector.threshold < 1
+        router = Router(backend, prompt=backend.prompt, fast_path=False)
+        SmartHome().register(router)
+        seen = router.handle(indexed[0].instruction, dispatch=False)  # an indexed utterance: distance ~0
+        assert seen.scope["distance"] < 0.01 and seen.scope["out_of_scope"] is False
+        assert seen.scope["nearest_intent"] == indexed[0].calls[0].name
+
+        # Keeping hidden states does not change the logits: nothing turned away, the same answers.
+        backend.set_scope(ScopeDetector(detector.features, detector.intents, threshold=2.0))
+        assert [router.handle(t, dispatch=False).call_text for t in MAIN_JOB] == list(MAIN_JOB.values())
+
+        backend.set_scope(ScopeDetector(detector.features, detector.intents, threshold=-1.0))
+        away = router.handle("我想听音乐", dispatch=False)
+        assert away.status.value == "no_intent" and away.raw_output == "no_intent()"
+        assert away.scope["out_of_scope"] is True and away.to_dict()["scope"]["threshold"] == -1.0
+
+        backend.set_scope(None)
+        assert router.handle("我想听音乐", dispatch=False).scope is None
+
+
 def test_bad_model_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
         LlamaCppBackend(tmp_path / "missing.gguf")

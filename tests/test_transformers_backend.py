@@ -91,3 +91,26 @@ def test_prompt_mismatch_warns(trained):
 def test_missing_model_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
         TransformersBackend(tmp_path / "nope")
+
+
+def test_out_of_scope_detector_on_hidden_states(trained):
+    import numpy as np
+
+    from intentkit.scope import ScopeDetector
+
+    model, tokenizer = trained
+    backend = TransformersBackend.from_model(model, tokenizer)
+    router = demo_router(backend)
+    before = [router.handle(t, dispatch=False).call_text for t in ("我想听音乐", "查下杭州天气")]
+    features = np.stack([backend.hidden_state(t) for t in ("我想听音乐", "太吵了")])
+    assert features.shape == (2, model.config.hidden_size)
+    assert np.allclose(backend.hidden_state("我想听音乐"), features[0], atol=1e-5)  # cached prefix, same state
+
+    backend.set_scope(ScopeDetector(features, ["play_music", "volume_down"], threshold=2.0))
+    assert [router.handle(t, dispatch=False).call_text for t in ("我想听音乐", "查下杭州天气")] == before
+    near = router.handle("我想听音乐", dispatch=False)
+    assert near.scope["distance"] < 1e-4 and near.scope["nearest_intent"] == "play_music"
+
+    backend.set_scope(ScopeDetector(features, ["play_music", "volume_down"], threshold=-1.0))
+    away = router.handle("我想听音乐", dispatch=False)
+    assert away.status.value == "no_intent" and away.scope["out_of_scope"] is True

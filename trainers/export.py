@@ -20,6 +20,7 @@ import numpy as np
 
 from intentkit import MissingDependencyError
 from intentkit.bundled import META_FILE, read_model_meta
+from intentkit.scope import SCOPE_FILE
 
 __all__ = ["ExportError", "domain_vocabulary", "export_gguf_lora", "export_merged_gguf", "write_vocabulary"]
 
@@ -102,9 +103,13 @@ def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: s
 
 
 def _copy_meta(adapter_dir: Path, out: Path) -> None:
-    """Put the training record next to an exported file, so a backend loading it checks the prompt."""
-    if (adapter_dir / META_FILE).exists() and out.parent.resolve() != adapter_dir.resolve():
-        shutil.copy(adapter_dir / META_FILE, out.parent / META_FILE)
+    """Put the training record (and the out-of-scope detector, when fitted) next to an exported
+    file, so a backend loading it checks the prompt and turns away what the model never saw."""
+    if out.parent.resolve() == adapter_dir.resolve():
+        return
+    for name in (META_FILE, SCOPE_FILE):
+        if (adapter_dir / name).exists():
+            shutil.copy(adapter_dir / name, out.parent / name)
 
 
 def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str | Path | None = None, top: int = 50_000) -> Path:

@@ -34,9 +34,10 @@ from ..bundled import (
     read_model_meta,
     trained_prompt,
 )
-from ..decoding import LocalGenerator
+from ..decoding import LocalBackendMixin, LocalGenerator
 from ..errors import BackendError, MissingDependencyError
 from ..prompt import PromptFormat
+from ..scope import ScopeDetector, resolve_scope
 from .base import Backend, GenerateRequest, Generation
 
 __all__ = ["LlamaCppBackend"]
@@ -86,6 +87,9 @@ class _Model:
         self.tokens: list[int] = []
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self.n_embd = lc.llama_model_n_embd(self.model)
+        self.keep_hidden = False
+        self._hidden: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -118,7 +122,8 @@ class _Model:
             self.lc.llama_memory_seq_rm(self.memory, 0, n_tokens, -1)
             del self.tokens[n_tokens:]
 
-    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False, logits: bool = True) -> np.ndarray:
+        """Append ``tokens``; the logits of the last (``all_logits``: of each) — none with ``logits=False``."""
         if not tokens:
             raise ValueError("nothing to evaluate")
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -135,15 +140,19 @@ class _Model:
                 batch.pos[i] = len(self.tokens) + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = last and (all_logits or i == len(chunk) - 1)
+                batch.logits[i] = logits and last and (all_logits or i == len(chunk) - 1)
             status = self.lc.llama_decode(self.ctx, batch)
             if status != 0:
                 self.lc.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
                 raise BackendError(f"llama_decode failed with status {status}")
             self.tokens.extend(chunk)
-        n_out = len(tokens) if all_logits else 1
+        if not logits:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        if not all_logits:  # the last output row, however many the batch produced
+            pointer = self.lc.llama_get_logits_ith(self.ctx, -1)
+            return np.ctypeslib.as_array(pointer, shape=(1, self.n_vocab)).copy()
         pointer = self.lc.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab)).copy()
+        return np.ctypeslib.as_array(pointer, shape=(len(tokens), self.n_vocab)).copy()
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Evaluate ``tokens`` reusing the cached common prefix; returns (last logits, tokens reused)."""
@@ -154,7 +163,30 @@ class _Model:
             common += 1
         common = min(common, len(tokens) - 1)  # the last token is always evaluated, for its logits
         self.rewind(common)
-        return self.feed(tokens[common:])[-1], common
+        if not self.keep_hidden:
+            return self.feed(tokens[common:])[-1], common
+        # With embeddings on, llama.cpp outputs every token of a batch (the LM head on each), so
+        # only the last token is evaluated with them on.
+        if len(tokens) - common > 1:
+            self.feed(tokens[common:-1], logits=False)
+        self.lc.llama_set_embeddings(self.ctx, True)
+        try:
+            logits = self.feed(tokens[-1:])[-1]
+            pointer = self.lc.llama_get_embeddings_ith(self.ctx, -1)
+            if not pointer:
+                raise BackendError("llama.cpp returned no hidden state")
+            self._hidden = np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy()
+        finally:
+            self.lc.llama_set_embeddings(self.ctx, False)
+        return logits, common
+
+    def enable_hidden(self) -> None:
+        self.keep_hidden = True
+
+    def hidden(self) -> np.ndarray:
+        if self._hidden is None:
+            raise BackendError("no hidden state yet (enable_hidden(), then evaluate a prompt)")
+        return self._hidden
 
     def close(self) -> None:
         lc = self.lc
@@ -172,7 +204,7 @@ class _Model:
             self.model = None
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LocalBackendMixin, Backend):
     """A GGUF model through llama.cpp, with prefix caching and constrained decoding.
 
     ``LlamaCppBackend("model.gguf", lora="adapter.gguf")`` or :meth:`default` for the embedded
@@ -183,6 +215,10 @@ class LlamaCppBackend(Backend):
     ``merge_lora=True`` folds the adapter into the weights once (an 8-bit copy of the model in
     the cache, :func:`intentkit.bundled.merged_model_path`) and runs that instead: the adapter's
     extra matrix products are gone (demo dev set: p50 45.0 → 37.1 ms, the same accuracy).
+
+    ``scope`` is the out-of-scope detector (:mod:`intentkit.scope`): by default (``"auto"``) the
+    ``scope.npz`` next to the adapter, when ``intentkit export --scope-from`` wrote one; a path
+    or a :class:`~intentkit.scope.ScopeDetector`; ``None`` for none.
     """
 
     def __init__(
@@ -196,6 +232,7 @@ class LlamaCppBackend(Backend):
         n_threads: int | None = None,
         constrained: bool = True,
         merge_lora: bool = False,
+        scope: ScopeDetector | str | Path | None = "auto",
         verbose: bool = False,
     ) -> None:
         try:
@@ -224,6 +261,11 @@ class LlamaCppBackend(Backend):
             self._model, meta=self.meta, source=str(lora_path or path), constrained=constrained, n_ctx=n_ctx
         )
         self._closed = False
+        try:
+            self._generator.set_scope(resolve_scope(scope, (lora_path or path).parent, self._model.n_embd))
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def default(cls, *, trim_vocabulary: bool = True, merge_lora: bool = True, **kwargs: Any) -> LlamaCppBackend:

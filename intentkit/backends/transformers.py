@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..bundled import read_model_meta, trained_prompt
-from ..decoding import LocalGenerator
+from ..decoding import LocalBackendMixin, LocalGenerator
 from ..errors import BackendError, MissingDependencyError
 from ..prompt import PromptFormat
+from ..scope import ScopeDetector, resolve_scope
 from .base import Backend, GenerateRequest, Generation
 
 __all__ = ["TransformersBackend"]
@@ -38,6 +39,8 @@ class _HFModel:
         self.tokens: list[int] = []
         self.cache: Any = None
         self._pieces: dict[int, bytes] = {}
+        self._keep_hidden = False
+        self._hidden: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -81,10 +84,21 @@ class _HFModel:
                 past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=len(tokens) if all_logits else 1,
+                output_hidden_states=self._keep_hidden,
             )
+        if self._keep_hidden:  # the last entry is after the final norm, as llama.cpp's embeddings
+            self._hidden = out.hidden_states[-1][0, -1].float().cpu().numpy()
         self.cache = out.past_key_values
         self.tokens.extend(tokens)
         return out.logits[0].float().cpu().numpy()
+
+    def enable_hidden(self) -> None:
+        self._keep_hidden = True
+
+    def hidden(self) -> np.ndarray:
+        if self._hidden is None:
+            raise BackendError("no hidden state yet (enable_hidden(), then evaluate a prompt)")
+        return self._hidden
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         common = 0
@@ -99,9 +113,12 @@ class _HFModel:
         return self.feed(tokens[common:])[-1], common
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(LocalBackendMixin, Backend):
     """``TransformersBackend("path/to/model")``, ``TransformersBackend("base.gguf", adapter="runs/mine")``
-    or :meth:`from_model` for an already loaded model and tokenizer."""
+    or :meth:`from_model` for an already loaded model and tokenizer.
+
+    ``scope``: the out-of-scope detector, as for :class:`~intentkit.backends.llamacpp.LlamaCppBackend`
+    (``"auto"``: ``scope.npz`` in the adapter's or model's directory)."""
 
     def __init__(
         self,
@@ -111,6 +128,7 @@ class TransformersBackend(Backend):
         device: str | None = None,
         dtype: Any = None,
         constrained: bool = True,
+        scope: ScopeDetector | str | Path | None = "auto",
     ) -> None:
         try:
             import torch
@@ -128,6 +146,7 @@ class TransformersBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         meta: dict[str, Any] = {}
+        model_dir = path if path.is_dir() else path.parent
         if adapter is not None:
             try:
                 from peft import PeftModel
@@ -138,16 +157,28 @@ class TransformersBackend(Backend):
                 adapter_dir = adapter_dir.parent  # the PEFT adapter lives next to its GGUF export
             loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
             meta = read_model_meta(adapter_dir)
+            model_dir = adapter_dir
         self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))  # type: ignore[arg-type]
+        self._generator.set_scope(resolve_scope(scope, model_dir, self._width()))
 
     @classmethod
     def from_model(
-        cls, model: Any, tokenizer: Any, *, meta: dict[str, Any] | None = None, constrained: bool = True
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        meta: dict[str, Any] | None = None,
+        constrained: bool = True,
+        scope: ScopeDetector | str | Path | None = None,
     ) -> TransformersBackend:
         """Wrap a loaded model and tokenizer (tests, notebooks, custom loading)."""
         backend = cls.__new__(cls)
         backend._setup(model.eval(), tokenizer, meta or {}, constrained, type(model).__name__)
+        backend._generator.set_scope(resolve_scope(None if scope == "auto" else scope, None, backend._width()))
         return backend
+
+    def _width(self) -> int:
+        return int(self._model.model.get_input_embeddings().embedding_dim)
 
     def _setup(self, model: Any, tokenizer: Any, meta: dict[str, Any], constrained: bool, source: str) -> None:
         self.meta, self.constrained, self.source = meta, constrained, source
