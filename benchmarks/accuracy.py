@@ -21,6 +21,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,7 +99,34 @@ def main() -> None:
                 f"| {threshold} | {r.intent_accuracy:.2%} | {r.in_scope_intent_accuracy:.2%} | {r.exact_call_accuracy:.2%} | "
                 f"{oos['precision']:.2%} | {oos['recall']:.2%} | {oos['f1']:.3f} |"
             )
+    if not args.no_scope and any(not p.record.in_scope for p in everything):
+        separation(backend, predict, [p.record for p in everything])
     backend.close()
+
+
+def separation(backend: Any, predict: Any, records: list[Any]) -> None:
+    """How well each signal tells in-scope from out-of-scope rows (AUROC, 0.5 = chance): the
+    detector's distance against the model's intent confidence (decoded with the detector off)."""
+    import numpy as np
+
+    detector = backend.scope
+    backend.set_scope(None)
+    try:
+        confidence = np.array([predict(r.instruction).confidence or 0.0 for r in records])
+        distance, _ = detector.distances(np.stack([backend.hidden_state(r.instruction) for r in records]))
+    finally:
+        backend.set_scope(detector)
+    out = np.array([not r.in_scope for r in records])
+    print("\n== in-scope vs out-of-scope separation (AUROC) ==")
+    print(f"intent confidence: {auroc(-confidence, out):.3f}; nearest-utterance distance: {auroc(distance, out):.3f}")
+
+
+def auroc(scores: Any, positive: Any) -> float:
+    """Probability that a positive row scores above a negative one (ties count half)."""
+
+    pos, neg = scores[positive], scores[~positive]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
 
 
 if __name__ == "__main__":

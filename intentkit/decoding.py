@@ -319,14 +319,20 @@ class ConstrainedDecoder:
         return np.array(free + ends or list(closer_first), dtype=np.int64)
 
     def _substring_tokens(self, utterance: bytes) -> list[tuple[int, bytes]]:
-        """Every vocabulary token whose text occurs in the utterance (found by tokenizing substrings)."""
+        """The tokens a value copied from the utterance can be written with: every token of the
+        utterance's tokenization from each character on (whole words: ``Nothing`` as well as
+        `` Nothing``), and every short substring that is one token (pieces ending inside a word,
+        as Chinese values do). Found by tokenizing; cached for the current utterance."""
         if self._substrings is not None and self._substrings[0] == utterance:
             return self._substrings[1]
         text = utterance.decode()
         found: dict[int, bytes] = {}
         for start in range(len(text)):
+            for token in self.model.tokenize(text[start:]):  # not cached: utterances are unbounded
+                if token not in found:
+                    found[token] = self.model.piece(token)
             for end in range(start + 1, min(len(text), start + 16) + 1):
-                tokens = self.model.tokenize(text[start:end])  # not cached: utterances are unbounded
+                tokens = self.model.tokenize(text[start:end])
                 if len(tokens) == 1:
                     found.setdefault(tokens[0], self.model.piece(tokens[0]))
                 elif len(tokens) > 2:

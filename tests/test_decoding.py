@@ -12,7 +12,7 @@ import pytest
 from intentkit import Param, Registry
 from intentkit.decoding import ConstrainedDecoder, greedy_decode
 
-MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather"]
+MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather", "Nothing", " Fancy"]
 END = 0
 
 
@@ -125,6 +125,8 @@ def decode(catalog, answer: str, utterance: str, **kwargs):
         ('listen(singer="周杰伦", song="晴天")', "播放周杰伦的晴天"),
         ('listen(singer=["周杰伦", "蔡依林"], song="布拉格广场")', "周杰伦和蔡依林的布拉格广场"),
         ('listen(song="晴天", singer="周杰伦")', "晴天，周杰伦唱的"),
+        # a word token whose prefixes split into many tokens ("N", "o", "t", …) is still allowed
+        ('listen(song="Nothing Fancy")', "add Nothing Fancy now"),
     ],
 )
 def test_follows_the_model_when_it_is_allowed(catalog, answer, utterance):

@@ -199,7 +199,8 @@ def validate_records(
                 "warning",
                 records[0].source.rsplit(":", 1)[0],
                 'no out-of-scope rows ("output": null): the model will never learn to answer no_intent(); '
-                "add chit-chat and requests the app does not handle (about 10 % of the data)",
+                "add chit-chat and requests the app does not handle (about 10 % of the data), "
+                "or fit an out-of-scope detector after training (intentkit export DIR --scope-from TRAIN)",
             )
         )
     seen: dict[str, Record] = {}
