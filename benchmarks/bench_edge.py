@@ -6,7 +6,8 @@
 
 Each mode runs in its own process (so peak RSS and cold start are its own):
 
-- ``router``: ``Router.handle`` with :class:`LlamaCppBackend` (prefix cache, constrained decoding);
+- ``router``: ``Router.handle`` with :class:`LlamaCppBackend` (prefix cache, constrained decoding,
+  and the out-of-scope detector when the adapter's directory has ``scope.npz``; ``--no-scope``);
 - ``greedy``: the same backend with ``constrained=False`` (unconstrained greedy, prefix cache);
 - ``naive``: llama-cpp-python ``Llama.create_completion`` with the same model, adapter and prompt,
   greedy, stopping at the end-of-turn marker;
@@ -99,7 +100,12 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         from intentkit.backends.llamacpp import LlamaCppBackend
 
         backend = LlamaCppBackend(
-            base, lora=lora, n_threads=args.threads, constrained=args.mode == "router", merge_lora=args.merge
+            base,
+            lora=lora,
+            n_threads=args.threads,
+            constrained=args.mode == "router",
+            merge_lora=args.merge,
+            scope="auto" if args.scope else None,
         )
         router = Router(backend, prompt=backend.prompt, fast_path=False)
         router.registry = registry
@@ -168,6 +174,12 @@ def main() -> None:
     parser.add_argument(
         "--merge", action=argparse.BooleanOptionalAction, default=True, help="merge the adapter into the weights (default)"
     )
+    parser.add_argument(
+        "--scope",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="router/greedy: use the adapter directory's out-of-scope detector (scope.npz) when it has one (default)",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,6 +191,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         command = [sys.executable, __file__, "--mode", mode, "--data", args.data, "--threads", str(args.threads)]
         command.append("--merge" if args.merge else "--no-merge")
+        command.append("--scope" if args.scope else "--no-scope")
         for flag in ("base", "lora", "registry_from", "limit"):
             if getattr(args, flag):
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

@@ -1,12 +1,12 @@
 """Out-of-scope detection without out-of-scope training data: the nearest training utterance.
 
 A model fine-tuned on in-scope requests only has never learned to say ``no_intent()``: asked
-something else, it names the closest intent, with high confidence (on SMP2020's out-of-scope
-dev file the intent softmax separates in- from out-of-scope no better than chance, AUROC 0.56).
-Its hidden state does separate them. :class:`ScopeDetector` keeps the final hidden state at the
-last prompt token — the state the first answer token is read from — for every training
-utterance, L2-normalised, and measures an utterance by its cosine distance to the nearest one
-(deep nearest neighbours, Sun et al., ICML 2022). On SMP2020 that gives AUROC 0.987.
+something else, it names the closest intent, often confidently. Its hidden state tells the two
+apart better. :class:`ScopeDetector` keeps the final hidden state at the last prompt token — the
+state the first answer token is read from — for every training utterance, L2-normalised, and
+measures an utterance by its cosine distance to the nearest one (deep nearest neighbours, Sun et
+al., ICML 2022). On SMP2020 dev + dev_oos that distance separates in- from out-of-scope with
+AUROC 0.988, the intent confidence with 0.936.
 
 The threshold is a quantile of the distances of in-scope utterances the index has not seen (a dev
 file; without one, each training utterance against the others), so fitting needs no
@@ -92,9 +92,17 @@ class ScopeDetector:
         return 1.0 - best, where
 
     def check(self, feature: np.ndarray) -> ScopeVerdict:
-        """Measure one utterance's feature vector."""
-        distance, where = self.distances(feature)
-        return ScopeVerdict(float(distance[0]), self.threshold, self.intents[int(where[0])])
+        """Measure one utterance's feature vector.
+
+        ``einsum`` rather than a BLAS product: a multithreaded BLAS leaves its threads spinning
+        after the call, and on a 2-core box they took the cores from llama.cpp's decoding (the
+        request after each check decoded at half speed). 3,051 × 640 rows: 0.2 ms."""
+        query = _normalise(np.asarray(feature, dtype=np.float32).reshape(1, -1))[0]
+        if query.shape[0] != self.width:
+            raise ValueError(f"features are {query.shape[0]} wide; this detector was fitted on {self.width}")
+        sims = np.einsum("ij,j->i", self.features, query)
+        where = int(sims.argmax())
+        return ScopeVerdict(float(1.0 - sims[where]), self.threshold, self.intents[where])
 
     @classmethod
     def fit(

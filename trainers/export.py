@@ -185,6 +185,9 @@ def domain_vocabulary(base_gguf: str | Path, texts: Iterable[str], *, top: int =
     keep |= set(ranked[np.argsort(-scores[ranked], kind="stable")][:top].tolist())
     domain = regex.compile(rf"^(?:{scripts}|[\u3000-\u303f\uff00-\uffef▁])+$")
     keep |= {i for i, text in enumerate(tokens) if normal[i] and (len(text) == 1 or domain.match(text))}
+    from intentkit.backends.llamacpp import quiet_llama_cpp
+
+    quiet_llama_cpp()  # Llama(verbose=False) still logs its context creation
     llm = llama_cpp.Llama(str(base_gguf), vocab_only=True, verbose=False)
     for text in texts:
         keep.update(llm.tokenize(text.encode(), add_bos=True, special=True))
