@@ -249,6 +249,10 @@ def train(
     patience: Annotated[int | None, typer.Option(help="stop after N dev evaluations without improvement")] = None,
     eval_every: Annotated[int | None, typer.Option(help="steps between dev evaluations")] = None,
     export: Annotated[bool, typer.Option(help="also write adapter.gguf for llama.cpp")] = True,
+    scope: Annotated[
+        bool | None,
+        typer.Option(help="fit the out-of-scope detector after export (default: when the data has no out-of-scope rows)"),
+    ] = None,
 ) -> None:
     """Fine-tune a routing model (LoRA by default) and export it for llama.cpp."""
     from trainers.data import load_records
@@ -274,6 +278,38 @@ def train(
     typer.echo(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, best dev loss {result.best_dev_loss}")
     if export and method != "full":
         typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
+        if scope if scope is not None else all(r.calls for r in records):
+            if base == "default" or base.endswith(".gguf"):
+                _fit_scope(out, None if base == "default" else Path(base), records, dev_records, 0.975)
+            else:
+                typer.echo(
+                    f"out-of-scope detector: not fitted (it runs on the llama.cpp deployment; convert {base} to GGUF, then "
+                    f"intentkit export {out} --base BASE.gguf --scope-from {data})"
+                )
+
+
+def _fit_scope(model_dir: Path, base: Path | None, records: list[Any], calibration: list[Any], quantile: float) -> None:
+    """Fit ``model_dir/scope.npz`` through the llama.cpp deployment of ``model_dir``'s adapter."""
+    from rich.progress import Progress
+
+    from trainers.scope import fit_scope
+
+    from .scope import SCOPE_FILE
+
+    with _llamacpp(base, model_dir / "adapter.gguf", scope=None) as backend, Progress(transient=True) as progress:
+        task = progress.add_task("out-of-scope detector: hidden states", total=None)
+        detector = fit_scope(
+            backend,
+            records,
+            calibration=calibration,
+            quantile=quantile,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    path = detector.save(model_dir / SCOPE_FILE)
+    typer.echo(
+        f"out-of-scope detector: {path} ({detector.info['indexed']} utterances, "
+        f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
+    )
 
 
 @app.command()
@@ -307,28 +343,8 @@ def export(
         keep = write_vocabulary(model_dir, load_records(vocabulary_from), base=base)
         typer.echo(f"vocabulary: {keep} ({len(np.load(keep)):,} tokens)")
     if scope_from is not None:
-        from rich.progress import Progress
-
-        from trainers.scope import fit_scope
-
-        from .scope import SCOPE_FILE
-
-        records = load_records(scope_from)
         calibration = load_records(scope_calibrate) if scope_calibrate else []
-        with _llamacpp(base, model_dir / "adapter.gguf", scope=None) as backend, Progress(transient=True) as progress:
-            task = progress.add_task("hidden states", total=None)
-            detector = fit_scope(
-                backend,
-                records,
-                calibration=calibration,
-                quantile=scope_quantile,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        path = detector.save(model_dir / SCOPE_FILE)
-        typer.echo(
-            f"out-of-scope detector: {path} ({detector.info['indexed']} utterances, "
-            f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
-        )
+        _fit_scope(model_dir, base, load_records(scope_from), calibration, scope_quantile)
     if merged is not None:
         typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
 

@@ -124,3 +124,29 @@ def test_config_round_trips_through_json() -> None:
     assert TrainConfig.model_validate_json(config.model_dump_json()) == config
     with pytest.raises(ValueError, match="extra"):
         TrainConfig(epoch=2)  # type: ignore[call-arg]
+
+
+def test_cli_train_on_an_hf_directory(tmp_path):
+    """`intentkit train` end to end on a saved model directory: adapter, GGUF export, and the
+    out-of-scope detector declined with a clear next step (it needs a GGUF base for llama.cpp)."""
+    from typer.testing import CliRunner
+
+    from intentkit.cli import app
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    in_scope = [r for r in ROWS if r["output"]]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in in_scope), encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["train", str(tmp_path / "train.jsonl"), "--out", str(out), "--base", str(tmp_path / "base"), "--epochs", "1"]
+    done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--lora-r", "4"])
+    assert done.exit_code == 0, done.output
+    assert "trained 3 steps" in done.output
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter.gguf").is_file()
+    assert "out-of-scope detector: not fitted" in done.output and "--scope-from" in done.output
+    assert not (out / "scope.npz").exists()
+
+    done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--lora-r", "4", "--no-scope"])
+    assert done.exit_code == 0, done.output
+    assert "out-of-scope detector" not in done.output
