@@ -77,6 +77,11 @@ class TokenModel(Protocol):
         """The final hidden state (after the last norm) of the last token evaluated."""
         ...
 
+    @property
+    def hidden_width(self) -> int:
+        """The size of :meth:`hidden`'s vector."""
+        ...
+
 
 @dataclass(slots=True)
 class Decoded:
@@ -390,6 +395,11 @@ class LocalGenerator:
         """Answer ``no_intent()`` without decoding when an utterance is farther from every
         training utterance than ``detector.threshold``; ``None`` turns the check off."""
         if detector is not None:
+            if detector.width != self.model.hidden_width:
+                raise ValueError(
+                    f"the scope detector was fitted on {detector.width}-wide hidden states; "
+                    f"this model's are {self.model.hidden_width} wide (fitted for another model?)"
+                )
             self._enable_hidden()
         self.scope = detector
 

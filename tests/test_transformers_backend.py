@@ -114,3 +114,6 @@ def test_out_of_scope_detector_on_hidden_states(trained):
     backend.set_scope(ScopeDetector(features, ["play_music", "volume_down"], threshold=-1.0))
     away = router.handle("我想听音乐", dispatch=False)
     assert away.status.value == "no_intent" and away.scope["out_of_scope"] is True
+
+    with pytest.raises(ValueError, match=r"fitted on 3-wide hidden states; this model's are \d+ wide"):
+        backend.set_scope(ScopeDetector(np.ones((2, 3)), ["a", "b"], threshold=0.1))

@@ -180,6 +180,10 @@ class _Model:
             self.lc.llama_set_embeddings(self.ctx, False)
         return logits, common
 
+    @property
+    def hidden_width(self) -> int:
+        return int(self.n_embd)
+
     def enable_hidden(self) -> None:
         self.keep_hidden = True
 

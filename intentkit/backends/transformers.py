@@ -92,6 +92,10 @@ class _HFModel:
         self.tokens.extend(tokens)
         return out.logits[0].float().cpu().numpy()
 
+    @property
+    def hidden_width(self) -> int:
+        return int(self.model.get_input_embeddings().embedding_dim)
+
     def enable_hidden(self) -> None:
         self._keep_hidden = True
 
@@ -159,7 +163,7 @@ class TransformersBackend(LocalBackendMixin, Backend):
             meta = read_model_meta(adapter_dir)
             model_dir = adapter_dir
         self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))  # type: ignore[arg-type]
-        self._generator.set_scope(resolve_scope(scope, model_dir, self._width()))
+        self._generator.set_scope(resolve_scope(scope, model_dir, self._model.hidden_width))
 
     @classmethod
     def from_model(
@@ -174,11 +178,8 @@ class TransformersBackend(LocalBackendMixin, Backend):
         """Wrap a loaded model and tokenizer (tests, notebooks, custom loading)."""
         backend = cls.__new__(cls)
         backend._setup(model.eval(), tokenizer, meta or {}, constrained, type(model).__name__)
-        backend._generator.set_scope(resolve_scope(None if scope == "auto" else scope, None, backend._width()))
+        backend._generator.set_scope(resolve_scope(None if scope == "auto" else scope, None, backend._model.hidden_width))
         return backend
-
-    def _width(self) -> int:
-        return int(self._model.model.get_input_embeddings().embedding_dim)
 
     def _setup(self, model: Any, tokenizer: Any, meta: dict[str, Any], constrained: bool, source: str) -> None:
         self.meta, self.constrained, self.source = meta, constrained, source
