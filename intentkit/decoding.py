@@ -434,9 +434,9 @@ class LocalGenerator:
                 "distance": round(verdict.distance, 5),
                 "threshold": round(verdict.threshold, 5),
                 "nearest_intent": verdict.nearest_intent,
+                "out_of_scope": not verdict.in_scope,
             }
             if not verdict.in_scope:
-                info["out_of_scope"] = True
                 return Generation(f"{NO_INTENT}()", info=info)
         t1 = time.perf_counter()
         if not self.constrained:

@@ -381,8 +381,7 @@ class Router:
         result.confidence = generation.confidence
         result.intent_scores = generation.intent_scores
         result.argument_confidence = generation.argument_confidence
-        if "scope" in generation.info:
-            result.scope = {**generation.info["scope"], "out_of_scope": bool(generation.info.get("out_of_scope"))}
+        result.scope = generation.info.get("scope")
         t = time.perf_counter()
         parsed = parse_calls_lenient(generation.text)
         result.timings.parse_ms = _ms(t)

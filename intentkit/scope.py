@@ -185,6 +185,4 @@ def resolve_scope(scope: ScopeDetector | str | Path | None, model_dir: Path | No
         detector = ScopeDetector.load(path, width=width) if path is not None and path.is_file() else None
     else:
         detector = ScopeDetector.load(Path(scope), width=width)
-    if detector is not None and detector.width != width:
-        raise ScopeFileError(f"the scope detector is {detector.width} wide, the model's hidden state {width}")
-    return detector
+    return detector  # a passed-in detector's width is checked where it is installed (LocalGenerator.set_scope)

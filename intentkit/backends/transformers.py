@@ -75,7 +75,7 @@ class _HFModel:
             if kept:
                 self.feed(kept)
 
-    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
         torch = self.torch
         ids = torch.tensor([list(tokens)], device=self.device)
         with torch.inference_mode():
@@ -84,9 +84,9 @@ class _HFModel:
                 past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=len(tokens) if all_logits else 1,
-                output_hidden_states=self._keep_hidden,
+                output_hidden_states=hidden,
             )
-        if self._keep_hidden:  # the last entry is after the final norm, as llama.cpp's embeddings
+        if hidden:  # the last entry is after the final norm, as llama.cpp's embeddings
             self._hidden = out.hidden_states[-1][0, -1].float().cpu().numpy()
         self.cache = out.past_key_values
         self.tokens.extend(tokens)
@@ -114,7 +114,7 @@ class _HFModel:
         self.rewind(common)
         if len(self.tokens) != common:  # the rebuild fallback may have left nothing cached
             common = len(self.tokens)
-        return self.feed(tokens[common:])[-1], common
+        return self.feed(tokens[common:], hidden=self._keep_hidden)[-1], common  # decode steps keep none
 
 
 class TransformersBackend(LocalBackendMixin, Backend):
