@@ -9,8 +9,10 @@ The answer is built from a small set of pieces instead of being sampled token by
    tokens after the last decision are not even evaluated.
 2. **values** — a parameter with declared choices is another trie; a value copied from the
    utterance (``Param(from_utterance=True)``, the default) may only use tokens whose text keeps it
-   a substring of the utterance, and the rest of the utterance is drafted and verified in one
-   batch; other values take the model's best token that does not contain a quote.
+   a substring of the utterance that starts at a word boundary, and it may only end at one (see
+   ``word_boundaries``: never inside a word of a script written with spaces, never on a space).
+   The rest of the utterance is drafted and verified in one batch. Other values take the model's
+   best token that does not contain a quote.
 3. **closers** — ``")`` ends the call (decoding stops there); ``", other="`` opens the next
    unused parameter.
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+import regex
 
 from .backends.base import GenerateRequest, Generation
 from .calls import NO_INTENT
@@ -37,10 +40,21 @@ from .prompt import check_prompt
 from .registry import IntentCatalog, ParamSpec
 from .scope import ScopeDetector
 
-__all__ = ["ConstrainedDecoder", "Decoded", "LocalBackendMixin", "LocalGenerator", "TokenModel", "greedy_decode"]
+__all__ = [
+    "ConstrainedDecoder",
+    "Decoded",
+    "LocalBackendMixin",
+    "LocalGenerator",
+    "TokenModel",
+    "greedy_decode",
+    "word_boundaries",
+]
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
+# Letters of scripts written without spaces between words: every character boundary is a word boundary.
+_UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]")
+_LETTER = regex.compile(r"[\p{L}\p{M}]")
 
 
 class TokenModel(Protocol):
@@ -128,6 +142,56 @@ class _Cursor:
         return self.logits
 
 
+def _word_class(char: str) -> str | None:
+    """ "L" for a letter of a script written with spaces, "N" for a digit, None for anything else
+    (punctuation, spaces, and letters of scripts where each character may end a word)."""
+    if char.isdigit():
+        return "N"
+    if _LETTER.match(char) and not _UNSPACED.match(char):
+        return "L"
+    return None
+
+
+def word_boundaries(text: str) -> tuple[frozenset[int], frozenset[int]]:
+    """The byte offsets (UTF-8) of ``text`` where a value copied from it may start, and where it may
+    end. A value never starts or ends on whitespace, nor between two letters (or two digits) of a
+    script written with spaces: ``breathtaking`` yields no ``breath``, while any character of
+    ``帮我查杭州天气`` may start or end a value, and ``PlayStation官方杂志`` splits where the script
+    changes."""
+    offsets = [0]
+    for char in text:
+        offsets.append(offsets[-1] + len(char.encode()))
+    classes = [_word_class(c) for c in text]
+
+    def joined(k: int) -> bool:  # characters k-1 and k belong to one word
+        return 0 < k < len(text) and classes[k - 1] is not None and classes[k - 1] == classes[k]
+
+    starts = frozenset(offsets[k] for k in range(len(text)) if not text[k].isspace() and not joined(k))
+    ends = frozenset(offsets[k] for k in range(1, len(text) + 1) if not text[k - 1].isspace() and not joined(k))
+    return starts, ends
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """An utterance values are copied from: the tokens they can be written with, and where they may
+    start and end (``word_boundaries``)."""
+
+    text: bytes
+    tokens: list[tuple[int, bytes]]
+    starts: frozenset[int]
+    ends: frozenset[int]
+    first: list[int]  # the tokens a value can open with
+
+    def at(self, value: bytes) -> list[int]:
+        """The offsets where ``value`` occurs starting at a word boundary."""
+        found, at = [], self.text.find(value)
+        while at >= 0:
+            if at in self.starts:
+                found.append(at)
+            at = self.text.find(value, at + 1)
+        return found
+
+
 def _softmax(values: np.ndarray) -> np.ndarray:
     shifted = np.exp(values - values.max())
     return shifted / shifted.sum()
@@ -140,7 +204,7 @@ class ConstrainedDecoder:
         self.model = model
         self.catalog = catalog
         self._token_cache: dict[str, tuple[int, ...]] = {}
-        self._substrings: tuple[bytes, list[tuple[int, bytes]]] | None = None  # the last utterance's
+        self._source: _Source | None = None  # the last utterance's
         self.openers = self._options(self._opening_texts())
 
     # ------------------------------------------------------------------ building
@@ -191,7 +255,6 @@ class ConstrainedDecoder:
         def spent() -> int:  # answer tokens so far: in the cache or queued
             return self.model.n_tokens + len(cursor.pending) - start
 
-        utterance_bytes = utterance.encode()
         while not option.end and spent() < max_tokens:
             param = option.param
             assert param is not None
@@ -208,7 +271,8 @@ class ConstrainedDecoder:
                 value_text = option.text
             else:
                 budget = max_tokens - spent()
-                value, p, option = self._value(cursor, closers, utterance_bytes if param.from_utterance else None, budget)
+                source = self._copy_source(utterance) if param.from_utterance else None
+                value, p, option = self._value(cursor, closers, source, budget)
                 value_text = value.decode("utf-8", errors="replace") + option.text
             key = param.name
             decoded.argument_confidence[key] = decoded.argument_confidence.get(key, 1.0) * p
@@ -262,11 +326,11 @@ class ConstrainedDecoder:
         return alive[0], prob, prob if intent_prob is None else intent_prob
 
     def _value(
-        self, cursor: _Cursor, closers: list[_Option], utterance: bytes | None, budget: int
+        self, cursor: _Cursor, closers: list[_Option], source: _Source | None, budget: int
     ) -> tuple[bytes, float, _Option]:
-        """Decode a quoted value up to one of ``closers``; returns (value, probability, closer)."""
+        """Decode a quoted value up to one of ``closers``; returns (value, probability, closer).
+        ``source`` is the utterance a copied value comes from (None for a free value)."""
         closer_first = {o.tokens[0] for o in closers if o.tokens}
-        candidates = self._substring_tokens(utterance) if utterance is not None else None  # cached per utterance
         value = b""
         prob = 1.0
         rows: list[np.ndarray] = []  # logits after each drafted token (already in the cache)
@@ -274,7 +338,7 @@ class ConstrainedDecoder:
         token = closers[0].tokens[0]
         for _ in range(min(_MAX_VALUE_TOKENS, max(1, budget))):
             row = rows.pop(0) if rows else cursor.row()
-            allowed = self._allowed(row, value, candidates, utterance, closer_first)
+            allowed = self._allowed(row, value, source, closer_first)
             probs = _softmax(row[allowed])
             best = int(probs.argmax())
             token = int(allowed[best])
@@ -292,8 +356,8 @@ class ConstrainedDecoder:
                 break
             value += self.model.piece(token)
             cursor.push(token, forced=False)
-            if utterance is not None:
-                draft = self._draft(utterance, value)
+            if source is not None:
+                draft = self._draft(source, value)
                 if draft:
                     fed = self.model.feed([*cursor.pending, *draft], all_logits=True)
                     cursor.decoded.evaluations += 1
@@ -306,51 +370,53 @@ class ConstrainedDecoder:
         option, p, _ = self._walk(cursor, closers, first=token)
         return value, prob * p, option
 
-    def _allowed(
-        self,
-        row: np.ndarray,
-        value: bytes,
-        candidates: list[tuple[int, bytes]] | None,
-        utterance: bytes | None,
-        closer_first: set[int],
-    ) -> np.ndarray:
-        ends = list(closer_first) if value else []
-        if candidates is not None and utterance is not None:
-            tokens = [t for t, piece in candidates if value + piece in utterance]
+    def _allowed(self, row: np.ndarray, value: bytes, source: _Source | None, closer_first: set[int]) -> np.ndarray:
+        if source is not None:
+            if value:
+                at = source.at(value)
+                tokens = [t for t, piece in source.tokens if any(source.text.startswith(value + piece, i) for i in at)]
+                ends = list(closer_first) if any(i + len(value) in source.ends for i in at) else []
+            else:
+                tokens, ends = source.first, []
             return np.array(tokens + ends or list(closer_first), dtype=np.int64)
         # A free value: the model's best tokens, except ones that would break the quoting.
         top = np.argpartition(row, -16)[-16:]
         free = [int(t) for t in top if b'"' not in self.model.piece(int(t)) and not self.model.is_end(int(t))]
-        return np.array(free + ends or list(closer_first), dtype=np.int64)
+        return np.array(free + (list(closer_first) if value else []) or list(closer_first), dtype=np.int64)
 
-    def _substring_tokens(self, utterance: bytes) -> list[tuple[int, bytes]]:
-        """The tokens a value copied from the utterance can be written with: every token of the
+    def _copy_source(self, utterance: str) -> _Source:
+        """The tokens a value copied from ``utterance`` can be written with: every token of the
         utterance's tokenization from each character on (whole words: ``Nothing`` as well as
         `` Nothing``), and every short substring that is one token (pieces ending inside a word,
-        as Chinese values do). Found by tokenizing; cached for the current utterance."""
-        if self._substrings is not None and self._substrings[0] == utterance:
-            return self._substrings[1]
-        text = utterance.decode()
+        as Chinese values do). Pieces holding a quote or a backslash are left out: they would
+        break the value's quoting. Found by tokenizing; cached for the current utterance."""
+        text = utterance.encode()
+        if self._source is not None and self._source.text == text:
+            return self._source
         found: dict[int, bytes] = {}
-        for start in range(len(text)):
-            for token in self.model.tokenize(text[start:]):  # not cached: utterances are unbounded
+        for start in range(len(utterance)):
+            for token in self.model.tokenize(utterance[start:]):  # not cached: utterances are unbounded
                 if token not in found:
                     found[token] = self.model.piece(token)
-            for end in range(start + 1, min(len(text), start + 16) + 1):
-                tokens = self.model.tokenize(text[start:end])
+            for end in range(start + 1, min(len(utterance), start + 16) + 1):
+                tokens = self.model.tokenize(utterance[start:end])
                 if len(tokens) == 1:
                     found.setdefault(tokens[0], self.model.piece(tokens[0]))
                 elif len(tokens) > 2:
                     break  # longer substrings only get longer tokenizations
-        self._substrings = (utterance, list(found.items()))
-        return self._substrings[1]
+        pieces = [(t, p) for t, p in found.items() if p and b'"' not in p and b"\\" not in p]
+        starts, ends = word_boundaries(utterance)
+        first = [t for t, p in pieces if any(text.startswith(p, i) for i in starts)]
+        self._source = _Source(text, pieces, starts, ends, first)
+        return self._source
 
-    def _draft(self, utterance: bytes, value: bytes) -> list[int]:
-        """The utterance's next tokens after ``value`` (its first occurrence), to verify in one batch."""
-        at = utterance.find(value)
-        if at < 0:
+    def _draft(self, source: _Source, value: bytes) -> list[int]:
+        """The utterance's next tokens after ``value`` (where it first occurs at a word start), to
+        verify in one batch."""
+        at = source.at(value)
+        if not at:
             return []
-        rest = utterance[at + len(value) :].decode("utf-8", errors="ignore")
+        rest = source.text[at[0] + len(value) :].decode("utf-8", errors="ignore")
         return list(self.model.tokenize(rest))[:_DRAFT_TOKENS] if rest else []
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from intentkit import Param, Registry
-from intentkit.decoding import ConstrainedDecoder, greedy_decode
+from intentkit.decoding import ConstrainedDecoder, greedy_decode, word_boundaries
+from intentkit.parser import parse_calls
 
 MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather", "Nothing", " Fancy"]
 END = 0
@@ -161,6 +162,53 @@ def test_copied_value_stays_inside_the_utterance(catalog):
     decoded, _ = decode(catalog, 'weather_search(city="上海")', "杭州天气怎么样")
     value = decoded.text.split('"')[1]
     assert value and value in "杭州天气怎么样"
+
+
+def _cuts(text: str, offsets: frozenset[int]) -> set[int]:
+    """Byte offsets as character indices (the tests' texts mix scripts)."""
+    return {len(text.encode()[:o].decode()) for o in offsets}
+
+
+@pytest.mark.parametrize(
+    ("text", "starts", "ends"),
+    [
+        ("play breathtaking music", {0, 5, 18}, {4, 17, 23}),
+        ("杭州天气", {0, 1, 2, 3}, {1, 2, 3, 4}),
+        ("PlayStation官方杂志", {0, 11, 12, 13, 14}, {11, 12, 13, 14, 15}),
+        ("at 10:24!", {0, 3, 5, 6, 8}, {2, 5, 6, 8, 9}),
+        ("Don Airey's song", {0, 4, 9, 10, 12}, {3, 9, 10, 11, 16}),
+        ("  ", set(), set()),
+    ],
+)
+def test_word_boundaries(text, starts, ends):
+    found_starts, found_ends = word_boundaries(text)
+    assert (_cuts(text, found_starts), _cuts(text, found_ends)) == (starts, ends)
+
+
+def test_copied_value_does_not_stop_inside_a_word(catalog):
+    # The model would stop after "breath"; the value may not end inside the word, so the
+    # next best continuation (the runner-up's) finishes it.
+    utterance = "play breathtaking music"
+    decoded, _ = decode(catalog, 'listen(song="breath")', utterance, runner_up='listen(song="breathtaking")')
+    assert decoded.text == 'listen(song="breathtaking")'
+
+
+def test_copied_value_does_not_start_inside_a_word(catalog):
+    decoded, _ = decode(catalog, 'listen(song="taking")', "play breathtaking music", runner_up='listen(song="music")')
+    assert decoded.text == 'listen(song="music")'
+
+
+def test_copied_value_does_not_end_on_a_space(catalog):
+    decoded, _ = decode(catalog, 'listen(song="Nothing ")', "add Nothing Fancy now", runner_up='listen(song="Nothing")')
+    value = parse_calls(decoded.text)[0].kwargs["song"]
+    assert value == value.strip() and value in "add Nothing Fancy now"
+
+
+def test_copied_value_never_breaks_the_quoting(catalog):
+    utterance = '播放"晴天"'
+    decoded, _ = decode(catalog, 'listen(song="\\"晴天\\"")', utterance)
+    value = parse_calls(decoded.text)[0].kwargs["song"]
+    assert '"' not in value and value in utterance
 
 
 def test_free_value_may_differ_from_the_utterance(catalog):
