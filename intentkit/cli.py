@@ -248,6 +248,9 @@ def train(
     lora_r: int = 16,
     patience: Annotated[int | None, typer.Option(help="stop after N dev evaluations without improvement")] = None,
     eval_every: Annotated[int | None, typer.Option(help="steps between dev evaluations")] = None,
+    share_prefix: Annotated[
+        bool, typer.Option(help="evaluate a batch's common prompt prefix once (off: for a base whose cache cannot be batched)")
+    ] = True,
     export: Annotated[bool, typer.Option(help="also write adapter.gguf for llama.cpp")] = True,
     scope: Annotated[
         bool | None,
@@ -271,6 +274,7 @@ def train(
         lora_alpha=2 * lora_r,
         patience=patience,
         eval_every=eval_every,
+        share_prefix=share_prefix,
     )
     records = load_records(data)
     dev_records = load_records(dev) if dev else []

@@ -13,7 +13,7 @@ pytest.importorskip("peft")
 
 from intentkit import PromptFormat  # noqa: E402
 from trainers.data import records_from_rows  # noqa: E402
-from trainers.train import TrainConfig, answer_loss, encode_records, train  # noqa: E402
+from trainers.train import TrainConfig, answer_loss, encode_records, shared_prefix, train  # noqa: E402
 
 ROWS = [
     {"instruction": "我想听音乐", "output": "play_music()"},
@@ -51,7 +51,7 @@ def tiny_model_and_tokenizer():
         num_key_value_heads=1,
         head_dim=16,
         max_position_embeddings=256,
-        sliding_window=64,
+        sliding_window=128,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -79,6 +79,40 @@ def test_answer_only_loss_matches_full_head_loss() -> None:
     reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert n == sum(len(e.input_ids) - e.answer_start for e in encoded)
     assert fast.item() == pytest.approx(reference.item(), rel=1e-4)
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradients() -> None:
+    from trainers.train import _collate, _wrap
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    model = _wrap(model, TrainConfig(lora_r=4, lora_dropout=0.0))
+    encoded, _ = encode_records(RECORDS[:6], tokenizer, PromptFormat())  # answers of different lengths: padding
+    prefix = shared_prefix(encoded, model.config)
+    # The chat markers and the system prompt; not the utterance, nor the position before the answer.
+    system = tokenizer(PromptFormat().render("X"), add_special_tokens=True)["input_ids"]
+    assert 0 < prefix < min(e.answer_start for e in encoded)
+    assert encoded[0].input_ids[:prefix] == system[:prefix]
+    batch = _collate(encoded, tokenizer.pad_token_id, torch.device("cpu"))
+    results = []
+    for p in (0, prefix):
+        model.zero_grad()
+        loss, n = answer_loss(model, *batch, prefix=p)
+        loss.backward()
+        grads = {name: w.grad.clone() for name, w in model.named_parameters() if w.grad is not None}
+        results.append((loss.item(), n, grads))
+    (plain, n_plain, g_plain), (shared, n_shared, g_shared) = results
+    assert n_plain == n_shared and shared == pytest.approx(plain, rel=1e-5)
+    assert g_plain.keys() == g_shared.keys() and g_plain
+    for name in g_plain:
+        torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6)
+
+
+def test_no_prefix_is_shared_where_it_would_not_help_or_be_safe() -> None:
+    model, tokenizer = tiny_model_and_tokenizer()
+    encoded, _ = encode_records(RECORDS[:6], tokenizer, PromptFormat())
+    assert shared_prefix(encoded[:1], model.config) == 0  # one example
+    model.config.sliding_window = 16  # longer than a sliding window: its cache would be cut
+    assert shared_prefix(encoded, model.config) == 0
 
 
 def test_training_lowers_dev_loss(tmp_path: Path) -> None:
