@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
-from intentkit import Registry
+from intentkit import Param, Registry
 from trainers.data import DataError, build_registry, load_records, validate_records
 
 
@@ -130,6 +131,33 @@ def test_validation_report(tmp_path: Path) -> None:
     assert f"warning: {tmp_path}/train.jsonl: no out-of-scope rows" in text  # the model could never say no
     with_oos = [*train, *load_records(write(tmp_path, "oos.jsonl", jsonl({"instruction": "你好", "output": None})))]
     assert "no out-of-scope rows" not in validate_records(with_oos).summary()
+
+
+def test_values_decoding_cannot_copy_are_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "t.jsonl",
+        jsonl(
+            {"instruction": "play breathtaking music", "output": 'play_music(playlist="breath")'},  # inside a word
+            {"instruction": "唱Ofaded", "output": 'play_music(song="faded")'},  # inside a word after a stray "O"
+            {"instruction": "放晴天", "output": 'play_music(song="晴天")'},  # Chinese: any character boundary
+            {"instruction": "play Nothing Fancy", "output": 'play_music(song="Nothing Fancy")'},
+            {"instruction": "明儿天气", "output": 'weather_search(date="明天")'},  # normalised: not in the text
+        ),
+    )
+    records = load_records(path)
+    text = validate_records(records).summary()
+    assert f'{path}:1: playlist="breath": not in the utterance as whole words' in text
+    assert f'{path}:2: song="faded"' in text and f'{path}:5: date="明天"' in text
+    assert text.count("whole words") == 3  # not rows 3 and 4
+    registry = Registry()
+    registry.register(lambda song=None, playlist=None: None, name="play_music")
+
+    def weather_search(date: Annotated[str, Param(from_utterance=False)]) -> None: ...
+
+    registry.register(weather_search)
+    checked = validate_records(records, registry=registry).summary()
+    assert checked.count("whole words") == 2 and 'date="明天"' not in checked  # the app normalises dates
 
 
 def test_registry_from_data_binds_every_record(tmp_path: Path) -> None:

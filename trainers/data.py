@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from intentkit import NO_INTENT, Call, IntentKitError, ParseError, PromptFormat, Registry, parse_calls
+from intentkit.decoding import word_boundaries
 from intentkit.fastpath import normalize_utterance
 
 __all__ = [
@@ -230,7 +231,55 @@ def validate_records(
                     registry.bind(call)
                 except IntentKitError as exc:
                     issues.append(DataIssue("error", record.source, str(exc)))
+    for record in records:
+        unreachable = _uncopyable_values(record, registry)
+        if unreachable:
+            issues.append(
+                DataIssue(
+                    "warning",
+                    record.source,
+                    f"{', '.join(unreachable)}: not in the utterance as whole words; constrained decoding copies "
+                    "values from the utterance at word boundaries and cannot produce this "
+                    "(declare the parameter Param(from_utterance=False) if the app normalises it)",
+                )
+            )
     return report
+
+
+def _uncopyable_values(record: Record, registry: Registry | None) -> list[str]:
+    """``slot="value"`` for each text value of ``record`` that decoding could not copy from its
+    utterance (see :func:`intentkit.decoding.word_boundaries`); parameters the registry declares
+    ``from_utterance=False`` are skipped."""
+    starts, ends = word_boundaries(record.instruction)
+    text = record.instruction.encode()
+    out = []
+    for call in record.calls:
+        spec = None
+        if registry is not None:
+            try:
+                spec = registry.get(call.name)
+            except IntentKitError:
+                pass  # reported above as an unregistered intent
+        names = [p.name for p in spec.params] if spec is not None else []
+        free = {p.name for p in spec.params if not p.from_utterance} if spec is not None else set()
+        positional = [(names[i] if i < len(names) else f"arg{i}", v) for i, v in enumerate(call.args)]
+        named = positional + list(call.kwargs.items())
+        for slot, value in named:
+            if slot in free:
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and not _copyable(text, item.encode(), starts, ends):
+                    out.append(f"{slot}={json.dumps(item, ensure_ascii=False)}")
+    return out
+
+
+def _copyable(text: bytes, value: bytes, starts: frozenset[int], ends: frozenset[int]) -> bool:
+    at = text.find(value)
+    while at >= 0:
+        if at in starts and at + len(value) in ends:
+            return True
+        at = text.find(value, at + 1)
+    return False
 
 
 def build_registry(records: Iterable[Record]) -> Registry:
