@@ -143,8 +143,9 @@ class _Cursor:
 
 
 def _word_class(char: str) -> str | None:
-    """ "L" for a letter of a script written with spaces, "N" for a digit, None for anything else
-    (punctuation, spaces, and letters of scripts where each character may end a word)."""
+    """What ``char`` is inside a word: ``"L"``, a letter of a script written with spaces; ``"N"``, a
+    digit; None, anything else (punctuation, spaces, letters of scripts where each character may
+    end a word)."""
     if char.isdigit():
         return "N"
     if _LETTER.match(char) and not _UNSPACED.match(char):
