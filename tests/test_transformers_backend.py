@@ -38,7 +38,9 @@ def trained(tmp_path_factory):
     """The tiny model after a short LoRA run on the four seed answers (so it has learned them)."""
     out = tmp_path_factory.mktemp("tiny")
     model, tokenizer = tiny_model_and_tokenizer()
-    config = TrainConfig(epochs=40, batch_size=4, learning_rate=3e-3, lora_r=8, lora_alpha=16, target_modules="all-linear")
+    config = TrainConfig(
+        epochs=40, batch_size=4, learning_rate=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"
+    )
     train(RECORDS, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
     from peft import PeftModel
 
