@@ -46,6 +46,7 @@ __all__ = [
     "LocalBackendMixin",
     "LocalGenerator",
     "TokenModel",
+    "can_copy",
     "greedy_decode",
     "word_boundaries",
 ]
@@ -170,6 +171,15 @@ def word_boundaries(text: str) -> tuple[frozenset[int], frozenset[int]]:
     starts = frozenset(offsets[k] for k in range(len(text)) if not text[k].isspace() and not joined(k))
     ends = frozenset(offsets[k] for k in range(1, len(text) + 1) if not text[k - 1].isspace() and not joined(k))
     return starts, ends
+
+
+def can_copy(utterance: str, value: str) -> bool:
+    """Whether constrained decoding can copy ``value`` from ``utterance``: it occurs there starting
+    and ending at word boundaries (:func:`word_boundaries`)."""
+    starts, ends = word_boundaries(utterance)
+    source = _Source(utterance.encode(), [], starts, ends, [])
+    data = value.encode()
+    return any(at + len(data) in ends for at in source.at(data))
 
 
 @dataclass(frozen=True, slots=True)

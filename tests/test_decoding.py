@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from intentkit import Param, Registry
-from intentkit.decoding import ConstrainedDecoder, greedy_decode, word_boundaries
+from intentkit.decoding import ConstrainedDecoder, can_copy, greedy_decode, word_boundaries
 from intentkit.parser import parse_calls
 
 MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather", "Nothing", " Fancy"]
@@ -183,6 +183,14 @@ def _cuts(text: str, offsets: frozenset[int]) -> set[int]:
 def test_word_boundaries(text, starts, ends):
     found_starts, found_ends = word_boundaries(text)
     assert (_cuts(text, found_starts), _cuts(text, found_ends)) == (starts, ends)
+
+
+def test_can_copy():
+    assert can_copy("play breathtaking music", "breathtaking music")
+    assert not can_copy("play breathtaking music", "breath")
+    assert can_copy("breath of breathtaking", "breath")  # one whole-word occurrence is enough
+    assert can_copy("帮我查杭州天气", "杭州") and not can_copy("帮我查杭州天气", "上海")
+    assert not can_copy("add Nothing Fancy", "Nothing ")
 
 
 def test_copied_value_does_not_stop_inside_a_word(catalog):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from intentkit import NO_INTENT, Call, IntentKitError, ParseError, PromptFormat, Registry, parse_calls
-from intentkit.decoding import word_boundaries
+from intentkit.decoding import can_copy
 from intentkit.fastpath import normalize_utterance
 
 __all__ = [
@@ -248,10 +248,8 @@ def validate_records(
 
 def _uncopyable_values(record: Record, registry: Registry | None) -> list[str]:
     """``slot="value"`` for each text value of ``record`` that decoding could not copy from its
-    utterance (see :func:`intentkit.decoding.word_boundaries`); parameters the registry declares
+    utterance (:func:`intentkit.decoding.can_copy`); parameters the registry declares
     ``from_utterance=False`` are skipped."""
-    starts, ends = word_boundaries(record.instruction)
-    text = record.instruction.encode()
     out = []
     for call in record.calls:
         spec = None
@@ -268,18 +266,9 @@ def _uncopyable_values(record: Record, registry: Registry | None) -> list[str]:
             if slot in free:
                 continue
             for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, str) and not _copyable(text, item.encode(), starts, ends):
+                if isinstance(item, str) and not can_copy(record.instruction, item):
                     out.append(f"{slot}={json.dumps(item, ensure_ascii=False)}")
     return out
-
-
-def _copyable(text: bytes, value: bytes, starts: frozenset[int], ends: frozenset[int]) -> bool:
-    at = text.find(value)
-    while at >= 0:
-        if at in starts and at + len(value) in ends:
-            return True
-        at = text.find(value, at + 1)
-    return False
 
 
 def build_registry(records: Iterable[Record]) -> Registry:
