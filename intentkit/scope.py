@@ -77,9 +77,7 @@ class ScopeDetector:
         """Cosine distance of each row to its nearest indexed row, and that row's index.
 
         ``exclude_self``: ``features`` are the indexed rows themselves (leave-one-out)."""
-        query = _normalise(np.atleast_2d(np.asarray(features, dtype=np.float32)))
-        if query.shape[1] != self.width:
-            raise ValueError(f"features are {query.shape[1]} wide; this detector was fitted on {self.width}")
+        query = self._query(features)
         best = np.empty(len(query), dtype=np.float32)
         where = np.empty(len(query), dtype=np.int64)
         for start in range(0, len(query), 1024):  # bounded memory for large calibration sets
@@ -91,15 +89,20 @@ class ScopeDetector:
             best[start : start + len(sims)] = sims.max(1)
         return 1.0 - best, where
 
+    def _query(self, features: np.ndarray) -> np.ndarray:
+        """``features`` as normalised rows, checked against the indexed width."""
+        query = _normalise(np.atleast_2d(np.asarray(features, dtype=np.float32)))
+        if query.shape[1] != self.width:
+            raise ValueError(f"features are {query.shape[1]} wide; this detector was fitted on {self.width}")
+        return query
+
     def check(self, feature: np.ndarray) -> ScopeVerdict:
         """Measure one utterance's feature vector.
 
         ``einsum`` rather than a BLAS product: a multithreaded BLAS leaves its threads spinning
         after the call, and on a 2-core box they took the cores from llama.cpp's decoding (the
         request after each check decoded at half speed). 3,051 × 640 rows: 0.2 ms."""
-        query = _normalise(np.asarray(feature, dtype=np.float32).reshape(1, -1))[0]
-        if query.shape[0] != self.width:
-            raise ValueError(f"features are {query.shape[0]} wide; this detector was fitted on {self.width}")
+        query = self._query(np.asarray(feature).reshape(1, -1))[0]
         sims = np.einsum("ij,j->i", self.features, query)
         where = int(sims.argmax())
         return ScopeVerdict(float(1.0 - sims[where]), self.threshold, self.intents[where])
