@@ -122,6 +122,9 @@ def test_training_lowers_dev_loss(tmp_path: Path) -> None:
     assert len(losses) == 10 and losses[-1] < losses[0] * 0.8
     assert result.best_dev_loss == min(losses)
     assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
+    meta = json.loads((tmp_path / "intentkit.json").read_text(encoding="utf-8"))
+    assert [e["dev_loss"] for e in meta["dev_losses"]] == losses  # the curve is kept with the model
+    assert meta["best"]["dev_loss"] == min(losses)  # and the weights saved are the best evaluation's
 
 
 def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:

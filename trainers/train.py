@@ -314,12 +314,18 @@ def train(
                 record["dev_loss"] = _dev_loss(
                     model, dev_examples, config.batch_size, tokenizer.pad_token_id, device, share=config.share_prefix
                 )
-                if best is None or record["dev_loss"] < best:
+                improved = best is None or record["dev_loss"] < best
+                if improved:
                     best, bad_evals = record["dev_loss"], 0
                     _save(model, tokenizer, output_dir, config, prompt, records, record)
                 else:
                     bad_evals += 1
                     stop = config.patience is not None and bad_evals >= config.patience
+                if bar is not None:
+                    bar.write(
+                        f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): dev loss {record['dev_loss']:.4f}"
+                        + (" (best, saved)" if improved else f" (best {best:.4f})")
+                    )
             history.append(record)
             if bar is not None:
                 bar.update(1)
@@ -346,6 +352,7 @@ def train(
             "tokens_per_second": round(result.tokens_per_second, 1),
             "steps": step,
             "sequence_length": length,
+            "dev_losses": [{"step": r["step"], "dev_loss": r["dev_loss"]} for r in history if "dev_loss" in r],
         },
     )
     return result
