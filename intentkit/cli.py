@@ -248,6 +248,9 @@ def train(
     lora_r: int = 16,
     patience: Annotated[int | None, typer.Option(help="stop after N dev evaluations without improvement")] = None,
     eval_every: Annotated[int | None, typer.Option(help="steps between dev evaluations")] = None,
+    select_on: Annotated[
+        str, typer.Option(help="loss | exact: keep the weights with the lowest dev loss or the highest dev exact match")
+    ] = "loss",
     share_prefix: Annotated[
         bool, typer.Option(help="evaluate a batch's common prompt prefix once (off: for a base whose cache cannot be batched)")
     ] = True,
@@ -274,12 +277,18 @@ def train(
         lora_alpha=2 * lora_r,
         patience=patience,
         eval_every=eval_every,
+        select_on=select_on,  # type: ignore[arg-type]
         share_prefix=share_prefix,
     )
     records = load_records(data)
     dev_records = load_records(dev) if dev else []
     result = run_train(records, out, config, dev=dev_records)
-    typer.echo(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, best dev loss {result.best_dev_loss}")
+    typer.echo(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s")
+    if result.kept:
+        typer.echo(
+            f"kept the weights of step {result.kept['step']}: dev loss {result.kept['dev_loss']:.4f}, "
+            f"exact match {result.kept['dev_exact']:.2%}"
+        )
     if export and method != "full":
         typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
         if scope if scope is not None else all(r.calls for r in records):
@@ -471,6 +480,26 @@ def data_augment(
     typer.echo(
         f"wrote {len(out.train)} train rows to {train_out}" + (f", {len(out.dev)} dev rows to {dev_out}" if dev_out else "")
     )
+
+
+@data_app.command("swap")
+@_friendly
+def data_swap(
+    data: Path,
+    out: Annotated[Path, typer.Option(help="where to write the rows and their recombined copies (JSONL)")],
+    copies: Annotated[int, typer.Option(min=1, help="recombined copies per row")] = 1,
+    seed: int = 0,
+) -> None:
+    """Add copies of each row with its slot values swapped for values the same parameter takes
+    elsewhere in the file (``播放安徽卫视高清`` → ``播放长沙经贸台高清``)."""
+    from trainers.augment import swap_values
+    from trainers.convert import export_rows
+    from trainers.data import load_records
+
+    records = load_records(data)
+    extra = swap_values(records, copies=copies, seed=seed)
+    export_rows([*records, *extra], out, "jsonl")
+    typer.echo(f"wrote {len(records)} rows and {len(extra)} recombined copies to {out}")
 
 
 def main() -> None:

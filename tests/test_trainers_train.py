@@ -13,7 +13,7 @@ pytest.importorskip("peft")
 
 from intentkit import PromptFormat  # noqa: E402
 from trainers.data import records_from_rows  # noqa: E402
-from trainers.train import TrainConfig, answer_loss, encode_records, shared_prefix, train  # noqa: E402
+from trainers.train import TrainConfig, _rank, answer_loss, encode_records, evaluate_dev, shared_prefix, train  # noqa: E402
 
 ROWS = [
     {"instruction": "我想听音乐", "output": "play_music()"},
@@ -123,8 +123,39 @@ def test_training_lowers_dev_loss(tmp_path: Path) -> None:
     assert result.best_dev_loss == min(losses)
     assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
     meta = json.loads((tmp_path / "intentkit.json").read_text(encoding="utf-8"))
-    assert [e["dev_loss"] for e in meta["dev_losses"]] == losses  # the curve is kept with the model
+    assert [e["dev_loss"] for e in meta["dev_evaluations"]] == losses  # the curve is kept with the model
     assert meta["best"]["dev_loss"] == min(losses)  # and the weights saved are the best evaluation's
+
+
+def test_dev_exact_match_is_what_greedy_decoding_writes(tmp_path: Path) -> None:
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = TrainConfig(method="full", epochs=50, learning_rate=1e-2, batch_size=4)
+    train(RECORDS, tmp_path, config, model_and_tokenizer=(model, tokenizer), progress=False)
+    encoded, _ = encode_records(RECORDS[:4], tokenizer, PromptFormat())
+    shared = evaluate_dev(model, encoded, 4, tokenizer.pad_token_id, torch.device("cpu"))
+    plain = evaluate_dev(model, encoded, 4, tokenizer.pad_token_id, torch.device("cpu"), share=False)
+    greedy = []
+    for e in encoded:
+        answer = e.input_ids[e.answer_start :]
+        out = model.generate(torch.tensor([e.input_ids[: e.answer_start]]), max_new_tokens=len(answer), do_sample=False)
+        greedy.append(out[0, e.answer_start :].tolist() == answer)
+    assert shared.exact == plain.exact == greedy
+    assert 0 < sum(greedy) < len(greedy)  # half-trained: the comparison sees both outcomes
+    assert shared.loss == pytest.approx(plain.loss, rel=1e-4)
+
+
+def test_select_on_exact_keeps_the_evaluation_with_the_most_exact_matches(tmp_path: Path) -> None:
+    lower_loss = {"step": 10, "dev_loss": 0.5, "dev_exact": 0.25}
+    more_exact = {"step": 20, "dev_loss": 0.7, "dev_exact": 0.75}
+    assert _rank(lower_loss, TrainConfig()) < _rank(more_exact, TrainConfig())
+    assert _rank(more_exact, TrainConfig(select_on="exact")) < _rank(lower_loss, TrainConfig(select_on="exact"))
+    config = TrainConfig(method="full", epochs=50, learning_rate=1e-2, batch_size=4, eval_every=25, select_on="exact")
+    result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    evaluations = [h for h in result.history if "dev_loss" in h]
+    best = max(evaluations, key=lambda h: (h["dev_exact"], -h["dev_loss"]))
+    assert result.kept == best and result.best_dev_loss == best["dev_loss"]
+    meta = json.loads((tmp_path / "intentkit.json").read_text(encoding="utf-8"))
+    assert meta["best"]["step"] == best["step"] and len(meta["dev_evaluations"]) == len(evaluations) == 8
 
 
 def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:

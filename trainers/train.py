@@ -58,7 +58,12 @@ class TrainConfig(pydantic.BaseModel):
     target_modules: list[str] | str = "all-linear"
     max_length: int | None = pydantic.Field(None, description="default: next power of two over the longest example")
     eval_every: int | None = pydantic.Field(None, description="steps between dev evaluations (default: once per epoch)")
-    patience: int | None = pydantic.Field(None, description="stop after this many evaluations without dev-loss improvement")
+    patience: int | None = pydantic.Field(None, description="stop after this many dev evaluations without improvement")
+    select_on: Literal["loss", "exact"] = pydantic.Field(
+        "loss",
+        description="what picks the weights kept and drives early stopping: dev loss, or dev exact match "
+        "(the share of dev answers greedy decoding reproduces token for token; ties go to the lower loss)",
+    )
     save_every: int | None = pydantic.Field(None, description="steps between resumable checkpoints")
     seed: int = 42
     threads: int | None = None
@@ -71,8 +76,9 @@ class TrainResult:
     steps: int
     train_tokens: int
     seconds: float
-    best_dev_loss: float | None
+    best_dev_loss: float | None  # the dev loss of the weights kept
     history: list[dict[str, float]]
+    kept: dict[str, float] | None = None  # the dev evaluation whose weights were saved
 
     @property
     def tokens_per_second(self) -> float:
@@ -190,8 +196,16 @@ def answer_loss(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int = 0
 
     ``prefix``: the first ``prefix`` tokens are the same in every row (:func:`shared_prefix`);
     they are evaluated for one row and their keys and values repeated for the rest."""
-    import torch
     import torch.nn.functional as F
+
+    logits, targets, _ = _answer_logits(model, ids, mask, labels, prefix=prefix)
+    return F.cross_entropy(logits.float(), targets), len(targets)
+
+
+def _answer_logits(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int = 0) -> tuple[Any, Any, Any]:
+    """The logits at every answer position (the LM head nowhere else), their target tokens, and
+    the batch row of each."""
+    import torch
 
     decoder = model.get_decoder()
     if prefix > 0:
@@ -215,7 +229,7 @@ def answer_loss(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int = 0
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = (logits / cap).tanh() * cap
-    return F.cross_entropy(logits.float(), targets[where]), int(where.sum())
+    return logits, targets[where], where.nonzero()[:, 0]
 
 
 def _wrap(model: Any, config: TrainConfig) -> Any:
@@ -279,6 +293,8 @@ def train(
     state = _resume(output_dir, model, optimizer, scheduler)
     step, tokens, history = state["step"], state["tokens"], state["history"]
     best, bad_evals = state.get("best"), 0
+    if isinstance(best, float):  # a checkpoint written before exact match was measured
+        best = {"step": 0, "dev_loss": best, "dev_exact": 0.0}
     eval_every = config.eval_every or steps_per_epoch
     bar = _progress(total_steps, step) if progress else None
     started = time.perf_counter()
@@ -311,20 +327,22 @@ def train(
                 "tokens_per_s": run_tokens / elapsed if elapsed else 0.0,
             }
             if dev_examples and (step % eval_every == 0 or step == total_steps):
-                record["dev_loss"] = _dev_loss(
+                dev_eval = evaluate_dev(
                     model, dev_examples, config.batch_size, tokenizer.pad_token_id, device, share=config.share_prefix
                 )
-                improved = best is None or record["dev_loss"] < best
+                record["dev_loss"], record["dev_exact"] = dev_eval.loss, dev_eval.exact_rate
+                improved = best is None or _rank(record, config) < _rank(best, config)
                 if improved:
-                    best, bad_evals = record["dev_loss"], 0
+                    best, bad_evals = record, 0
                     _save(model, tokenizer, output_dir, config, prompt, records, record)
                 else:
                     bad_evals += 1
                     stop = config.patience is not None and bad_evals >= config.patience
                 if bar is not None:
                     bar.write(
-                        f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): dev loss {record['dev_loss']:.4f}"
-                        + (" (best, saved)" if improved else f" (best {best:.4f})")
+                        f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): dev loss {record['dev_loss']:.4f}, "
+                        f"exact match {record['dev_exact']:.2%}"
+                        + (" (best, saved)" if improved else f" (best: step {best['step']})")
                     )
             history.append(record)
             if bar is not None:
@@ -343,7 +361,7 @@ def train(
     seconds = time.perf_counter() - started
     if not dev_examples:
         _save(model, tokenizer, output_dir, config, prompt, records, history[-1] if history else {})
-    result = TrainResult(output_dir, step, run_tokens, seconds, best, history)
+    result = TrainResult(output_dir, step, run_tokens, seconds, best["dev_loss"] if best else None, history, best)
     _update_meta(
         output_dir,
         {
@@ -352,25 +370,55 @@ def train(
             "tokens_per_second": round(result.tokens_per_second, 1),
             "steps": step,
             "sequence_length": length,
-            "dev_losses": [{"step": r["step"], "dev_loss": r["dev_loss"]} for r in history if "dev_loss" in r],
+            "dev_evaluations": [
+                {k: r[k] for k in ("step", "dev_loss", "dev_exact") if k in r} for r in history if "dev_loss" in r
+            ],
         },
     )
     return result
 
 
-def _dev_loss(model: Any, examples: list[Encoded], batch_size: int, pad_id: int, device: Any, *, share: bool) -> float:
+@dataclass(slots=True)
+class DevEval:
+    loss: float  # mean cross-entropy per answer token
+    exact: list[bool]  # per example: greedy decoding would reproduce its answer token for token
+
+    @property
+    def exact_rate(self) -> float:
+        return sum(self.exact) / len(self.exact) if self.exact else 0.0
+
+
+def evaluate_dev(
+    model: Any, examples: Sequence[Encoded], batch_size: int, pad_id: int, device: Any, *, share: bool = True
+) -> DevEval:
+    """Dev loss and exact match in one teacher-forced pass. An answer is an exact match when the
+    model's top token is the answer's own at every answer position: exactly the answers greedy
+    decoding (unconstrained, same prompt) would write, end-of-turn marker included, without
+    decoding anything."""
     import torch
+    import torch.nn.functional as F
 
     model.eval()
-    total, count = 0.0, 0
+    total, count, exact = 0.0, 0, []
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            batch = examples[i : i + batch_size]
+            batch = list(examples[i : i + batch_size])
             prefix = shared_prefix(batch, model.config) if share else 0
-            loss, n = answer_loss(model, *_collate(batch, pad_id, device), prefix=prefix)
-            total, count = total + loss.item() * n, count + n
+            logits, targets, rows = _answer_logits(model, *_collate(batch, pad_id, device), prefix=prefix)
+            total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            count += len(targets)
+            wrong = torch.zeros(len(batch), dtype=torch.long, device=targets.device)
+            wrong.index_add_(0, rows, (logits.argmax(-1) != targets).long())
+            exact += (wrong == 0).tolist()
     model.train()
-    return total / max(1, count)
+    return DevEval(total / max(1, count), exact)
+
+
+def _rank(record: dict[str, Any], config: TrainConfig) -> tuple[float, ...]:
+    """Lower is better: the dev loss, or with ``select_on="exact"`` the exact match first."""
+    if config.select_on == "exact":
+        return (-record.get("dev_exact", 0.0), record["dev_loss"])
+    return (record["dev_loss"],)
 
 
 def _progress(total: int, initial: int) -> Any:
