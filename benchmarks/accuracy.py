@@ -36,6 +36,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument(
+        "--swap-copies", type=int, default=0, help="add N recombined copies of each row (trainers.augment.swap_values)"
+    )
+    parser.add_argument("--select-on", choices=["loss", "exact"], default="loss", help="what picks the weights kept")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N records of each file")
     parser.add_argument("--unconstrained", action="store_true", help="greedy decoding without constraints")
     parser.add_argument("--skip-train", action="store_true")
@@ -46,6 +50,7 @@ def main() -> None:
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.bundled import base_model_path
     from intentkit.scope import SCOPE_FILE
+    from trainers.augment import swap_values
     from trainers.data import build_registry, load_records
     from trainers.evaluate import backend_predictor, predict_records, score
     from trainers.export import export_gguf_lora
@@ -56,11 +61,20 @@ def main() -> None:
     dev_sets = {path.stem: load_records(path) for path in args.dev}
     if not args.skip_train:
         config = TrainConfig(
-            epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, lora_r=args.lora_r, lora_alpha=2 * args.lora_r
+            epochs=args.epochs,
+            learning_rate=args.lr,
+            batch_size=args.batch_size,
+            lora_r=args.lora_r,
+            lora_alpha=2 * args.lora_r,
+            select_on=args.select_on,
         )
+        extra = swap_values(records, copies=args.swap_copies) if args.swap_copies else []
+        if extra:
+            print(f"swap_values: {len(extra)} recombined rows added to {len(records)}")
         # Early stopping watches the first dev file (in-scope dev); the others are only evaluated.
-        result = train(records, args.out, config, dev=next(iter(dev_sets.values())))
+        result = train([*records, *extra], args.out, config, dev=next(iter(dev_sets.values())))
         print(f"trained: {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, {result.seconds / 60:.1f} min")
+        print(f"kept: {result.kept}")
         export_gguf_lora(args.out)
     registry = build_registry(records)
     backend = LlamaCppBackend(base_model_path(), lora=args.out / "adapter.gguf", constrained=not args.unconstrained, scope=None)

@@ -11,6 +11,7 @@ pytest.importorskip("typer")
 from typer.testing import CliRunner
 
 from intentkit.cli import app
+from trainers.data import load_records
 
 runner = CliRunner()
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
@@ -49,6 +50,17 @@ def test_data_augment(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "t.jsonl").read_bytes() == (DEMO / "train.jsonl").read_bytes()
+
+
+def test_data_swap(tmp_path):
+    result = runner.invoke(app, ["data", "swap", str(DEMO / "train.jsonl"), "--out", str(tmp_path / "s.jsonl")])
+    assert result.exit_code == 0, result.output
+    original = load_records(DEMO / "train.jsonl")
+    written = load_records(tmp_path / "s.jsonl")
+    assert [r.output for r in written[: len(original)]] == [r.output for r in original]
+    copies = written[len(original) :]
+    assert copies and f"{len(copies)} recombined copies" in result.output
+    assert not {r.instruction for r in copies} & {r.instruction for r in original}
 
 
 @pytest.mark.parametrize(

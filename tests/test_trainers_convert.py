@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.augment import augment, load_templates, parse_templates
+from trainers.augment import augment, load_templates, parse_templates, swap_values
 from trainers.convert import export_rows, import_rows
 from trainers.data import DataError, load_records, records_from_rows
 
@@ -141,3 +141,36 @@ def test_demo_data_is_what_the_templates_generate(tmp_path):
     assert (tmp_path / "dev.jsonl").read_bytes() == (root / "dev.jsonl").read_bytes()
     records = load_records(root / "train.jsonl")
     assert len({r.intent for r in records}) >= 16
+
+
+def test_swap_values_recombines_values_the_same_parameter_takes_elsewhere() -> None:
+    rows = [
+        {"instruction": "播放安徽卫视高清", "output": 'tvchannel_play(name="安徽卫视", resolution="高清")'},
+        {"instruction": "我要看长沙经贸台", "output": 'tvchannel_play(name="长沙经贸台")'},
+        {"instruction": "查下杭州天气", "output": 'weather_search(city="杭州")'},
+        {"instruction": "北京天气", "output": 'weather_search(city="北京")'},
+        {"instruction": "杭州到杭州东", "output": 'train_query(start="杭州", end="杭州东")'},  # overlapping values
+        {"instruction": "你好", "output": None},
+    ]
+    records = records_from_rows((f"d.jsonl:{i + 1}", r) for i, r in enumerate(rows))
+    new = swap_values(records, seed=1)
+    by_source = {r.source: r for r in new}
+    assert set(by_source) == {"d.jsonl:1+swap1", "d.jsonl:2+swap1", "d.jsonl:3+swap1", "d.jsonl:4+swap1"}
+    assert by_source["d.jsonl:1+swap1"].instruction == "播放长沙经贸台高清"  # 高清 has no other value: kept
+    assert by_source["d.jsonl:1+swap1"].output == 'tvchannel_play(name="长沙经贸台", resolution="高清")'
+    assert by_source["d.jsonl:2+swap1"].instruction == "我要看安徽卫视"
+    assert by_source["d.jsonl:3+swap1"].output == 'weather_search(city="北京")'
+    # every copy's values still sit in its utterance, under the parameter they came from
+    for record in new:
+        assert all(v in record.instruction for v in record.calls[0].kwargs.values())
+    more = [r.instruction for r in swap_values(records, copies=3)]
+    assert len(more) == len(set(more)) and not set(more) & {r.instruction for r in records}
+
+
+def test_swap_values_drops_copies_that_repeat_an_utterance() -> None:
+    rows = [
+        {"instruction": "查下杭州天气", "output": 'weather_search(city="杭州")'},
+        {"instruction": "查下北京天气", "output": 'weather_search(city="北京")'},
+    ]
+    records = records_from_rows((f"d.jsonl:{i + 1}", r) for i, r in enumerate(rows))
+    assert swap_values(records, copies=2) == []  # each copy would be the other row

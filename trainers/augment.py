@@ -34,9 +34,9 @@ import regex
 
 from intentkit import NO_INTENT, render_call
 
-from .data import DataError
+from .data import DataError, Record, records_from_rows
 
-__all__ = ["Augmented", "TemplateSet", "augment", "expand_template", "load_templates"]
+__all__ = ["Augmented", "TemplateSet", "augment", "expand_template", "load_templates", "swap_values"]
 
 _SLOT = regex.compile(r"\{([^{}]*)\}")
 _CHOICE = regex.compile(r"\[([^\[\]]*)\]")
@@ -207,3 +207,62 @@ def _strings(values: Any, where: str) -> list[str]:
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+def swap_values(records: Sequence[Record], *, copies: int = 1, seed: int = 0) -> list[Record]:
+    """New rows recombined from ``records``' own slot values, for data with few phrasings per value.
+
+    In each copy of a row, every keyword value is replaced by another value that the same
+    parameter of the same intent takes elsewhere in ``records`` (``播放{安徽卫视}高清`` →
+    ``播放{长沙经贸台}高清``), so the model sees the same phrasing around values of other
+    lengths and shapes: where a value starts and ends is what it has to learn. A row is only
+    copied when each of its values is a single string found exactly once in the utterance, the
+    values do not overlap, and its call is the only one; out-of-scope rows are not copied. A copy
+    whose utterance is already in ``records`` (or made earlier) is dropped. Returns the new rows
+    only, each sourced ``<row's source>+swap<k>``."""
+    rng = random.Random(seed)
+    pool: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        if len(record.calls) == 1:
+            for key, value in record.calls[0].kwargs.items():
+                if isinstance(value, str) and value:
+                    values = pool.setdefault((record.calls[0].name, key), [])
+                    if value not in values:
+                        values.append(value)
+    seen = {r.instruction for r in records}
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for record in records:
+        spans = _value_spans(record)
+        if not spans:
+            continue
+        call = record.calls[0]
+        for k in range(1, copies + 1):
+            text, kwargs = record.instruction, dict(call.kwargs)
+            for start, end, key in sorted(spans, reverse=True):  # right to left: earlier offsets stay valid
+                others = [v for v in pool[(call.name, key)] if v != kwargs[key]]
+                if others:
+                    kwargs[key] = rng.choice(others)
+                    text = text[:start] + kwargs[key] + text[end:]
+            if text in seen:
+                continue
+            seen.add(text)
+            rows.append((f"{record.source}+swap{k}", {"instruction": text, "output": render_call(call.name, call.args, kwargs)}))
+    return records_from_rows(rows)
+
+
+def _value_spans(record: Record) -> list[tuple[int, int, str]]:
+    """(start, end, parameter) of each keyword value in the utterance; empty when the row cannot
+    be recombined safely (several calls, positional or non-text values, a value missing, repeated
+    or overlapping another)."""
+    if len(record.calls) != 1 or record.calls[0].args or not record.calls[0].kwargs:
+        return []
+    spans = []
+    for key, value in record.calls[0].kwargs.items():
+        if not isinstance(value, str) or not value or record.instruction.count(value) != 1:
+            return []
+        start = record.instruction.index(value)
+        spans.append((start, start + len(value), key))
+    spans.sort()
+    if any(a[1] > b[0] for a, b in itertools.pairwise(spans)):
+        return []
+    return spans
