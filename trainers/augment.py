@@ -210,7 +210,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def swap_values(records: Sequence[Record], *, copies: int = 1, seed: int = 0) -> list[Record]:
-    """New rows recombined from ``records``' own slot values, for data with few phrasings per value.
+    """New rows recombined from ``records``' own slot values, for data whose phrasings each come
+    with few values.
 
     In each copy of a row, every keyword value is replaced by another value that the same
     parameter of the same intent takes elsewhere in ``records`` (``播放{安徽卫视}高清`` →

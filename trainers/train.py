@@ -33,7 +33,17 @@ from intentkit.bundled import META_FILE, base_model_path, read_model_meta
 
 from .data import Record
 
-__all__ = ["TrainConfig", "TrainResult", "answer_loss", "encode_records", "load_base", "shared_prefix", "train"]
+__all__ = [
+    "DevEval",
+    "TrainConfig",
+    "TrainResult",
+    "answer_loss",
+    "encode_records",
+    "evaluate_dev",
+    "load_base",
+    "shared_prefix",
+    "train",
+]
 
 DEFAULT_BASE = "default"
 
@@ -76,9 +86,13 @@ class TrainResult:
     steps: int
     train_tokens: int
     seconds: float
-    best_dev_loss: float | None  # the dev loss of the weights kept
     history: list[dict[str, float]]
     kept: dict[str, float] | None = None  # the dev evaluation whose weights were saved
+
+    @property
+    def best_dev_loss(self) -> float | None:
+        """The dev loss of the weights kept (None without dev data)."""
+        return self.kept["dev_loss"] if self.kept else None
 
     @property
     def tokens_per_second(self) -> float:
@@ -361,7 +375,7 @@ def train(
     seconds = time.perf_counter() - started
     if not dev_examples:
         _save(model, tokenizer, output_dir, config, prompt, records, history[-1] if history else {})
-    result = TrainResult(output_dir, step, run_tokens, seconds, best["dev_loss"] if best else None, history, best)
+    result = TrainResult(output_dir, step, run_tokens, seconds, history, best)
     _update_meta(
         output_dir,
         {
