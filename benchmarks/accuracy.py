@@ -4,8 +4,9 @@
         --dev ../shared/datasets/smp2020/dev.jsonl --dev ../shared/datasets/smp2020/dev_oos.jsonl \\
         --out runs/smp2020
 
-Trains a LoRA adapter with :mod:`trainers.train` (``--epochs``, ``--lr``, … as in ``intentkit
-train``), exports it for llama.cpp, then evaluates every ``--dev`` file (and all of them
+Trains a LoRA adapter (or, ``--method full``, all weights but the embeddings) with
+:mod:`trainers.train` (``--epochs``, ``--lr``, … as in ``intentkit train``), exports it for
+llama.cpp (``adapter.gguf``, or ``model.gguf`` for a full fine-tune), then evaluates every ``--dev`` file (and all of them
 together) through :class:`LlamaCppBackend` with constrained decoding and a registry derived from
 the training file. Unless ``--no-scope``, the out-of-scope detector (:mod:`intentkit.scope`) is
 fitted first — the training utterances indexed, the threshold from the first ``--dev`` file's
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument(
         "--swap-copies", type=int, default=0, help="add N recombined copies of each row (trainers.augment.swap_values)"
     )
@@ -48,12 +50,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from intentkit.backends.llamacpp import LlamaCppBackend
-    from intentkit.bundled import base_model_path
+    from intentkit.bundled import base_model_path, read_model_meta
     from intentkit.scope import SCOPE_FILE
     from trainers.augment import swap_values
     from trainers.data import build_registry, load_records
     from trainers.evaluate import backend_predictor, predict_records, score
-    from trainers.export import export_gguf_lora
+    from trainers.export import export_full_gguf, export_gguf_lora
     from trainers.scope import fit_scope
     from trainers.train import TrainConfig, train
 
@@ -64,6 +66,7 @@ def main() -> None:
             epochs=args.epochs,
             learning_rate=args.lr,
             batch_size=args.batch_size,
+            method=args.method,
             lora_r=args.lora_r,
             lora_alpha=2 * args.lora_r,
             select_on=args.select_on,
@@ -75,9 +78,18 @@ def main() -> None:
         result = train([*records, *extra], args.out, config, dev=next(iter(dev_sets.values())))
         print(f"trained: {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, {result.seconds / 60:.1f} min")
         print(f"kept: {result.kept}")
-        export_gguf_lora(args.out)
+        if args.method == "full":
+            start = time.perf_counter()
+            export_full_gguf(args.out)
+            print(f"exported model.gguf: {time.perf_counter() - start:.0f} s")
+        else:
+            export_gguf_lora(args.out)
     registry = build_registry(records)
-    backend = LlamaCppBackend(base_model_path(), lora=args.out / "adapter.gguf", constrained=not args.unconstrained, scope=None)
+    constrained = not args.unconstrained
+    if read_model_meta(args.out).get("method") == "full":
+        backend = LlamaCppBackend(args.out / "model.gguf", constrained=constrained, scope=None)
+    else:
+        backend = LlamaCppBackend(base_model_path(), lora=args.out / "adapter.gguf", constrained=constrained, scope=None)
     if not args.no_scope:
         start = time.perf_counter()
         calibration = next(iter(dev_sets.values()))

@@ -119,10 +119,14 @@ def router_from(options: dict[str, Any], **extra: Any) -> Router:
 
 def _llamacpp(model: Path | None, lora: Path | None, **kwargs: Any) -> Any:
     """A base (default: the one ``lora``'s directory deploys on) with the adapter merged in, built
-    once into the cache; the bundled adapter when only ``--model`` is given."""
+    once into the cache. ``--model`` alone: a GGUF that ``intentkit export`` wrote (a full
+    fine-tune's ``model.gguf`` or a merged adapter, with ``intentkit.json`` beside it) runs as it
+    is; any other GGUF gets the bundled adapter."""
     from .backends.llamacpp import LlamaCppBackend
-    from .bundled import bundled_model_dir, deployment_base
+    from .bundled import META_FILE, bundled_model_dir, deployment_base
 
+    if model is not None and lora is None and (model.parent / META_FILE).is_file():
+        return LlamaCppBackend(model, **kwargs)
     lora = lora or bundled_model_dir() / "adapter.gguf"
     if not lora.is_file():
         raise FileNotFoundError(f"LoRA adapter not found: {lora}")
@@ -262,7 +266,7 @@ def train(
 ) -> None:
     """Fine-tune a routing model (LoRA by default) and export it for llama.cpp."""
     from trainers.data import load_records
-    from trainers.export import export_gguf_lora
+    from trainers.export import export_full_gguf, export_gguf_lora
     from trainers.train import TrainConfig
     from trainers.train import train as run_train
 
@@ -289,8 +293,11 @@ def train(
             f"kept the weights of step {result.kept['step']}: dev loss {result.kept['dev_loss']:.4f}, "
             f"exact match {result.kept['dev_exact']:.2%}"
         )
-    if export and method != "full":
-        typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
+    if export:
+        if method == "full":
+            typer.echo(f"llama.cpp model: {export_full_gguf(out)}")
+        else:
+            typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
         if scope if scope is not None else all(r.calls for r in records):
             if base == "default" or base.endswith(".gguf"):
                 _fit_scope(out, None if base == "default" else Path(base), records, dev_records, 0.975)
@@ -309,7 +316,11 @@ def _fit_scope(model_dir: Path, base: Path | None, records: list[Any], calibrati
 
     from .scope import SCOPE_FILE
 
-    with _llamacpp(base, model_dir / "adapter.gguf", scope=None) as backend, Progress(transient=True) as progress:
+    full = model_dir / "model.gguf"
+    deployed = (
+        _llamacpp(full, None, scope=None) if _is_full(model_dir) else _llamacpp(base, model_dir / "adapter.gguf", scope=None)
+    )
+    with deployed as backend, Progress(transient=True) as progress:
         task = progress.add_task("out-of-scope detector: hidden states", total=None)
         detector = fit_scope(
             backend,
@@ -347,19 +358,29 @@ def export(
     """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF,
     a trimmed vocabulary and an out-of-scope detector."""
     from trainers.data import load_records
-    from trainers.export import export_gguf_lora, export_merged_gguf, write_vocabulary
+    from trainers.export import export_full_gguf, export_gguf_lora, export_merged_gguf, write_vocabulary
 
-    typer.echo(f"llama.cpp adapter: {export_gguf_lora(model_dir)}")
     if vocabulary_from is not None:
         import numpy as np
 
         keep = write_vocabulary(model_dir, load_records(vocabulary_from), base=base)
         typer.echo(f"vocabulary: {keep} ({len(np.load(keep)):,} tokens)")
+    if _is_full(model_dir):
+        typer.echo(f"llama.cpp model: {export_full_gguf(model_dir, base=base)}")
+    else:
+        typer.echo(f"llama.cpp adapter: {export_gguf_lora(model_dir)}")
     if scope_from is not None:
         calibration = load_records(scope_calibrate) if scope_calibrate else []
         _fit_scope(model_dir, base, load_records(scope_from), calibration, scope_quantile)
     if merged is not None:
         typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
+
+
+def _is_full(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds a full fine-tune (deployed as ``model.gguf``, not an adapter)."""
+    from .bundled import read_model_meta
+
+    return read_model_meta(model_dir).get("method") == "full"
 
 
 @app.command("eval")

@@ -5,7 +5,8 @@
   decode step; a domain needs a fraction of it. Byte-fallback tokens are kept, so any text still
   encodes; the token ids change, the text of every kept token does not.
 - :func:`write_merged_gguf` — a GGUF LoRA adapter folded into the weights it adapts
-  (``W + scale · B·A``), then quantized to 8 bits. llama.cpp applies an unmerged adapter as two
+  (``W + scale · B·A``), then quantized to 8 bits; :func:`write_updated_gguf` does the same
+  with dense updates (a full fine-tune's ``W_trained − W_base``). llama.cpp applies an unmerged adapter as two
   extra matrix products per adapted weight, every token; a merged model does not pay for them.
   Not back to the base's 4–5-bit mix: a LoRA update is mostly smaller than a 4-bit step, so
   re-quantizing snaps the weights back to the base's grid and the adapter is largely lost
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import BackendError, MissingDependencyError
 
-__all__ = ["write_merged_gguf", "write_trimmed_gguf"]
+__all__ = ["write_merged_gguf", "write_trimmed_gguf", "write_updated_gguf"]
 
 _TOKEN_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
 
@@ -61,6 +64,39 @@ def write_merged_gguf(
     gguf, np = _imports()
     reader = gguf.GGUFReader(str(source))
     deltas = _lora_factors(gguf, np, reader, Path(adapter), scale)
+    _write_updated(gguf, reader, target, keep=keep, deltas=deltas, quantize=quantize, file_type=file_type)
+
+
+def write_updated_gguf(
+    source: Path,
+    deltas: Mapping[str, Any],
+    target: Path,
+    *,
+    keep: Any = None,
+    quantize: bool = True,
+    file_type: int = Q8_0,
+) -> None:
+    """Write ``source`` with dense updates added to its tensors, quantized as in
+    :func:`write_merged_gguf`: ``deltas`` maps GGUF tensor names (``blk.0.attn_q.weight``) to
+    arrays in numpy order (``(out, in)`` for a matrix), e.g. a full fine-tune's trained weights
+    minus the base weights it started from. Tensors not named are copied as they are."""
+    gguf, np = _imports()
+    reader = gguf.GGUFReader(str(source))
+    shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
+    checked = {}
+    for name, delta in deltas.items():
+        array = np.asarray(delta, dtype=np.float32)
+        if name not in shapes:
+            raise BackendError(f"{source}: no tensor {name} to update (weights of another architecture?)")
+        if array.shape != shapes[name]:
+            raise BackendError(f"{source}: {name} is {shapes[name]}, the update is {array.shape}")
+        checked[name] = array
+    _write_updated(gguf, reader, target, keep=keep, deltas=checked, quantize=quantize, file_type=file_type)
+
+
+def _write_updated(
+    gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: Mapping[str, Any], quantize: bool, file_type: int
+) -> None:
     if not quantize:
         _rewrite(gguf, reader, target, keep=keep, deltas=deltas)
         return
@@ -109,11 +145,23 @@ def _lora_factors(gguf: Any, np: Any, base: Any, adapter: Path, scale: float) ->
         if (b.shape[0], a.shape[1]) != shapes[name] or a.shape[0] != b.shape[1]:
             raise BackendError(f"{adapter}: {name} is {shapes[name]} in the base, the adapter gives {b.shape} × {a.shape}")
         rank = a.shape[0]
-        factors[name] = (a, b, scale * alpha / rank if alpha else scale)  # llama.cpp's scaling
+        factors[name] = _LowRank(a, b, scale * alpha / rank if alpha else scale)  # llama.cpp's scaling
     return factors
 
 
-def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: dict[str, tuple[Any, Any, float]]) -> None:
+@dataclass(frozen=True, slots=True)
+class _LowRank:
+    """A LoRA update ``factor · B·A``, made dense only when its tensor is written."""
+
+    a: Any
+    b: Any
+    factor: float
+
+    def dense(self) -> Any:
+        return self.factor * (self.b @ self.a)
+
+
+def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: Mapping[str, Any]) -> None:
     _, np = _imports()
     kept = np.unique(np.asarray(keep, dtype=np.int64)) if keep is not None else None
     remap = {int(old): new for new, old in enumerate(kept)} if kept is not None else None
@@ -136,14 +184,14 @@ def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: dict[st
             value = remap[int(value)]
         writer.add_key_value(name, value, field.types[0], sub_type)
     for tensor in reader.tensors:
+        trim = tensor.name == "token_embd.weight" and kept is not None
         if tensor.name in deltas:
-            a, b, factor = deltas[tensor.name]
+            delta = deltas[tensor.name]
             weight = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
-            writer.add_tensor(tensor.name, np.ascontiguousarray(weight + factor * (b @ a), dtype=np.float32))
+            weight = weight + (delta.dense() if isinstance(delta, _LowRank) else delta)
+            writer.add_tensor(tensor.name, np.ascontiguousarray(weight[kept] if trim else weight, dtype=np.float32))
             continue
-        data = tensor.data
-        if tensor.name == "token_embd.weight" and kept is not None:
-            data = np.ascontiguousarray(data[kept])
+        data = np.ascontiguousarray(tensor.data[kept]) if trim else tensor.data
         writer.add_tensor(tensor.name, data, raw_dtype=tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

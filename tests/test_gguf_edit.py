@@ -1,4 +1,5 @@
-"""GGUF rewriting on toy files: LoRA merging (the arithmetic, the checks) and vocabulary trimming.
+"""GGUF rewriting on toy files: LoRA merging and dense updates (the arithmetic, the checks) and
+vocabulary trimming.
 
 The real model goes through the same code in test_llamacpp (merged and trimmed default)."""
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from intentkit import BackendError
-from intentkit.gguf_edit import write_merged_gguf, write_trimmed_gguf
+from intentkit.gguf_edit import write_merged_gguf, write_trimmed_gguf, write_updated_gguf
 
 gguf = pytest.importorskip("gguf")
 
@@ -75,6 +76,30 @@ def test_merge_and_trim_in_one_pass(tmp_path):
     np.testing.assert_allclose(merged["blk.0.attn_q.weight"], WEIGHT)
     field = reader.fields["tokenizer.ggml.tokens"]
     assert [bytes(field.parts[i]).decode() for i in field.data] == ["<pad>", "<bos>", "ab"]
+
+
+def test_dense_updates_are_added_and_trimmed_with_the_vocabulary(tmp_path):
+    dq = RNG.normal(size=(6, 4)).astype(np.float32)
+    de = RNG.normal(size=(5, 4)).astype(np.float32)
+    updates = {"blk.0.attn_q.weight": dq, "token_embd.weight": de, "blk.0.attn_norm.weight": np.full(4, 0.5)}
+    write_updated_gguf(_base(tmp_path / "base.gguf"), updates, tmp_path / "u.gguf", keep=[0, 1, 4], quantize=False)
+    _, updated = _tensors(tmp_path / "u.gguf")
+    np.testing.assert_allclose(updated["blk.0.attn_q.weight"], WEIGHT + dq, rtol=1e-6)
+    np.testing.assert_allclose(updated["token_embd.weight"], (EMBED + de)[[0, 1, 4]], rtol=1e-6)
+    np.testing.assert_allclose(updated["blk.0.attn_norm.weight"], np.full(4, 1.5))
+
+
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        ({"blk.0.attn_q.weight": np.zeros((4, 6))}, r"blk.0.attn_q.weight is \(6, 4\), the update is \(4, 6\)"),
+        ({"blk.7.ffn_up.weight": np.zeros((6, 4))}, "no tensor blk.7.ffn_up.weight to update"),
+    ],
+)
+def test_updates_that_do_not_fit_are_rejected_by_name(tmp_path, updates, message):
+    with pytest.raises(BackendError, match=message):
+        write_updated_gguf(_base(tmp_path / "base.gguf"), updates, tmp_path / "u.gguf", quantize=False)
+    assert not (tmp_path / "u.gguf").exists()
 
 
 def test_trim_remaps_special_token_ids(tmp_path):

@@ -285,3 +285,42 @@ def test_llama_cpp_and_transformers_predict_the_same():
         ]
     same = sum(a == b for a, b in pairs)
     assert same == len(pairs), [p for p in pairs if p[0] != p[1]]
+
+
+@pytest.mark.slow
+def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path):
+    """A full fine-tune of the default base (two steps at a high rate, so it visibly moves),
+    exported by export_full_gguf, gives llama.cpp the trained weights: its next-token scores after
+    each prompt follow the trained transformers model's, not the base's."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    from trainers.data import load_records
+    from trainers.export import export_full_gguf
+    from trainers.train import TrainConfig, load_base, train
+
+    records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "train.jsonl")[::40][:16]
+    prompt = PromptFormat()
+    model, tokenizer = load_base("default")
+    prompts = [tokenizer(prompt.render(r.instruction))["input_ids"] for r in records[:6]]
+
+    def next_tokens(lm) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [lm(torch.tensor([ids])).logits[0, -1].numpy() for ids in prompts]
+
+    before = next_tokens(model)
+    config = TrainConfig(method="full", epochs=1, batch_size=8, learning_rate=2e-4, warmup_ratio=0)
+    train(records, tmp_path, config, model_and_tokenizer=(model, tokenizer), progress=False)
+    after = next_tokens(model)
+    del model
+    path = export_full_gguf(tmp_path)
+    assert path == tmp_path / "model.gguf"
+    with LlamaCppBackend(path, scope=None) as llama:
+        exported = [llama._model.prefill(ids)[0] for ids in prompts]
+    top = [(int(g.argmax()), int(a.argmax()), int(b.argmax())) for g, a, b in zip(exported, after, before, strict=True)]
+    # 8-bit weights against float32 may flip a near tie, not more.
+    assert sum(g == a for g, a, _ in top) >= len(top) - 1, top
+    assert any(a != b for _, a, b in top), top  # training moved the model, so the check can tell
+    for got, trained, base in zip(exported, after, before, strict=True):
+        assert np.corrcoef(got, trained)[0, 1] > max(0.98, np.corrcoef(got, base)[0, 1] + 0.01)

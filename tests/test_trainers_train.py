@@ -116,7 +116,7 @@ def test_no_prefix_is_shared_where_it_would_not_help_or_be_safe() -> None:
 
 
 def test_training_lowers_dev_loss(tmp_path: Path) -> None:
-    config = TrainConfig(method="full", epochs=10, learning_rate=1e-2, batch_size=4)
+    config = TrainConfig(method="full", epochs=10, learning_rate=1e-2, batch_size=4, train_embeddings=True)
     result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
     losses = [h["dev_loss"] for h in result.history if "dev_loss" in h]
     assert len(losses) == 10 and losses[-1] < losses[0] * 0.8
@@ -129,7 +129,7 @@ def test_training_lowers_dev_loss(tmp_path: Path) -> None:
 
 def test_dev_exact_match_is_what_greedy_decoding_writes(tmp_path: Path) -> None:
     model, tokenizer = tiny_model_and_tokenizer()
-    config = TrainConfig(method="full", epochs=50, learning_rate=1e-2, batch_size=4)
+    config = TrainConfig(method="full", epochs=50, learning_rate=1e-2, batch_size=4, train_embeddings=True)
     train(RECORDS, tmp_path, config, model_and_tokenizer=(model, tokenizer), progress=False)
     encoded, _ = encode_records(RECORDS[:4], tokenizer, PromptFormat())
     shared = evaluate_dev(model, encoded, 4, tokenizer.pad_token_id, torch.device("cpu"))

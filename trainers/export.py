@@ -22,7 +22,7 @@ from intentkit import MissingDependencyError
 from intentkit.bundled import META_FILE, read_model_meta
 from intentkit.scope import SCOPE_FILE
 
-__all__ = ["ExportError", "domain_vocabulary", "export_gguf_lora", "export_merged_gguf", "write_vocabulary"]
+__all__ = ["ExportError", "domain_vocabulary", "export_full_gguf", "export_gguf_lora", "export_merged_gguf", "write_vocabulary"]
 
 # Architectures whose converter permutes the q/k projections; their LoRA B matrices would need the
 # same permutation, which this exporter does not do.
@@ -88,18 +88,99 @@ def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: s
     """Write one self-contained GGUF: ``base`` (default: the bundled gemma-3-270m Q4_K_M) with
     ``adapter_dir``'s LoRA merged in, quantized to 8 bits (Q8_0). The GGUF LoRA is
     exported first if the directory has none; ``intentkit.json`` is copied next to the output so a
-    backend loading it still checks the prompt it was trained with."""
+    backend loading it still checks the prompt it was trained with. A full fine-tune's directory
+    goes to :func:`export_full_gguf`."""
     from intentkit.bundled import base_model_path
     from intentkit.gguf_edit import write_merged_gguf
 
     adapter_dir, out = Path(adapter_dir), Path(out_path)
+    if read_model_meta(adapter_dir).get("method") == "full":
+        return export_full_gguf(adapter_dir, out, base=base)
     adapter = adapter_dir / "adapter.gguf"
     if not adapter.exists():
         export_gguf_lora(adapter_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_merged_gguf(Path(base) if base else base_model_path(), adapter, out)
+    write_merged_gguf(Path(base) if base else base_model_path(), adapter, out, keep=_keep(adapter_dir))
     _copy_meta(adapter_dir, out)
     return out
+
+
+def export_full_gguf(model_dir: str | Path, out_path: str | Path | None = None, *, base: str | Path | None = None) -> Path:
+    """Write a full fine-tune (``intentkit train --method full``) as one GGUF for llama.cpp;
+    returns its path (default ``model.gguf`` inside ``model_dir``).
+
+    The base GGUF it was trained from (``base``; default: the one ``intentkit.json`` names) is
+    loaded the way training loaded it, and every weight that training changed gets its change
+    added to the GGUF's tensor (:func:`intentkit.gguf_edit.write_updated_gguf`); the file is then
+    quantized to 8 bits (Q8_0), like a merged LoRA. Weights training left alone — the token
+    embeddings, unless ``train_embeddings`` — keep the base's own values. ``keep_tokens.npy`` in
+    ``model_dir`` (``intentkit export --vocabulary-from``) trims the vocabulary in the same pass.
+    """
+    try:
+        import gguf
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise MissingDependencyError("gguf/safetensors", "train") from None
+    from intentkit.gguf_edit import write_updated_gguf
+    from trainers.train import load_base
+
+    model_dir = Path(model_dir)
+    out = Path(out_path) if out_path else model_dir / "model.gguf"
+    meta = read_model_meta(model_dir)
+    if meta.get("method") != "full":
+        raise ExportError(f"{model_dir}: not a full fine-tune ({META_FILE} says method={meta.get('method')!r})")
+    base_gguf = Path(base) if base else _base_gguf(model_dir, str(meta.get("base", "")))
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ExportError(f"{model_dir}: no *.safetensors weights")
+    model_type = str(meta.get("model_type") or "")
+    if model_type in _PERMUTED:
+        raise ExportError(f"{model_type}: q/k projections are permuted in GGUF; convert with llama.cpp's convert_hf_to_gguf.py")
+    arch = _arch(gguf, model_type)
+    start, _ = load_base(str(base_gguf))
+    initial = {name: tensor.detach().numpy() for name, tensor in start.state_dict().items()}
+    tied = bool(getattr(start.config, "tie_word_embeddings", False))
+    layers = 1 + max((int(part) for name in initial for part in _layer_numbers(name)), default=0)
+    names = gguf.get_tensor_name_map(arch, layers)
+    deltas: dict[str, np.ndarray] = {}
+    for file in files:
+        for name, value in load_file(str(file)).items():
+            if tied and name == "lm_head.weight":  # the same tensor as the embeddings
+                continue
+            if name not in initial or initial[name].shape != value.shape:
+                raise ExportError(f"{file}: {name} {value.shape} does not match the base {base_gguf}")
+            delta = value.astype(np.float32) - initial[name]
+            if not delta.any():
+                continue
+            module, _, kind = name.rpartition(".")
+            target = names.get_name(module)
+            if target is None:
+                raise ExportError(f"{file}: no GGUF name for {name} of {model_type}")
+            deltas[f"{target}.{kind}"] = delta
+    del start, initial
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_updated_gguf(base_gguf, deltas, out, keep=_keep(model_dir))
+    _copy_meta(model_dir, out)
+    return out
+
+
+def _base_gguf(model_dir: Path, base: str) -> Path:
+    from intentkit.bundled import base_model_path
+    from trainers.train import DEFAULT_BASE
+
+    if base in ("", DEFAULT_BASE):
+        return base_model_path()
+    if base.endswith(".gguf"):
+        return Path(base)
+    raise ExportError(
+        f"{model_dir} was trained from {base}, not a GGUF: convert that base with llama.cpp's convert_hf_to_gguf.py "
+        "and pass it as base="
+    )
+
+
+def _keep(model_dir: Path) -> np.ndarray | None:
+    keep = model_dir / "keep_tokens.npy"
+    return np.load(keep) if keep.is_file() else None
 
 
 def _copy_meta(adapter_dir: Path, out: Path) -> None:

@@ -66,6 +66,11 @@ class TrainConfig(pydantic.BaseModel):
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"
+    train_embeddings: bool = pydantic.Field(
+        False,
+        description="method='full': also train the token embeddings (and an output head tied to them); "
+        "gemma-3-270m's are 168M of its 268M weights, so this costs far more memory and time per step",
+    )
     max_length: int | None = pydantic.Field(None, description="default: next power of two over the longest example")
     eval_every: int | None = pydantic.Field(None, description="steps between dev evaluations (default: once per epoch)")
     patience: int | None = pydantic.Field(None, description="stop after this many dev evaluations without improvement")
@@ -248,6 +253,10 @@ def _answer_logits(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int 
 
 def _wrap(model: Any, config: TrainConfig) -> Any:
     if config.method == "full":
+        if not config.train_embeddings:
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                if module is not None:
+                    module.weight.requires_grad_(False)
         return model
     import torch
 
