@@ -293,13 +293,19 @@ def train(
             f"kept the weights of step {result.kept['step']}: dev loss {result.kept['dev_loss']:.4f}, "
             f"exact match {result.kept['dev_exact']:.2%}"
         )
-    if export:
+    from_gguf = base == "default" or base.endswith(".gguf")
+    if export and method == "full" and not from_gguf:
+        typer.echo(
+            f"llama.cpp model: not exported (a full fine-tune is written over the GGUF it started from; convert {base} "
+            f"to GGUF with llama.cpp's convert_hf_to_gguf.py, then intentkit export {out} --base BASE.gguf)"
+        )
+    elif export:
         if method == "full":
             typer.echo(f"llama.cpp model: {export_full_gguf(out)}")
         else:
             typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
         if scope if scope is not None else all(r.calls for r in records):
-            if base == "default" or base.endswith(".gguf"):
+            if from_gguf:
                 _fit_scope(out, None if base == "default" else Path(base), records, dev_records, 0.975)
             else:
                 typer.echo(

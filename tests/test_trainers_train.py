@@ -218,3 +218,8 @@ def test_cli_train_on_an_hf_directory(tmp_path):
     done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--lora-r", "4", "--no-scope"])
     assert done.exit_code == 0, done.output
     assert "out-of-scope detector" not in done.output
+
+    done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--method", "full", "--out", str(tmp_path / "full")])
+    assert done.exit_code == 0, done.output  # trained and saved; the export needs the base as GGUF
+    assert "not exported" in done.output and "convert_hf_to_gguf.py" in done.output
+    assert (tmp_path / "full" / "model.safetensors").is_file() and not (tmp_path / "full" / "model.gguf").exists()
