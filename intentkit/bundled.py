@@ -22,6 +22,7 @@ from .prompt import PromptFormat
 __all__ = [
     "BASE_GGUF_NAME",
     "DEFAULT_ADAPTER",
+    "KEEP_FILE",
     "META_FILE",
     "base_model_path",
     "bundled_model_dir",
@@ -37,6 +38,8 @@ BASE_GGUF_NAME = "gemma-3-270m-Q4_K_M.gguf"
 DEFAULT_ADAPTER = "smart-home"
 #: The training record the trainer writes next to a model: prompt (and fingerprint), intents, config.
 META_FILE = "intentkit.json"
+#: The token ids a model's deployment keeps (``intentkit export --vocabulary-from``), next to the model.
+KEEP_FILE = "keep_tokens.npy"
 
 
 def cache_dir() -> Path:
@@ -90,7 +93,7 @@ def trained_prompt(meta: dict[str, Any]) -> PromptFormat | None:
 def deployment_base(model_dir: Path, *, trim_vocabulary: bool = True) -> Path:
     """The base GGUF to run ``model_dir``'s adapter on: vocabulary-trimmed when the directory
     ships ``keep_tokens.npy`` (and ``trim_vocabulary``), else the full base."""
-    keep = model_dir / "keep_tokens.npy"
+    keep = model_dir / KEEP_FILE
     return trimmed_model_path(keep) if trim_vocabulary and keep.is_file() else base_model_path()
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from intentkit import MissingDependencyError
-from intentkit.bundled import META_FILE, read_model_meta
+from intentkit.bundled import KEEP_FILE, META_FILE, read_model_meta
 from intentkit.scope import SCOPE_FILE
 
 __all__ = ["ExportError", "domain_vocabulary", "export_full_gguf", "export_gguf_lora", "export_merged_gguf", "write_vocabulary"]
@@ -179,7 +179,7 @@ def _base_gguf(model_dir: Path, base: str) -> Path:
 
 
 def _keep(model_dir: Path) -> np.ndarray | None:
-    keep = model_dir / "keep_tokens.npy"
+    keep = model_dir / KEEP_FILE
     return np.load(keep) if keep.is_file() else None
 
 
@@ -206,7 +206,7 @@ def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str
     if not texts:
         raise ExportError("no records to take the vocabulary from")
     keep = domain_vocabulary(Path(base) if base else base_model_path(), texts, top=top)
-    path = model_dir / "keep_tokens.npy"
+    path = model_dir / KEEP_FILE
     np.save(path, keep)
     return path
 
