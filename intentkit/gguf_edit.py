@@ -117,7 +117,7 @@ def _imports() -> tuple[Any, Any]:
     return gguf, np
 
 
-def _lora_factors(gguf: Any, np: Any, base: Any, adapter: Path, scale: float) -> dict[str, tuple[Any, Any, float]]:
+def _lora_factors(gguf: Any, np: Any, base: Any, adapter: Path, scale: float) -> dict[str, _LowRank]:
     """``{base tensor name: (A, B, factor)}`` from a GGUF LoRA adapter, checked against ``base``."""
     reader = gguf.GGUFReader(str(adapter))
     kind = reader.fields.get("adapter.type")

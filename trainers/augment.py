@@ -242,8 +242,9 @@ def swap_values(records: Sequence[Record], *, copies: int = 1, seed: int = 0) ->
             for start, end, key in sorted(spans, reverse=True):  # right to left: earlier offsets stay valid
                 others = [v for v in pool[(call.name, key)] if v != kwargs[key]]
                 if others:
-                    kwargs[key] = rng.choice(others)
-                    text = text[:start] + kwargs[key] + text[end:]
+                    value = rng.choice(others)
+                    kwargs[key] = value
+                    text = text[:start] + value + text[end:]
             if text in seen:
                 continue
             seen.add(text)

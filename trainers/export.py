@@ -59,6 +59,7 @@ def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None
     names = gguf.get_tensor_name_map(arch, layers)
     np_dtype = np.float16 if dtype == "f16" else np.float32
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[arch])
     writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")

@@ -365,7 +365,7 @@ def train(
                     bar.write(
                         f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): dev loss {record['dev_loss']:.4f}, "
                         f"exact match {record['dev_exact']:.2%}"
-                        + (" (best, saved)" if improved else f" (best: step {best['step']})")
+                        + (" (best, saved)" if improved or best is None else f" (best: step {best['step']})")
                     )
             history.append(record)
             if bar is not None:
