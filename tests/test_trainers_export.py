@@ -41,6 +41,14 @@ def test_export_writes_llama_cpp_lora_layout(adapter_dir):
     assert "blk.1.ffn_down.weight.lora_b" in tensors
 
 
+def test_an_export_elsewhere_creates_its_folder_and_takes_the_training_record(adapter_dir, tmp_path):
+    """``intentkit export --out deploy/x.gguf`` into a folder that does not exist yet: the folder is
+    made and intentkit.json goes beside the file, so the backend loading it checks the prompt."""
+    out = export_gguf_lora(adapter_dir, tmp_path / "deploy" / "edge" / "adapter.gguf")
+    assert out.exists()
+    assert (out.parent / "intentkit.json").read_bytes() == (adapter_dir / "intentkit.json").read_bytes()
+
+
 def test_export_rejects_a_directory_without_an_adapter(tmp_path):
     with pytest.raises(ExportError, match="not a PEFT adapter"):
         export_gguf_lora(tmp_path)
