@@ -462,11 +462,13 @@ def data_validate(
     min_per_intent: int = 50,
 ) -> None:
     """Counts per intent, imbalance, duplicates, conflicts, leakage and calls that do not bind."""
-    from trainers.data import build_registry, load_records, validate_records
+    from trainers.data import DataError, build_registry, load_records, validate_records
 
-    records = load_records(data)
+    problems: list[DataError] = []  # every row that does not load, reported with the rest
+    records = load_records(data, problems=problems)
     registry = build_registry(load_records(intents_from)) if intents_from else None
-    report = validate_records(records, registry=registry, dev=load_records(dev) if dev else (), min_per_intent=min_per_intent)
+    dev_records = load_records(dev, problems=problems) if dev else []
+    report = validate_records(records, registry=registry, dev=dev_records, min_per_intent=min_per_intent, unreadable=problems)
     typer.echo(report.summary())
     if report.errors:
         raise typer.Exit(1)

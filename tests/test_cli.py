@@ -23,6 +23,28 @@ def test_data_validate_reports_counts():
     assert "weather_search" in result.output
 
 
+def test_data_validate_lists_every_row_that_does_not_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = [
+        '{"instruction": "放首歌", "output": "play_music()"}',
+        '{"instruction": "x", "output": "play_music(',
+        '{"instruction": "调小声", "output": "volume_down(level=)"}',
+        '{"instruction": "天气"}',
+        '["not", "an", "object"]',
+    ]
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["data", "validate", "bad.jsonl"])
+    assert result.exit_code == 1, result.output
+    assert "1 records, 1 intents" in result.output
+    for where, message in [
+        (2, "invalid JSON"),
+        (3, "'output' does not parse: missing value at position 18"),
+        (4, "missing 'output'"),
+        (5, "expected an object"),
+    ]:
+        assert f"error: bad.jsonl:{where}: {message}" in result.output
+
+
 def test_data_convert_round_trip(tmp_path):
     alpaca = tmp_path / "a.json"
     result = runner.invoke(app, ["data", "convert", str(DEMO / "dev.jsonl"), str(alpaca), "--to", "alpaca"])
@@ -67,7 +89,7 @@ def test_data_swap(tmp_path):
     ("args", "message"),
     [
         (["data", "validate", "nope.jsonl"], "nope.jsonl: no such file"),
-        (["data", "validate", "{bad}"], "bad.jsonl:2: invalid JSON"),
+        (["train", "{bad}", "--out", "m"], "bad.jsonl:2: invalid JSON"),
         (["data", "convert", "{bad}", "out.json", "--from", "csv"], "unknown format 'csv'"),
         (["route", "hi", "--backend", "nope", "--intents-from", "{good}"], "unknown backend 'nope'"),
         (["route", "hi", "--lora", "missing.gguf"], "not found: missing.gguf"),

@@ -78,6 +78,7 @@ def test_multi_turn_rows_are_joined_like_sessions(tmp_path: Path) -> None:
         ('{"output": "f()"}\n', ":1", "missing 'instruction'"),
         ('{"instruction": "", "output": "f()"}\n', ":1", "non-empty"),
         ('{"instruction": "a", "output": 3}\n', ":1", "must be a call as text"),
+        ('{"instruction": "a", "outputs": "f()"}\n', ":1", "missing 'output'"),
         ('\n\n{"instruction": "a", "output": "f(x=1"}\n', ":3", "does not parse: unterminated call"),
         ('["a"]', "[0]", "expected an object"),
     ],
@@ -88,6 +89,21 @@ def test_errors_name_file_and_line(tmp_path: Path, content: str, where: str, mes
         load_records(path)
     assert info.value.source == f"{path}{where}"
     assert message in str(info.value)
+
+
+def test_problems_are_collected_when_asked(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "bad.jsonl",
+        '{"instruction": "a", "output": "f()"}\n{oops\n'
+        '{"instruction": "b", "output": "f(x=1"}\n{"instruction": "c", "output": null}\n',
+    )
+    problems: list[DataError] = []
+    records = load_records(path, problems=problems)
+    assert [r.instruction for r in records] == ["a", "c"]
+    assert [p.source for p in problems] == [f"{path}:2", f"{path}:3"]
+    report = validate_records(records, unreadable=problems)
+    assert [str(i) for i in report.errors] == [str(p).join(["error: ", ""]) for p in problems]
 
 
 def test_missing_and_binary_files(tmp_path: Path) -> None:

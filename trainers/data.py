@@ -71,9 +71,11 @@ class Record:
         return self.output if self.output is not None else f"{NO_INTENT}()"
 
 
-def read_objects(path: str | Path) -> list[tuple[str, Any]]:
+def read_objects(path: str | Path, *, problems: list[DataError] | None = None) -> list[tuple[str, Any]]:
     """``(source, object)`` for each row of a JSON array or JSON Lines file; the source is
-    ``file[index]`` or ``file:line``. Raises :class:`DataError` naming file and line."""
+    ``file[index]`` or ``file:line``. Raises :class:`DataError` naming file and line; with a
+    ``problems`` list, a JSON Lines row that does not parse is appended to it and skipped instead,
+    so that one pass reports them all."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -94,44 +96,63 @@ def read_objects(path: str | Path) -> list[tuple[str, Any]]:
         try:
             rows.append((f"{path}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            _report(DataError(f"{path}:{lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})"), problems)
     return rows
 
 
-def load_records(path: str | Path, *, prompt: PromptFormat | None = None) -> list[Record]:
-    """Read a JSON array or JSON Lines file of records; raises :class:`DataError` naming file and line."""
-    return records_from_rows(read_objects(path), prompt=prompt)
+def _report(problem: DataError, problems: list[DataError] | None) -> None:
+    if problems is None:
+        raise problem
+    problems.append(problem)
 
 
-def records_from_rows(rows: Iterable[tuple[str, Any]], *, prompt: PromptFormat | None = None) -> list[Record]:
-    """Turn ``(source, object)`` pairs into records; the source names the row in errors."""
+def load_records(
+    path: str | Path, *, prompt: PromptFormat | None = None, problems: list[DataError] | None = None
+) -> list[Record]:
+    """Read a JSON array or JSON Lines file of records; raises :class:`DataError` naming file and
+    line, or, given a ``problems`` list, collects every such error there and skips those rows."""
+    return records_from_rows(read_objects(path, problems=problems), prompt=prompt, problems=problems)
+
+
+def records_from_rows(
+    rows: Iterable[tuple[str, Any]], *, prompt: PromptFormat | None = None, problems: list[DataError] | None = None
+) -> list[Record]:
+    """Turn ``(source, object)`` pairs into records; the source names the row in errors (raised, or
+    appended to ``problems`` with the row skipped)."""
     prompt = prompt or PromptFormat()
     records = []
     for source, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(source, f"expected an object, got {type(row).__name__}")
-        if "instruction" not in row:
-            raise DataError(source, f"missing 'instruction' (keys: {', '.join(row) or 'none'})")
-        instruction = row["instruction"]
-        if isinstance(instruction, list) and all(isinstance(t, str) for t in instruction):
-            instruction = prompt.join_turns(instruction)
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise DataError(source, "'instruction' must be non-empty text or a list of turns")
-        output = row.get("output")
-        if output is not None and not isinstance(output, str):
-            raise DataError(source, f"'output' must be a call as text or null, got {type(output).__name__}")
-        calls: tuple[Call, ...] = ()
-        if output is not None:
-            try:
-                calls = tuple(c for c in parse_calls(output) if c.name != NO_INTENT)
-            except ParseError as exc:
-                raise DataError(
-                    source, f"'output' does not parse: {exc.message} at position {exc.position}: {output!r}"
-                ) from None
-            if not calls:
-                output = None  # an explicit no_intent() answer is out of scope
-        records.append(Record(instruction.strip(), output, calls, source))
+        try:
+            records.append(_record(source, row, prompt))
+        except DataError as exc:
+            _report(exc, problems)
     return records
+
+
+def _record(source: str, row: Any, prompt: PromptFormat) -> Record:
+    if not isinstance(row, dict):
+        raise DataError(source, f"expected an object, got {type(row).__name__}")
+    if "instruction" not in row:
+        raise DataError(source, f"missing 'instruction' (keys: {', '.join(row) or 'none'})")
+    instruction = row["instruction"]
+    if isinstance(instruction, list) and all(isinstance(t, str) for t in instruction):
+        instruction = prompt.join_turns(instruction)
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise DataError(source, "'instruction' must be non-empty text or a list of turns")
+    if "output" not in row:
+        raise DataError(source, "missing 'output' (a call as text, or null for an out-of-scope utterance)")
+    output = row["output"]
+    if output is not None and not isinstance(output, str):
+        raise DataError(source, f"'output' must be a call as text or null, got {type(output).__name__}")
+    calls: tuple[Call, ...] = ()
+    if output is not None:
+        try:
+            calls = tuple(c for c in parse_calls(output) if c.name != NO_INTENT)
+        except ParseError as exc:
+            raise DataError(source, f"'output' does not parse: {exc.message} at position {exc.position}: {output!r}") from None
+        if not calls:
+            output = None  # an explicit no_intent() answer is out of scope
+    return Record(instruction.strip(), output, calls, source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +203,15 @@ def validate_records(
     registry: Registry | None = None,
     dev: Sequence[Record] = (),
     min_per_intent: int = 50,
+    unreadable: Sequence[DataError] = (),
 ) -> DataReport:
     """Check a training set: sparse intents, duplicates, conflicts, train/dev leakage and, with a
-    registry, calls to unregistered intents or with arguments that do not bind."""
+    registry, calls to unregistered intents or with arguments that do not bind. ``unreadable``
+    (the ``problems`` :func:`load_records` collected) are reported first, as errors."""
     per_intent = Counter(r.intent for r in records if r.in_scope)
     report = DataReport(len(records), dict(per_intent.most_common()), sum(not r.in_scope for r in records))
     issues = report.issues
+    issues += [DataIssue("error", problem.source, problem.message) for problem in unreadable]
     first_source = {r.intent: r.source for r in reversed(records)}
     for intent, count in per_intent.items():
         if count < min_per_intent:
