@@ -306,7 +306,10 @@ def train(
             typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
         if scope if scope is not None else all(r.calls for r in records):
             if from_gguf:
-                _fit_scope(out, None if base == "default" else Path(base), records, dev_records, 0.975)
+                from .scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE
+
+                base_gguf = None if base == "default" else Path(base)
+                _fit_scope(out, base_gguf, records, dev_records, DEFAULT_QUANTILE, DEFAULT_CONFIDENCE_WEIGHT)
             else:
                 typer.echo(
                     f"out-of-scope detector: not fitted (it runs on the llama.cpp deployment; convert {base} to GGUF, then "
@@ -314,7 +317,9 @@ def train(
                 )
 
 
-def _fit_scope(model_dir: Path, base: Path | None, records: list[Any], calibration: list[Any], quantile: float) -> None:
+def _fit_scope(
+    model_dir: Path, base: Path | None, records: list[Any], calibration: list[Any], quantile: float, confidence_weight: float
+) -> None:
     """Fit ``model_dir/scope.npz`` through the llama.cpp deployment of ``model_dir``'s adapter."""
     from rich.progress import Progress
 
@@ -333,6 +338,7 @@ def _fit_scope(model_dir: Path, base: Path | None, records: list[Any], calibrati
             records,
             calibration=calibration,
             quantile=quantile,
+            confidence_weight=confidence_weight,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     path = detector.save(model_dir / SCOPE_FILE)
@@ -360,6 +366,13 @@ def export(
     scope_quantile: Annotated[
         float, typer.Option(min=0.5, max=1.0, help="share of held-out in-scope utterances the threshold keeps in scope")
     ] = 0.975,
+    scope_confidence_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="weight of the model's intent confidence beside the distance (needs --scope-calibrate; 0: distance only)",
+        ),
+    ] = 0.5,
 ) -> None:
     """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF,
     a trimmed vocabulary and an out-of-scope detector."""
@@ -377,7 +390,7 @@ def export(
         typer.echo(f"llama.cpp adapter: {export_gguf_lora(model_dir)}")
     if scope_from is not None:
         calibration = load_records(scope_calibrate) if scope_calibrate else []
-        _fit_scope(model_dir, base, load_records(scope_from), calibration, scope_quantile)
+        _fit_scope(model_dir, base, load_records(scope_from), calibration, scope_quantile, scope_confidence_weight)
     if merged is not None:
         typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
 

@@ -38,7 +38,7 @@ from .calls import NO_INTENT
 from .errors import BackendError
 from .prompt import check_prompt
 from .registry import IntentCatalog, ParamSpec
-from .scope import ScopeDetector
+from .scope import ScopeDetector, ScopeVerdict
 
 __all__ = [
     "ConstrainedDecoder",
@@ -470,7 +470,9 @@ class LocalGenerator:
 
     def set_scope(self, detector: ScopeDetector | None) -> None:
         """Answer ``no_intent()`` without decoding when an utterance is farther from every
-        training utterance than ``detector.threshold``; ``None`` turns the check off."""
+        training utterance than ``detector.threshold`` (for a detector that also weighs the
+        intent confidence: after decoding the intent, when the combined score passes it);
+        ``None`` turns the check off."""
         if detector is not None:
             if detector.width != self.model.hidden_width:
                 raise ValueError(
@@ -505,15 +507,11 @@ class LocalGenerator:
 
     def run(self, request: GenerateRequest) -> Generation:
         logits, info = self._prefill(request)
+        verdict = None
         if self.scope is not None:
             verdict = self.scope.check(self.model.hidden())
-            info["scope"] = {
-                "distance": round(verdict.distance, 5),
-                "threshold": round(verdict.threshold, 5),
-                "nearest_intent": verdict.nearest_intent,
-                "out_of_scope": not verdict.in_scope,
-            }
-            if not verdict.in_scope:
+            info["scope"] = _scope_info(verdict, self.scope.uses_confidence)
+            if not verdict.in_scope:  # far enough on distance alone: no decoding
                 return Generation(f"{NO_INTENT}()", info=info)
         t1 = time.perf_counter()
         if not self.constrained:
@@ -530,6 +528,11 @@ class LocalGenerator:
             forced=decoded.forced,
             evaluations=decoded.evaluations,
         )
+        if self.scope is not None and verdict is not None and self.scope.uses_confidence:
+            verdict = self.scope.with_confidence(verdict, decoded.confidence)
+            info["scope"] = _scope_info(verdict, True)
+            if not verdict.in_scope:  # near enough, but the model is unsure which intent it is
+                return Generation(f"{NO_INTENT}()", info=info)
         return Generation(
             decoded.text,
             confidence=decoded.confidence,
@@ -537,6 +540,18 @@ class LocalGenerator:
             argument_confidence=decoded.argument_confidence,
             info=info,
         )
+
+
+def _scope_info(verdict: ScopeVerdict, combined: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "distance": round(verdict.distance, 5),
+        "threshold": round(verdict.threshold, 5),
+        "nearest_intent": verdict.nearest_intent,
+        "out_of_scope": not verdict.in_scope,
+    }
+    if combined:  # a detector that weighs the intent confidence too
+        info.update(score=round(verdict.score, 5), confidence=verdict.confidence)
+    return info
 
 
 class LocalBackendMixin:

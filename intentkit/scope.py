@@ -10,13 +10,25 @@ AUROC 0.988, the intent confidence with 0.936.
 
 The threshold is a quantile of the distances of in-scope utterances the index has not seen (a dev
 file; without one, each training utterance against the others), so fitting needs no
-out-of-scope examples. A detector is fitted for one model: its features mean nothing to another.
-It is saved as ``scope.npz`` next to the adapter, and the local backends load it from there.
+out-of-scope examples.
+
+With a dev file the model's intent confidence joins the distance (:class:`ConfidenceEvidence`):
+each is turned into the share of held-out in-scope utterances at least as far (at most as
+confident), and the two shares are combined as in Fisher's method, ``-log p_distance - w·log
+p_confidence``; the threshold is the same quantile of that score over the held-out rows. Since the
+score is never below its distance term, an utterance whose distance alone passes the threshold is
+still turned away before decoding; the others are scored again once the intent is decoded. On two
+SMP2020 models at quantile 0.975 this raised out-of-scope recall from 87.9 % to 92.4 % and from
+86.2 % to 91.1 % at the same in-scope cost (AUROC 0.988 → 0.990, 0.984 → 0.989).
+
+A detector is fitted for one model: its features mean nothing to another. It is saved as
+``scope.npz`` next to the adapter, and the local backends load it from there.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +38,12 @@ import numpy as np
 
 from .errors import IntentKitError
 
-__all__ = ["SCOPE_FILE", "ScopeDetector", "ScopeFileError", "ScopeVerdict", "resolve_scope"]
+__all__ = ["SCOPE_FILE", "ConfidenceEvidence", "ScopeDetector", "ScopeFileError", "ScopeVerdict", "resolve_scope"]
 
 SCOPE_FILE = "scope.npz"
 DEFAULT_QUANTILE = 0.975
-_FORMAT = 1
+DEFAULT_CONFIDENCE_WEIGHT = 0.5
+_FORMAT = 2  # 1: distance only, still read
 
 
 class ScopeFileError(IntentKitError, ValueError):
@@ -39,26 +52,72 @@ class ScopeFileError(IntentKitError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ScopeVerdict:
-    """One utterance measured: its distance to the nearest training utterance and that one's intent."""
+    """One utterance measured: its distance to the nearest training utterance and that one's
+    intent. ``score`` is what ``threshold`` bounds: the distance itself, or, for a detector with
+    :class:`ConfidenceEvidence`, the combined score (its distance term alone until ``confidence``
+    is known)."""
 
     distance: float
     threshold: float
     nearest_intent: str
+    score: float
+    confidence: float | None = None
 
     @property
     def in_scope(self) -> bool:
-        return self.distance <= self.threshold
+        return self.score <= self.threshold
+
+
+@dataclass(frozen=True)
+class ConfidenceEvidence:
+    """The distances and intent confidences of held-out in-scope utterances, against which an
+    utterance's own are ranked: ``score = -log p_d - weight·log p_c``, ``p_d`` the share (add-one)
+    of those utterances at least as far as it, ``p_c`` the share at most as confident."""
+
+    distances: np.ndarray
+    confidences: np.ndarray
+    weight: float = DEFAULT_CONFIDENCE_WEIGHT
+
+    def __post_init__(self) -> None:
+        distances = np.sort(np.asarray(self.distances, dtype=np.float64))
+        confidences = np.sort(np.asarray(self.confidences, dtype=np.float64))
+        if distances.ndim != 1 or len(distances) == 0 or distances.shape != confidences.shape:
+            raise ValueError(f"need as many distances as confidences, got {distances.shape} and {confidences.shape}")
+        if not np.all(np.isfinite(confidences)):
+            raise ValueError("confidences must be finite numbers")
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        object.__setattr__(self, "distances", distances)
+        object.__setattr__(self, "confidences", confidences)
+
+    def score(self, distance: float, confidence: float | None = None) -> float:
+        """The combined score; without ``confidence``, its distance term (a lower bound)."""
+        n = len(self.distances)
+        farther = n - int(np.searchsorted(self.distances, distance, side="left"))
+        score = -math.log((1 + farther) / (n + 1))
+        if confidence is not None:
+            less_sure = int(np.searchsorted(self.confidences, confidence, side="right"))
+            score -= self.weight * math.log((1 + less_sure) / (n + 1))
+        return score
 
 
 class ScopeDetector:
     """``ScopeDetector.fit(features, intents, calibration=dev_features)``, then :meth:`check`.
 
     ``features`` are rows of hidden states (any width), ``intents`` the intent of each row.
-    ``threshold`` is the largest cosine distance still in scope; ``info`` records how it was
-    chosen and for which model (saved with the file).
+    ``threshold`` is the largest cosine distance still in scope or, with ``evidence``, the largest
+    combined score; ``info`` records how it was chosen and for which model (saved with the file).
     """
 
-    def __init__(self, features: np.ndarray, intents: Sequence[str], threshold: float, *, info: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        features: np.ndarray,
+        intents: Sequence[str],
+        threshold: float,
+        *,
+        info: dict[str, Any] | None = None,
+        evidence: ConfidenceEvidence | None = None,
+    ):
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or len(features) == 0:
             raise ValueError(f"features must be a non-empty 2-D array, got shape {features.shape}")
@@ -68,6 +127,7 @@ class ScopeDetector:
         self.intents = list(intents)
         self.threshold = float(threshold)
         self.info = dict(info or {})
+        self.evidence = evidence
 
     @property
     def width(self) -> int:
@@ -105,7 +165,22 @@ class ScopeDetector:
         query = self._query(np.asarray(feature).reshape(1, -1))[0]
         sims = np.einsum("ij,j->i", self.features, query)
         where = int(sims.argmax())
-        return ScopeVerdict(float(1.0 - sims[where]), self.threshold, self.intents[where])
+        distance = float(1.0 - sims[where])
+        score = self.evidence.score(distance) if self.evidence is not None else distance
+        return ScopeVerdict(distance, self.threshold, self.intents[where], score)
+
+    @property
+    def uses_confidence(self) -> bool:
+        """Whether the intent confidence, once decoded, can still turn an utterance away."""
+        return self.evidence is not None
+
+    def with_confidence(self, verdict: ScopeVerdict, confidence: float | None) -> ScopeVerdict:
+        """``verdict`` scored again with the decoded intent's confidence (unchanged without evidence
+        or without a confidence, as from unconstrained decoding)."""
+        if self.evidence is None or confidence is None:
+            return verdict
+        score = self.evidence.score(verdict.distance, confidence)
+        return ScopeVerdict(verdict.distance, verdict.threshold, verdict.nearest_intent, score, confidence)
 
     @classmethod
     def fit(
@@ -114,20 +189,32 @@ class ScopeDetector:
         intents: Sequence[str],
         *,
         calibration: np.ndarray | None = None,
+        calibration_confidences: Sequence[float] | np.ndarray | None = None,
+        confidence_weight: float = DEFAULT_CONFIDENCE_WEIGHT,
         quantile: float = DEFAULT_QUANTILE,
         info: dict[str, Any] | None = None,
     ) -> ScopeDetector:
         """Index ``features``; the threshold is the ``quantile`` of in-scope distances.
 
         ``calibration``: features of in-scope utterances not in the index (a dev file). Without
-        it, each indexed row is measured against the others. ``quantile`` is the share of such
-        in-scope utterances kept in scope (0.975: 2.5 % are turned away)."""
+        it, each indexed row is measured against the others. ``calibration_confidences``: the
+        model's intent confidence for each calibration row; with them the threshold bounds the
+        combined score (:class:`ConfidenceEvidence`, ``confidence_weight``) instead of the
+        distance. ``quantile`` is the share of such in-scope utterances kept in scope (0.975:
+        2.5 % are turned away)."""
         if not 0 < quantile <= 1:
             raise ValueError(f"quantile must be in (0, 1], got {quantile}")
         detector = cls(features, intents, threshold=np.inf)
+        if calibration_confidences is not None and (calibration is None or len(calibration_confidences) != len(calibration)):
+            raise ValueError("calibration_confidences needs one confidence per calibration row")
         if calibration is not None and len(calibration):
             distances, _ = detector.distances(calibration)
             source = f"{len(calibration)} held-out in-scope utterances"
+            if calibration_confidences is not None:
+                evidence = ConfidenceEvidence(distances, np.asarray(calibration_confidences), confidence_weight)
+                distances = np.array([evidence.score(d, c) for d, c in zip(distances, calibration_confidences, strict=True)])
+                detector.evidence = evidence
+                source += f" (distance and intent confidence, weight {confidence_weight})"
         elif len(detector.features) > 1:
             distances, _ = detector.distances(detector.features, exclude_self=True)
             source = f"{len(detector.features)} training utterances, leave-one-out"
@@ -139,13 +226,17 @@ class ScopeDetector:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        np.savez_compressed(
-            path,
-            features=self.features.astype(np.float16),
-            intents=np.array(self.intents),
-            threshold=np.float64(self.threshold),
-            info=np.array(json.dumps({"format": _FORMAT, **self.info}, ensure_ascii=False)),
-        )
+        arrays: dict[str, Any] = {
+            "features": self.features.astype(np.float16),
+            "intents": np.array(self.intents),
+            "threshold": np.float64(self.threshold),
+            "info": np.array(json.dumps({"format": _FORMAT, **self.info}, ensure_ascii=False)),
+        }
+        if self.evidence is not None:
+            arrays["calibration_distances"] = self.evidence.distances
+            arrays["calibration_confidences"] = self.evidence.confidences
+            arrays["confidence_weight"] = np.float64(self.evidence.weight)
+        np.savez_compressed(path, **arrays)
         return path
 
     @classmethod
@@ -156,21 +247,29 @@ class ScopeDetector:
             with np.load(path, allow_pickle=False) as data:
                 features, intents = data["features"], [str(x) for x in data["intents"]]
                 threshold, info = float(data["threshold"]), json.loads(str(data["info"]))
+                evidence = None
+                if "calibration_distances" in data.files:
+                    evidence = ConfidenceEvidence(
+                        data["calibration_distances"], data["calibration_confidences"], float(data["confidence_weight"])
+                    )
         except FileNotFoundError:
             raise
         except (OSError, KeyError, ValueError) as exc:
             raise ScopeFileError(f"{path}: not an intentkit scope file ({exc})") from None
-        if info.get("format") != _FORMAT:
-            raise ScopeFileError(f"{path}: scope file format {info.get('format')!r}, this intentkit reads {_FORMAT}")
+        if info.get("format") not in (1, _FORMAT):
+            raise ScopeFileError(f"{path}: scope file format {info.get('format')!r}, this intentkit reads 1 and {_FORMAT}")
         if width is not None and features.shape[1] != width:
             raise ScopeFileError(
                 f"{path}: fitted on {features.shape[1]}-wide features, the model's are {width} wide (another model?)"
             )
         info.pop("format")
-        return cls(features.astype(np.float32), intents, threshold, info=info)
+        return cls(features.astype(np.float32), intents, threshold, info=info, evidence=evidence)
 
     def __repr__(self) -> str:
-        return f"ScopeDetector({len(self.intents)} utterances, {len(set(self.intents))} intents, threshold={self.threshold:.4f})"
+        on = " on distance and confidence" if self.evidence is not None else ""
+        return (
+            f"ScopeDetector({len(self.intents)} utterances, {len(set(self.intents))} intents, threshold={self.threshold:.4f}{on})"
+        )
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:

@@ -179,11 +179,12 @@ def test_cli_export_writes_a_merged_model_that_routes(tmp_path):
 def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
     import shutil
 
+    import numpy as np
     from typer.testing import CliRunner
 
     from intentkit.bundled import bundled_model_dir
     from intentkit.cli import _llamacpp, app
-    from intentkit.scope import ScopeDetector
+    from intentkit.scope import ConfidenceEvidence, ScopeDetector
     from trainers.convert import export_rows
     from trainers.data import load_records
 
@@ -202,12 +203,15 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
     with _llamacpp(None, model_dir / "adapter.gguf") as backend:  # scope.npz is picked up from the adapter's directory
         detector = backend.scope
         assert detector is not None and len(detector.intents) == len(indexed)
-        assert 0 < detector.threshold < 1
+        assert detector.uses_confidence and "intent confidence" in detector.info["calibrated_on"]
+        held_out = [r for r in load_records(tmp_path / "dev.jsonl") if r.calls]
+        assert len(detector.evidence.confidences) == len(held_out) and 0 < detector.evidence.confidences.max() <= 1
         router = Router(backend, prompt=backend.prompt, fast_path=False)
         SmartHome().register(router)
         seen = router.handle(indexed[0].instruction, dispatch=False)  # an indexed utterance: distance ~0
         assert seen.scope["distance"] < 0.01 and seen.scope["out_of_scope"] is False
         assert seen.scope["nearest_intent"] == indexed[0].calls[0].name
+        assert seen.scope["score"] <= seen.scope["threshold"] and 0 < seen.scope["confidence"] <= 1
 
         # Keeping hidden states does not change the logits: nothing turned away, the same answers.
         backend.set_scope(ScopeDetector(detector.features, detector.intents, threshold=2.0))
@@ -217,6 +221,15 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
         away = router.handle("我想听音乐", dispatch=False)
         assert away.status.value == "no_intent" and away.raw_output == "no_intent()"
         assert away.scope["out_of_scope"] is True and away.to_dict()["scope"]["threshold"] == -1.0
+
+        # Near on distance (every held-out row was farther), but less sure than any held-out row:
+        # decoded, then turned away on the combined score.
+        unsure = ConfidenceEvidence(np.ones(4), np.ones(4), weight=1.0)
+        backend.set_scope(ScopeDetector(detector.features, detector.intents, threshold=0.5, evidence=unsure))
+        late = router.handle("我想听音乐", dispatch=False)
+        assert late.status.value == "no_intent" and late.raw_output == "no_intent()"
+        assert late.scope["out_of_scope"] is True and late.scope["confidence"] < 1
+        assert late.scope["score"] == pytest.approx(np.log(5), abs=1e-4)
 
         backend.set_scope(None)
         assert router.handle("我想听音乐", dispatch=False).scope is None

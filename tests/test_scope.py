@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from intentkit.scope import SCOPE_FILE, ScopeDetector, ScopeFileError, resolve_scope
+from intentkit.scope import SCOPE_FILE, ConfidenceEvidence, ScopeDetector, ScopeFileError, resolve_scope
 
 
 def clusters(rng: np.random.Generator, n: int = 40) -> tuple[np.ndarray, list[str]]:
@@ -80,3 +80,71 @@ def test_resolve_scope(tmp_path):
         resolve_scope("auto", tmp_path, 8)
     with pytest.raises(FileNotFoundError):
         resolve_scope(tmp_path / "missing.npz", None, 4)
+
+
+@pytest.mark.parametrize(
+    ("distance", "confidence", "expected"),
+    [
+        (0.05, None, 0.0),  # nearer than every held-out row: p_d = 5/5
+        (0.25, None, np.log(5 / 3)),  # two held-out rows at least as far
+        (0.9, None, np.log(5)),  # farther than all: p_d = 1/5
+        (0.05, 0.99, 0.0),  # as sure as the surest held-out row: p_c = 5/5
+        (0.05, 0.5, -0.5 * np.log(1 / 5)),  # less sure than all four
+        (0.25, 0.85, np.log(5 / 3) - 0.5 * np.log(3 / 5)),  # two held-out rows as unsure or less
+    ],
+)
+def test_confidence_evidence_combines_two_ranks(distance, confidence, expected):
+    evidence = ConfidenceEvidence(np.array([0.3, 0.1, 0.2, 0.4]), np.array([0.99, 0.8, 0.9, 0.85]), weight=0.5)
+    assert evidence.score(distance, confidence) == pytest.approx(expected)
+
+
+def test_confidence_turns_away_a_near_but_unsure_utterance(tmp_path):
+    rng = np.random.default_rng(3)
+    rows, intents = clusters(rng)
+    held_out, _ = clusters(rng, 20)
+    sure = rng.uniform(0.9, 1.0, len(held_out))
+    detector = ScopeDetector.fit(
+        rows, intents, calibration=held_out, calibration_confidences=sure, confidence_weight=1.0, quantile=0.9
+    )
+    assert detector.uses_confidence and "intent confidence, weight 1.0" in detector.info["calibrated_on"]
+    distances, _ = detector.distances(held_out)
+    scores = [detector.evidence.score(d, c) for d, c in zip(distances, sure, strict=True)]
+    assert detector.threshold == pytest.approx(np.quantile(scores, 0.9))
+
+    near = detector.check(rows[0] + 0.01)
+    assert near.in_scope and near.score == 0.0 and near.distance < 1e-3  # nearer than every held-out row
+    assert detector.with_confidence(near, 0.99).in_scope
+    unsure = detector.with_confidence(near, 0.2)
+    assert not unsure.in_scope and unsure.confidence == 0.2 and unsure.distance == near.distance
+    assert detector.with_confidence(near, None) is near  # unconstrained decoding reports no confidence
+    assert not detector.check(np.eye(8)[5]).in_scope  # far: turned away before any confidence
+
+    loaded = ScopeDetector.load(detector.save(tmp_path / SCOPE_FILE), width=8)
+    assert loaded.uses_confidence and loaded.threshold == detector.threshold
+    assert loaded.with_confidence(loaded.check(rows[0]), 0.2).score == pytest.approx(unsure.score)
+
+
+def test_distance_only_files_of_format_1_still_load(tmp_path):
+    path = tmp_path / SCOPE_FILE
+    np.savez(
+        path,
+        features=np.eye(3, dtype=np.float16),
+        intents=np.array(["a", "b", "c"]),
+        threshold=np.float64(0.2),
+        info=np.array('{"format": 1, "quantile": 0.975}'),
+    )
+    detector = ScopeDetector.load(path, width=3)
+    assert not detector.uses_confidence and detector.info == {"quantile": 0.975}
+    assert detector.check(np.array([1.0, 0.1, 0.0])).in_scope
+
+
+def test_bad_confidence_evidence():
+    rows = np.eye(4)
+    with pytest.raises(ValueError, match="one confidence per calibration row"):
+        ScopeDetector.fit(rows, list("abcd"), calibration=rows[:2], calibration_confidences=[0.9])
+    with pytest.raises(ValueError, match="one confidence per calibration row"):
+        ScopeDetector.fit(rows, list("abcd"), calibration_confidences=[0.9])
+    with pytest.raises(ValueError, match="must be finite"):
+        ConfidenceEvidence(np.ones(2), np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        ConfidenceEvidence(np.ones(2), np.ones(2), weight=-1)
