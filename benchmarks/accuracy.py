@@ -132,7 +132,8 @@ def main() -> None:
 
 def separation(backend: Any, predict: Any, records: list[Any]) -> None:
     """How well each signal tells in-scope from out-of-scope rows (AUROC, 0.5 = chance): the
-    detector's distance against the model's intent confidence (decoded with the detector off)."""
+    detector's distance, the model's intent confidence (decoded with the detector off) and, for a
+    detector that weighs both, its combined score."""
     import numpy as np
 
     detector = backend.scope
@@ -144,7 +145,11 @@ def separation(backend: Any, predict: Any, records: list[Any]) -> None:
         backend.set_scope(detector)
     out = np.array([not r.in_scope for r in records])
     print("\n== in-scope vs out-of-scope separation (AUROC) ==")
-    print(f"intent confidence: {auroc(-confidence, out):.3f}; nearest-utterance distance: {auroc(distance, out):.3f}")
+    line = f"intent confidence: {auroc(-confidence, out):.3f}; nearest-utterance distance: {auroc(distance, out):.3f}"
+    if detector.evidence is not None:
+        combined = np.array([detector.evidence.score(d, c) for d, c in zip(distance, confidence, strict=True)])
+        line += f"; the detector's combined score: {auroc(combined, out):.3f}"
+    print(line)
 
 
 def auroc(scores: Any, positive: Any) -> float:
