@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from intentkit.backends.base import GenerateRequest
-from intentkit.prompt import PromptFormat
+from intentkit import Generation
 from intentkit.scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE, ScopeDetector
 
 from .data import Record, build_registry
+from .evaluate import backend_predictor
 
 __all__ = ["fit_scope"]
 
@@ -49,7 +49,8 @@ def fit_scope(
         where = records[0].source.rsplit(":", 1)[0] if records else "the training data"
         raise ValueError(f"{where}: no in-scope rows to index")
     held_out = [r for r in calibration if r.calls]
-    catalog = build_registry(records).catalog
+    registry = build_registry(records)
+    catalog = registry.catalog
     weigh_confidence = bool(held_out) and confidence_weight > 0
     total = len(indexed) + len(held_out) * (2 if weigh_confidence else 1)
 
@@ -65,7 +66,7 @@ def fit_scope(
     calibration_features = features(held_out, len(indexed)) if held_out else None
     confidences = None
     if weigh_confidence:
-        confidences = _confidences(backend, held_out, catalog, len(indexed) + len(held_out), total, progress)
+        confidences = _confidences(backend, held_out, registry, len(indexed) + len(held_out), total, progress)
     intents = ["+".join(call.name for call in r.calls) for r in indexed]
     info = {"model": str(getattr(backend, "loaded_path", "") or getattr(backend, "source", "")), "indexed": len(indexed)}
     return ScopeDetector.fit(
@@ -80,22 +81,22 @@ def fit_scope(
 
 
 def _confidences(
-    backend: Any, rows: Sequence[Record], catalog: Any, done: int, total: int, progress: Callable[[int, int], None] | None
+    backend: Any, rows: Sequence[Record], registry: Any, done: int, total: int, progress: Callable[[int, int], None] | None
 ) -> list[float] | None:
     """The intent confidence the backend decodes for each row, its own detector off; ``None`` when
     it reports none."""
-    prompt = getattr(backend, "prompt", None) or PromptFormat()
+    predict = backend_predictor(backend, registry, getattr(backend, "prompt", None))
     detector = getattr(backend, "scope", None)
     if detector is not None:
         backend.set_scope(None)
     try:
         out = []
         for i, record in enumerate(rows, 1):
-            text = record.instruction
-            generation = backend.generate(GenerateRequest(text, prompt.messages(text, catalog), catalog, prompt))
-            if generation.confidence is None:
+            answer = predict(record.instruction)
+            confidence = answer.confidence if isinstance(answer, Generation) else None
+            if confidence is None:
                 return None
-            out.append(float(generation.confidence))
+            out.append(float(confidence))
             if progress:
                 progress(done + i, total)
         return out
