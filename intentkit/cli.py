@@ -250,8 +250,19 @@ def train(
     batch_size: int = 8,
     grad_accum: int = 1,
     lora_r: int = 16,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA scaling numerator (default: 2 × lora-r)")] = None,
+    lora_dropout: float = 0.05,
+    warmup_ratio: Annotated[float, typer.Option(help="share of the steps the learning rate warms up over")] = 0.05,
+    max_length: Annotated[
+        int | None, typer.Option(help="tokens per example (default: next power of two over the longest)")
+    ] = None,
+    seed: int = 42,
     patience: Annotated[int | None, typer.Option(help="stop after N dev evaluations without improvement")] = None,
     eval_every: Annotated[int | None, typer.Option(help="steps between dev evaluations")] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(help="steps between resumable checkpoints (Ctrl-C also saves one; the same command resumes)"),
+    ] = None,
     select_on: Annotated[
         str, typer.Option(help="loss | exact: keep the weights with the lowest dev loss or the highest dev exact match")
     ] = "loss",
@@ -278,16 +289,26 @@ def train(
         batch_size=batch_size,
         grad_accum=grad_accum,
         lora_r=lora_r,
-        lora_alpha=2 * lora_r,
+        lora_alpha=lora_alpha or 2 * lora_r,
+        lora_dropout=lora_dropout,
+        warmup_ratio=warmup_ratio,
+        max_length=max_length,
+        seed=seed,
         patience=patience,
         eval_every=eval_every,
+        save_every=save_every,
         select_on=select_on,  # type: ignore[arg-type]
         share_prefix=share_prefix,
     )
     records = load_records(data)
     dev_records = load_records(dev) if dev else []
-    result = run_train(records, out, config, dev=dev_records)
-    typer.echo(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s")
+    try:
+        result = run_train(records, out, config, dev=dev_records)
+    except KeyboardInterrupt as stopped:
+        typer.secho(f"interrupted: {stopped}" if str(stopped) else "interrupted", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+    typer.echo(f"trained {result.steps} steps{resumed}, {result.tokens_per_second:.0f} tokens/s")
     if result.kept:
         typer.echo(
             f"kept the weights of step {result.kept['step']}: dev loss {result.kept['dev_loss']:.4f}, "

@@ -24,7 +24,7 @@ ROWS = [
 RECORDS = records_from_rows((f"t.jsonl:{i + 1}", r) for i, r in enumerate(ROWS))
 
 
-def tiny_model_and_tokenizer():
+def tiny_model_and_tokenizer(width: int = 32):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
@@ -44,12 +44,12 @@ def tiny_model_and_tokenizer():
     )
     config = Gemma3TextConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
+        head_dim=width // 2,
         max_position_embeddings=256,
         sliding_window=128,
         pad_token_id=0,
@@ -171,20 +171,144 @@ def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
     assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
 
 
+def _adapter(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(directory / "adapter_model.safetensors")
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     config = TrainConfig(epochs=2, batch_size=4, lora_r=4, save_every=4, lora_dropout=0.0)
     first = train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
     assert first.steps == 8 and (tmp_path / "checkpoint-last" / "state.pt").exists()
     longer = config.model_copy(update={"epochs": 3})
     resumed = train(RECORDS, tmp_path, longer, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
-    assert resumed.steps == 12 and len(resumed.history) == 12
+    assert resumed.steps == 12 and len(resumed.history) == 12 and resumed.resumed_from == 8
 
 
-def test_qlora_needs_cuda(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
+    tmp_path: Path, grad_accum: int
+) -> None:
+    """Ctrl-C (SIGINT) mid-epoch: the step finishes, a checkpoint is written and KeyboardInterrupt
+    raised; the same call resumes it with the batches, weights, optimizer and best evaluation an
+    uninterrupted run has at that point, and ends with the same adapter."""
+    import os
+    import signal
+
+    config = TrainConfig(epochs=3, batch_size=2, grad_accum=grad_accum, learning_rate=5e-2, lora_r=4, eval_every=3)
+    whole = train(
+        RECORDS, tmp_path / "whole", config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False
+    )
+    assert whole.steps == 24 // grad_accum
+
+    def interrupt(record: dict[str, float]) -> None:
+        if record["step"] == 5:  # mid-epoch, between dev evaluations
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped, handler = tmp_path / "stopped", signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match=r"stopped at step 5 .* the same call resumes"):
+        train(
+            RECORDS,
+            stopped,
+            config,
+            dev=RECORDS[:4],
+            model_and_tokenizer=tiny_model_and_tokenizer(),
+            progress=False,
+            on_step=interrupt,
+        )
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C means Ctrl-C again
+    resumed = train(RECORDS, stopped, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    assert resumed.resumed_from == 5 and resumed.steps == whole.steps
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
+    assert resumed.kept is not None and whole.kept is not None and resumed.kept["step"] == whole.kept["step"]
+    final, expected = _adapter(stopped), _adapter(tmp_path / "whole")
+    assert final.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"learning_rate": 1e-3}, "learning_rate"),
+        ({"lora_r": 8}, "lora_r"),
+        ({"records": RECORDS[:8]}, "training examples"),
+    ],
+)
+def test_a_checkpoint_from_a_different_run_is_not_resumed(tmp_path: Path, change: dict, named: str) -> None:
+    config = TrainConfig(epochs=1, batch_size=4, lora_r=4, save_every=2)
+    train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    change = dict(change)
+    records = change.pop("records", RECORDS)
+    other = config.model_copy(update=change)
+    with pytest.raises(ValueError, match=f"different training run \\(changed: {named}\\).*new output directory"):
+        train(records, tmp_path, other, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bitsandbytes", "expected"),
+    [
+        (False, True, "QLoRA needs a CUDA GPU and bitsandbytes; use method='lora'"),
+        (True, False, "bitsandbytes is not installed: pip install 'intentkit-router\\[qlora\\]'"),
+        (True, True, None),
+    ],
+)
+def test_qlora_needs_cuda_and_bitsandbytes(monkeypatch, cuda: bool, bitsandbytes: bool, expected: str | None) -> None:
+    import sys
+
+    from trainers.base import qlora_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", sys.modules.get("bitsandbytes", object()) if bitsandbytes else None)
+    if expected is None:
+        assert qlora_device() == "cuda"
+    else:
+        with pytest.raises((ValueError, ImportError), match=expected):
+            qlora_device()
+
+
+def test_qlora_fails_before_loading_the_base_without_cuda(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="QLoRA needs a CUDA GPU"):
-        train(RECORDS, tmp_path, TrainConfig(method="qlora"), model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    config = TrainConfig(method="qlora", base=str(tmp_path / "not-loaded"))  # would be FileNotFoundError if loaded first
+    with pytest.raises(ValueError, match="QLoRA needs a CUDA GPU"):
+        train(RECORDS, tmp_path, config, progress=False)
+
+
+def test_qlora_trains_an_adapter_over_four_bit_weights(tmp_path: Path, monkeypatch) -> None:
+    """The QLoRA path end to end on the tiny model: linear weights loaded in 4-bit NF4, left
+    untouched by training, a LoRA adapter learnt over them and exported for llama.cpp.
+    bitsandbytes also runs NF4 on a CPU, which lets this run here; the product asks for CUDA
+    (:func:`trainers.base.qlora_device`), so the device check is replaced for the test."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from trainers.base import load_base
+    from trainers.export import export_gguf_lora
+
+    model, tokenizer = tiny_model_and_tokenizer(width=64)  # bitsandbytes' CPU kernels quantize blocks of 64
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    monkeypatch.setattr("trainers.train.qlora_device", lambda: "cpu")
+    plain = TrainConfig(base=str(tmp_path / "base"), method="qlora", lora_r=4)
+    with pytest.raises(ValueError, match="loaded in 4 bits"):
+        train(RECORDS, tmp_path / "plain", plain, model_and_tokenizer=(model, tokenizer), progress=False)
+
+    base, tokenizer = load_base(str(tmp_path / "base"), four_bit_on="cpu")
+    linear = base.model.layers[0].self_attn.q_proj
+    assert isinstance(linear, bnb.nn.Linear4bit) and linear.weight.quant_type == "nf4"
+    packed = linear.weight.data.clone()
+    update = {"epochs": 10, "learning_rate": 2e-2, "batch_size": 4, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
+    config = plain.model_copy(update=update)
+    # No dev evaluation mid-run: on a CPU, bitsandbytes repacks 4-bit weights for inference once the
+    # model is in eval mode, and its repacked kernel has no backward (one more reason QLoRA asks for CUDA).
+    result = train(RECORDS, tmp_path / "run", config, model_and_tokenizer=(base, tokenizer), progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-8:]) / 8 < sum(losses[:4]) / 4 - 0.1  # a random tiny model: it learns, slowly
+    assert all(w.abs().sum() > 0 for name, w in _adapter(tmp_path / "run").items() if "lora_B" in name)
+    assert torch.equal(base.model.layers[0].self_attn.q_proj.base_layer.weight.data, packed)  # the 4-bit base stays frozen
+    meta = json.loads((tmp_path / "run" / "intentkit.json").read_text(encoding="utf-8"))
+    assert meta["method"] == "qlora" and meta["config"]["method"] == "qlora"
+    assert export_gguf_lora(tmp_path / "run").stat().st_size > 0
 
 
 def test_config_round_trips_through_json() -> None:
@@ -223,3 +347,30 @@ def test_cli_train_on_an_hf_directory(tmp_path):
     assert done.exit_code == 0, done.output  # trained and saved; the export needs the base as GGUF
     assert "not exported" in done.output and "convert_hf_to_gguf.py" in done.output
     assert (tmp_path / "full" / "model.safetensors").is_file() and not (tmp_path / "full" / "model.gguf").exists()
+
+
+def test_cli_train_resumes_from_its_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from intentkit.cli import app
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    in_scope = [r for r in ROWS if r["output"]]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in in_scope), encoding="utf-8")
+    args = ["train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "run"), "--base", str(tmp_path / "base")]
+    args += ["--batch-size", "4", "--lora-r", "4", "--lora-alpha", "4", "--seed", "7", "--save-every", "1", "--no-export"]
+    done = CliRunner().invoke(app, [*args, "--epochs", "1"])
+    assert done.exit_code == 0, done.output
+    assert "trained 3 steps," in done.output and (tmp_path / "run" / "checkpoint-last" / "state.pt").is_file()
+    meta = json.loads((tmp_path / "run" / "intentkit.json").read_text(encoding="utf-8"))
+    assert (meta["config"]["lora_alpha"], meta["config"]["seed"], meta["config"]["save_every"]) == (4, 7, 1)
+
+    done = CliRunner().invoke(app, [*args, "--epochs", "2"])
+    assert done.exit_code == 0, done.output
+    assert "trained 6 steps (resumed from step 3)" in done.output
+
+    done = CliRunner().invoke(app, [*args, "--epochs", "3", "--learning-rate", "1e-3"])
+    assert done.exit_code == 2
+    assert "different training run (changed: learning_rate)" in done.output

@@ -28,9 +28,11 @@ from typing import Any, Literal
 
 import pydantic
 
-from intentkit import MissingDependencyError, PromptFormat
-from intentkit.bundled import META_FILE, base_model_path, read_model_meta
+from intentkit import PromptFormat
+from intentkit.bundled import META_FILE, read_model_meta
 
+from .base import DEFAULT_BASE, load_base, qlora_device
+from .checkpoint import CHECKPOINT_DIR, load_checkpoint, run_identity, save_checkpoint, stop_on_interrupt
 from .data import Record
 
 __all__ = [
@@ -44,8 +46,6 @@ __all__ = [
     "shared_prefix",
     "train",
 ]
-
-DEFAULT_BASE = "default"
 
 
 class TrainConfig(pydantic.BaseModel):
@@ -93,6 +93,7 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]]
     kept: dict[str, float] | None = None  # the dev evaluation whose weights were saved
+    resumed_from: int = 0  # the checkpoint's step when the run continued one
 
     @property
     def best_dev_loss(self) -> float | None:
@@ -108,40 +109,6 @@ class TrainResult:
 class Encoded:
     input_ids: list[int]
     answer_start: int  # index of the first answer token
-
-
-def default_base_path() -> Path:
-    """The bundled gemma-3-270m Q4_K_M GGUF, assembled into the cache once; no network."""
-    return base_model_path()
-
-
-def load_base(base: str, *, dtype: Any = None) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer from an HF directory or a GGUF file (dequantized)."""
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise MissingDependencyError("transformers/torch", "train") from None
-    path = default_base_path() if base == DEFAULT_BASE else Path(base)
-    if not path.exists():
-        raise FileNotFoundError(f"base model not found: {path}")
-    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
-    if path.suffix == ".gguf":
-        directory, gguf = str(path.parent), path.name
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, **kwargs)
-        # The weights are plain floats now, but the GGUF quantizer tag stays and makes
-        # transformers refuse to train: clear it.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        model.is_quantized = False  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def encode_records(
@@ -258,11 +225,13 @@ def _wrap(model: Any, config: TrainConfig) -> Any:
                 if module is not None:
                     module.weight.requires_grad_(False)
         return model
-    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if config.method == "qlora" and not torch.cuda.is_available():
-        raise RuntimeError("QLoRA needs a CUDA GPU and bitsandbytes; use method='lora' on this machine")
-    from peft import LoraConfig, get_peft_model
+    if config.method == "qlora":
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise ValueError("method='qlora' trains over a base loaded in 4 bits (trainers.base.load_base(four_bit_on=...))")
+        # Norms and embeddings to fp32 for stable updates, inputs that carry gradients (peft's recipe).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
     lora = LoraConfig(
         r=config.lora_r,
@@ -298,10 +267,12 @@ def train(
     rng = random.Random(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, tokenizer = model_and_tokenizer or load_base(config.base)
+    four_bit_on = qlora_device() if config.method == "qlora" else None
+    model, tokenizer = model_and_tokenizer or load_base(config.base, four_bit_on=four_bit_on)
     model = _wrap(model, config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    device = torch.device(four_bit_on or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if four_bit_on is None:  # a 4-bit model is placed by its loader and cannot be moved
+        model.to(device)
     examples, length = encode_records(records, tokenizer, prompt, config.max_length)
     dev_examples, _ = encode_records(dev, tokenizer, prompt, length) if dev else ([], length)
     steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
@@ -313,78 +284,100 @@ def train(
         optimizer,
         lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
     )
-    state = _resume(output_dir, model, optimizer, scheduler)
+    run = run_identity(config, examples, dev_examples)
+    state = load_checkpoint(output_dir, model, optimizer, scheduler, run)
     step, tokens, history = state["step"], state["tokens"], state["history"]
-    best, bad_evals = state.get("best"), 0
+    resumed_from = step
+    best, bad_evals = state.get("best"), state.get("bad_evals", 0)
     if isinstance(best, float):  # a checkpoint written before exact match was measured
         best = {"step": 0, "dev_loss": best, "dev_exact": 0.0}
+    if "epoch_rng" in state:  # back to the interrupted epoch's batch order, past the batches done
+        rng.setstate(state["epoch_rng"])
+    done_in_epoch = state.get("offset", 0)
     eval_every = config.eval_every or steps_per_epoch
     bar = _progress(total_steps, step) if progress else None
+    if bar is not None and step:
+        bar.write(f"resuming from step {step} ({output_dir / CHECKPOINT_DIR})")
     started = time.perf_counter()
     run_tokens = 0
     model.train()
     stop = False
-    while step < total_steps and not stop:
-        batches = _batches(examples, config.batch_size, rng)
-        for start in range(0, len(batches), config.grad_accum):
-            group = batches[start : start + config.grad_accum]
-            loss_sum = 0.0
-            for batch in group:
-                prefix = shared_prefix(batch, model.config) if config.share_prefix else 0
-                loss, _ = answer_loss(model, *_collate(batch, tokenizer.pad_token_id, device), prefix=prefix)
-                (loss / len(group)).backward()
-                loss_sum += loss.item() / len(group)
-                batch_tokens = sum(len(e.input_ids) for e in batch)
-                tokens += batch_tokens
-                run_tokens += batch_tokens
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed = time.perf_counter() - started
-            record = {
-                "step": step,
-                "loss": loss_sum,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": run_tokens / elapsed if elapsed else 0.0,
-            }
-            if dev_examples and (step % eval_every == 0 or step == total_steps):
-                dev_eval = evaluate_dev(
-                    model, dev_examples, config.batch_size, tokenizer.pad_token_id, device, share=config.share_prefix
-                )
-                record["dev_loss"], record["dev_exact"] = dev_eval.loss, dev_eval.exact_rate
-                improved = best is None or _rank(record, config) < _rank(best, config)
-                if improved:
-                    best, bad_evals = record, 0
-                    _save(model, tokenizer, output_dir, config, prompt, records, record)
-                else:
-                    bad_evals += 1
-                    stop = config.patience is not None and bad_evals >= config.patience
-                if bar is not None:
-                    bar.write(
-                        f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): dev loss {record['dev_loss']:.4f}, "
-                        f"exact match {record['dev_exact']:.2%}"
-                        + (" (best, saved)" if improved or best is None else f" (best: step {best['step']})")
+    with stop_on_interrupt() as interrupted:
+        while step < total_steps and not stop:
+            epoch_rng = rng.getstate()
+            batches = _batches(examples, config.batch_size, rng)
+            for start in range(done_in_epoch, len(batches), config.grad_accum):
+                group = batches[start : start + config.grad_accum]
+                loss_sum = 0.0
+                for batch in group:
+                    prefix = shared_prefix(batch, model.config) if config.share_prefix else 0
+                    loss, _ = answer_loss(model, *_collate(batch, tokenizer.pad_token_id, device), prefix=prefix)
+                    (loss / len(group)).backward()
+                    loss_sum += loss.item() / len(group)
+                    batch_tokens = sum(len(e.input_ids) for e in batch)
+                    tokens += batch_tokens
+                    run_tokens += batch_tokens
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                elapsed = time.perf_counter() - started
+                record = {
+                    "step": step,
+                    "loss": loss_sum,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": run_tokens / elapsed if elapsed else 0.0,
+                }
+                if dev_examples and (step % eval_every == 0 or step == total_steps):
+                    dev_eval = evaluate_dev(
+                        model, dev_examples, config.batch_size, tokenizer.pad_token_id, device, share=config.share_prefix
                     )
-            history.append(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if on_step is not None:
-                on_step(record)
-            if config.save_every and step % config.save_every == 0:
-                _checkpoint(
-                    output_dir, model, optimizer, scheduler, {"step": step, "tokens": tokens, "history": history, "best": best}
-                )
-            if step >= total_steps or stop:
-                break
+                    record["dev_loss"], record["dev_exact"] = dev_eval.loss, dev_eval.exact_rate
+                    improved = best is None or _rank(record, config) < _rank(best, config)
+                    if improved:
+                        best, bad_evals = record, 0
+                        _save(model, tokenizer, output_dir, config, prompt, records, record)
+                    else:
+                        bad_evals += 1
+                        stop = config.patience is not None and bad_evals >= config.patience
+                    if bar is not None:
+                        bar.write(
+                            f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): dev loss "
+                            f"{record['dev_loss']:.4f}, exact match {record['dev_exact']:.2%}"
+                            + (" (best, saved)" if improved or best is None else f" (best: step {best['step']})")
+                        )
+                history.append(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if on_step is not None:
+                    on_step(record)
+                if (config.save_every and step % config.save_every == 0) or interrupted():
+                    position = {"epoch_rng": epoch_rng, "offset": start + len(group), "bad_evals": bad_evals}
+                    save_checkpoint(
+                        output_dir,
+                        model,
+                        optimizer,
+                        scheduler,
+                        {"step": step, "tokens": tokens, "history": history, "best": best, "run": run, **position},
+                    )
+                if interrupted():
+                    if bar is not None:
+                        bar.close()
+                    raise KeyboardInterrupt(
+                        f"training stopped at step {step} of {total_steps}; the checkpoint is in "
+                        f"{output_dir / CHECKPOINT_DIR}: the same call resumes from it"
+                    )
+                if step >= total_steps or stop:
+                    break
+            done_in_epoch = 0
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
     if not dev_examples:
         _save(model, tokenizer, output_dir, config, prompt, records, history[-1] if history else {})
-    result = TrainResult(output_dir, step, run_tokens, seconds, history, best)
+    result = TrainResult(output_dir, step, run_tokens, seconds, history, best, resumed_from)
     _update_meta(
         output_dir,
         {
@@ -482,35 +475,3 @@ def _update_meta(output_dir: Path, values: dict[str, Any]) -> None:
     meta = read_model_meta(output_dir)
     meta.update(values)
     path.write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
-
-
-def _checkpoint(output_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
-    import torch
-
-    directory = output_dir / "checkpoint-last"
-    directory.mkdir(exist_ok=True)
-    trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k} or model.state_dict()
-    torch.save(
-        {
-            "model": trainable,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": state,
-            "rng": torch.get_rng_state(),
-        },
-        directory / "state.pt",
-    )
-
-
-def _resume(output_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    import torch
-
-    path = output_dir / "checkpoint-last" / "state.pt"
-    if not path.exists():
-        return {"step": 0, "tokens": 0, "history": []}
-    saved = torch.load(path, weights_only=False)
-    model.load_state_dict(saved["model"], strict=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
-    return dict(saved["state"])
