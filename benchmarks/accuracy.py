@@ -42,7 +42,9 @@ def main() -> None:
         "--swap-copies", type=int, default=0, help="add N recombined copies of each row (trainers.augment.swap_values)"
     )
     parser.add_argument("--select-on", choices=["loss", "exact"], default="loss", help="what picks the weights kept")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate the first N records of each file")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="evaluate (and calibrate the detector on) the first N records of each file"
+    )
     parser.add_argument("--unconstrained", action="store_true", help="greedy decoding without constraints")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--no-scope", action="store_true", help="no out-of-scope detector")
@@ -92,7 +94,7 @@ def main() -> None:
         backend = LlamaCppBackend(base_model_path(), lora=args.out / "adapter.gguf", constrained=constrained, scope=None)
     if not args.no_scope:
         start = time.perf_counter()
-        calibration = next(iter(dev_sets.values()))
+        calibration = next(iter(dev_sets.values()))[: args.limit or None]  # --limit: a quick run all through
         detector = fit_scope(backend, records, calibration=calibration, quantile=args.scope_quantile)
         detector.save(args.out / SCOPE_FILE)
         backend.set_scope(detector)
