@@ -351,11 +351,15 @@ class ConstrainedDecoder:
             row = rows.pop(0) if rows else cursor.row()
             allowed = self._allowed(row, value, source, closer_first)
             probs = _softmax(row[allowed])
-            best = int(probs.argmax())
+            # Stop or go on is decided on the summed probability of each side, then the best token
+            # of the winning side is taken: the model's mass for "the value ends here" is spread
+            # over several closers (`")`, `",` …), and its mass for going on over several pieces.
+            closing = np.isin(allowed, list(closer_first)) if value else np.zeros(len(allowed), dtype=bool)
+            ends = bool(closing.any()) and (closing.all() or float(probs[closing].sum()) > 0.5)
+            best = int(np.where(closing == ends, probs, -1.0).argmax())
             token = int(allowed[best])
             prob *= float(probs[best])
             cursor.decoded.sampled += 1
-            ends = token in closer_first and bool(value)
             if draft:
                 if token == draft[0] and not ends:  # the draft holds: this token is already evaluated
                     draft.pop(0)

@@ -212,6 +212,41 @@ def test_copied_value_does_not_end_on_a_space(catalog):
     assert value == value.strip() and value in "add Nothing Fancy now"
 
 
+class SplitModel(ScriptedModel):
+    """A scripted model that, after ``at`` has been said, gives exactly the probabilities ``split``
+    over the named pieces (and next to nothing to any other token)."""
+
+    def __init__(self, answer: str, at: str, split: dict[str, float]) -> None:
+        super().__init__(answer)
+        self.at, self.split = at, split
+        for piece in split:
+            self._id(piece.encode())
+
+    def _logits(self, upto: int) -> np.ndarray:
+        said = b"".join(self.pieces[t] for t in self.tokens[self.prompt_len : upto]).decode()
+        if said != self.at:
+            return super()._logits(upto)
+        row = np.full(len(self.pieces), -30.0, dtype=np.float32)
+        for piece, p in self.split.items():
+            row[self.index[piece.encode()]] = np.log(p)
+        return row
+
+
+@pytest.mark.parametrize(
+    ("split", "expected"),
+    [
+        # stopping is likelier (0.3 + 0.3 over two closers) than going on, though "明天" alone tops either closer
+        ({'")': 0.3, '",': 0.3, "明天": 0.4}, 'weather_search(city="杭州")'),
+        # going on is likelier (0.3 + 0.3 over two pieces) than stopping, though '")' alone tops either piece
+        ({'")': 0.4, "明": 0.3, "明天": 0.3}, 'weather_search(city="杭州明天")'),
+    ],
+)
+def test_a_copied_value_stops_where_stopping_is_likelier_than_going_on(catalog, split, expected):
+    model = SplitModel('weather_search(city="杭州明天")', 'weather_search(city="杭州', split)
+    decoded = ConstrainedDecoder(model, catalog).decode(model.start("<p>杭州明天<a>"), "杭州明天")
+    assert decoded.text == expected
+
+
 def test_copied_value_never_breaks_the_quoting(catalog):
     utterance = '播放"晴天"'
     decoded, _ = decode(catalog, 'listen(song="\\"晴天\\"")', utterance)
