@@ -43,6 +43,9 @@ def main() -> None:
     )
     parser.add_argument("--select-on", choices=["loss", "exact"], default="loss", help="what picks the weights kept")
     parser.add_argument(
+        "--argument-order", choices=["utterance", "as_given"], default="as_given", help="keyword order in the answers trained on"
+    )
+    parser.add_argument(
         "--limit", type=int, default=0, help="evaluate (and calibrate the detector on) the first N records of each file"
     )
     parser.add_argument("--unconstrained", action="store_true", help="greedy decoding without constraints")
@@ -72,6 +75,7 @@ def main() -> None:
             lora_r=args.lora_r,
             lora_alpha=2 * args.lora_r,
             select_on=args.select_on,
+            argument_order=args.argument_order,
         )
         extra = swap_values(records, copies=args.swap_copies) if args.swap_copies else []
         if extra:

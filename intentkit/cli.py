@@ -269,6 +269,10 @@ def train(
     share_prefix: Annotated[
         bool, typer.Option(help="evaluate a batch's common prompt prefix once (off: for a base whose cache cannot be batched)")
     ] = True,
+    argument_order: Annotated[
+        str,
+        typer.Option(help="utterance | as_given: train on answers whose keyword arguments follow the utterance's order"),
+    ] = "as_given",
     export: Annotated[bool, typer.Option(help="also write adapter.gguf for llama.cpp")] = True,
     scope: Annotated[
         bool | None,
@@ -299,6 +303,7 @@ def train(
         save_every=save_every,
         select_on=select_on,  # type: ignore[arg-type]
         share_prefix=share_prefix,
+        argument_order=argument_order,  # type: ignore[arg-type]
     )
     records = load_records(data)
     dev_records = load_records(dev) if dev else []

@@ -9,7 +9,7 @@ from typing import Annotated
 import pytest
 
 from intentkit import Param, Registry
-from trainers.data import DataError, build_registry, load_records, validate_records
+from trainers.data import DataError, build_registry, in_utterance_order, load_records, validate_records
 
 
 def write(tmp_path: Path, name: str, content: str) -> Path:
@@ -195,3 +195,50 @@ def test_registry_from_data_binds_every_record(tmp_path: Path) -> None:
         for call in record.calls:
             registry.bind(call)
     assert registry.bind(records[1].calls[0]).arguments["name"] == ["恒大"]
+
+
+@pytest.mark.parametrize(
+    ("instruction", "output", "expected"),
+    [
+        # written out of order by the annotation: reordered by where each value occurs
+        (
+            "辽宁大连在哪里",
+            'map_position(location_city="大连", location_province="辽宁")',
+            'map_position(location_province="辽宁", location_city="大连")',
+        ),
+        # a list is placed by its first item found; a value not in the utterance goes last, in its order
+        (
+            "恒大对鲁能，今天的比分",
+            'match_query(date="今天", kind="比分", league="中超", name=["鲁能", "恒大"])',
+            'match_query(name=["鲁能", "恒大"], date="今天", kind="比分", league="中超")',
+        ),
+        # positional values stay first; text around the calls and a second call are kept
+        (
+            "把空调调到26度然后播放晴天",
+            'ac_set(26, mode="制冷"); play(song="晴天", singer="周杰伦")',
+            'ac_set(26, mode="制冷"); play(song="晴天", singer="周杰伦")',
+        ),
+        (
+            "周杰伦的晴天，再把空调调到26度",
+            'play(song="晴天", singer="周杰伦"); ac_set(temp=26, room="客厅")',
+            'play(singer="周杰伦", song="晴天"); ac_set(temp=26, room="客厅")',
+        ),
+    ],
+)
+def test_arguments_in_utterance_order(tmp_path: Path, instruction: str, output: str, expected: str) -> None:
+    record = load_records(write(tmp_path, "d.jsonl", jsonl({"instruction": instruction, "output": output})))[0]
+    reordered = in_utterance_order(record)
+    assert reordered.output == expected
+    assert [(c.name, c.args, dict(c.kwargs)) for c in reordered.calls] == [(c.name, c.args, dict(c.kwargs)) for c in record.calls]
+    assert (reordered is record) == (expected == output)
+
+
+def test_out_of_scope_and_single_argument_records_are_left_alone(tmp_path: Path) -> None:
+    records = load_records(
+        write(
+            tmp_path,
+            "d.jsonl",
+            jsonl({"instruction": "讲个笑话", "output": None}, {"instruction": "杭州天气", "output": 'w(city="杭州")'}),
+        )
+    )
+    assert [in_utterance_order(r) for r in records] == records

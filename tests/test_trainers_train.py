@@ -158,6 +158,25 @@ def test_select_on_exact_keeps_the_evaluation_with_the_most_exact_matches(tmp_pa
     assert meta["best"]["step"] == best["step"] and len(meta["dev_evaluations"]) == len(evaluations) == 8
 
 
+@pytest.mark.parametrize("order", ["utterance", "as_given"])
+def test_argument_order_applies_to_training_and_dev_answers(tmp_path: Path, monkeypatch, order: str) -> None:
+    row = {"instruction": "辽宁大连在哪里", "output": 'map_position(city="大连", province="辽宁")'}
+    records = records_from_rows([("t.jsonl:1", row)])
+    seen: list[list[str]] = []
+
+    def capture(records, *args, **kwargs):
+        seen.append([r.target for r in records])
+        if len(seen) == 2:  # training and dev answers: all this test needs
+            raise StopIteration
+        return encode_records(records, *args, **kwargs)
+
+    monkeypatch.setattr("trainers.train.encode_records", capture)
+    with pytest.raises(StopIteration):
+        train(records, tmp_path, TrainConfig(argument_order=order), dev=records, model_and_tokenizer=tiny_model_and_tokenizer())
+    expected = 'map_position(province="辽宁", city="大连")' if order == "utterance" else row["output"]
+    assert seen == [[expected], [expected]]
+
+
 def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
     config = TrainConfig(epochs=2, learning_rate=5e-2, batch_size=4, lora_r=8, lora_alpha=16, lora_dropout=0.0)
     result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)

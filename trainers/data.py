@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from intentkit import NO_INTENT, Call, IntentKitError, ParseError, PromptFormat, Registry, parse_calls
+from intentkit.calls import Value, render_call
 from intentkit.decoding import can_copy
 from intentkit.fastpath import normalize_utterance
 
@@ -31,6 +32,7 @@ __all__ = [
     "DataReport",
     "Record",
     "build_registry",
+    "in_utterance_order",
     "load_records",
     "read_objects",
     "records_from_rows",
@@ -153,6 +155,33 @@ def _record(source: str, row: Any, prompt: PromptFormat) -> Record:
         if not calls:
             output = None  # an explicit no_intent() answer is out of scope
     return Record(instruction.strip(), output, calls, source)
+
+
+def in_utterance_order(record: Record) -> Record:
+    """The record with each call's keyword arguments in the order their values occur in the
+    utterance (``weather_query(city="杭州", datetime_date="明天")`` for ``杭州明天天气``, whatever
+    order the annotation wrote them in). Arguments whose value is not in the utterance keep their
+    order, after the others. The answer means the same call; a model trained on it copies values
+    in reading order instead of looking ahead for the slot the annotation happened to write first.
+    A record already in that order is returned as it is."""
+    if record.output is None:
+        return record
+    text = record.instruction
+
+    def where(value: Value) -> int:
+        items = value if isinstance(value, list) else [value]
+        found = [text.find(v if isinstance(v, str) else json.dumps(v)) for v in items]
+        return min((f for f in found if f >= 0), default=len(text))
+
+    output = record.output
+    for call in reversed(record.calls):  # spans are replaced from the end, so earlier ones stay valid
+        kwargs = dict(sorted(call.kwargs.items(), key=lambda item: where(item[1])))
+        if list(kwargs) != list(call.kwargs):
+            start, end = call.span
+            output = output[:start] + render_call(call.name, call.args, kwargs) + output[end:]
+    if output == record.output:
+        return record
+    return Record(record.instruction, output, tuple(c for c in parse_calls(output) if c.name != NO_INTENT), record.source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from intentkit.bundled import META_FILE, read_model_meta
 
 from .base import DEFAULT_BASE, load_base, qlora_device
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, run_identity, save_checkpoint, stop_on_interrupt
-from .data import Record
+from .data import Record, in_utterance_order
 
 __all__ = [
     "DevEval",
@@ -83,6 +83,11 @@ class TrainConfig(pydantic.BaseModel):
     seed: int = 42
     threads: int | None = None
     share_prefix: bool = pydantic.Field(True, description="evaluate a batch's common prompt prefix once")
+    argument_order: Literal["utterance", "as_given"] = pydantic.Field(
+        "as_given",
+        description="the order of keyword arguments in the answers trained on: 'utterance' writes them in the "
+        "order their values occur in the utterance (the same calls), 'as_given' as the data has them",
+    )
 
 
 @dataclass(slots=True)
@@ -273,6 +278,8 @@ def train(
     device = torch.device(four_bit_on or ("cuda" if torch.cuda.is_available() else "cpu"))
     if four_bit_on is None:  # a 4-bit model is placed by its loader and cannot be moved
         model.to(device)
+    if config.argument_order == "utterance":
+        records, dev = [in_utterance_order(r) for r in records], [in_utterance_order(r) for r in dev]
     examples, length = encode_records(records, tokenizer, prompt, config.max_length)
     dev_examples, _ = encode_records(dev, tokenizer, prompt, length) if dev else ([], length)
     steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
