@@ -342,6 +342,7 @@ class ConstrainedDecoder:
         """Decode a quoted value up to one of ``closers``; returns (value, probability, closer).
         ``source`` is the utterance a copied value comes from (None for a free value)."""
         closer_first = {o.tokens[0] for o in closers if o.tokens}
+        closer_ids = np.fromiter(closer_first, dtype=np.int64)
         value = b""
         prob = 1.0
         rows: list[np.ndarray] = []  # logits after each drafted token (already in the cache)
@@ -354,7 +355,7 @@ class ConstrainedDecoder:
             # Stop or go on is decided on the summed probability of each side, then the best token
             # of the winning side is taken: the model's mass for "the value ends here" is spread
             # over several closers (`")`, `",` …), and its mass for going on over several pieces.
-            closing = np.isin(allowed, list(closer_first)) if value else np.zeros(len(allowed), dtype=bool)
+            closing = np.isin(allowed, closer_ids) if value else np.zeros(len(allowed), dtype=bool)
             ends = bool(closing.any()) and (closing.all() or float(probs[closing].sum()) > 0.5)
             best = int(np.where(closing == ends, probs, -1.0).argmax())
             token = int(allowed[best])
