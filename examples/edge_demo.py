@@ -12,7 +12,7 @@ import sys
 import time
 
 from intentkit import Router
-from intentkit.demo import SmartHome
+from intentkit.demo import SmartHome, pad
 
 UTTERANCES = [
     "我想听音乐",
@@ -44,7 +44,7 @@ def main(utterances: list[str]) -> None:
             confidence = f"{result.confidence:.2f}" if result.confidence is not None else "—"
             reply = result.results[0] if result.results else (result.error or "")
             took = f"{result.timings.total_ms:5.0f} ms"
-            print(f"{text}\n  → {result.call_text:<40} {result.status.value:<8} p={confidence}  {took}  {reply}")
+            print(f"{text}\n  → {pad(result.call_text, 40)} {result.status.value:<9} p={confidence}  {took}  {reply}")
     print(
         f"\nhome: volume {home.volume}, playing {home.playing!r}, lights {home.lights}, "
         f"AC {'on' if home.ac_on else 'off'} {home.ac_mode} {home.ac_temperature}℃, alarms {home.alarms}"

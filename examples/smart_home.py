@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from intentkit import Param, Router
-from intentkit.demo import SmartHome
+from intentkit.demo import SmartHome, pad
 
 ROOMS = {"客厅", "卧室", "厨房", "书房"}
 COMMANDS = [
@@ -45,7 +45,7 @@ def main() -> None:
     with build(home) as router:
         for text in COMMANDS:
             result = router.handle(text)
-            print(f"{text:<14} → {result.call_text:<36} {result.results[0] if result.results else result.status.value}")
+            print(f"{pad(text, 28)} → {pad(result.call_text, 40)} {result.results[0] if result.results else result.status.value}")
     print(
         f"\nlights {home.lights}\nAC {'on' if home.ac_on else 'off'}, {home.ac_mode}, {home.ac_temperature}℃; "
         f"music {home.playing!r}, volume {home.volume}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -21,7 +22,7 @@ from .registry import Param
 if TYPE_CHECKING:
     from .router import Router
 
-__all__ = ["DEMO_INTENTS", "SmartHome"]
+__all__ = ["DEMO_INTENTS", "SmartHome", "pad"]
 
 AcMode = Literal["制冷", "制热", "除湿", "送风", "自动"]
 
@@ -162,3 +163,10 @@ class SmartHome:
             for name in rooms:
                 self.lights[name] = on
         return f"💡 {'、'.join(rooms)}的灯已{'打开' if on else '关闭'}"
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` left-justified to ``width`` terminal columns, counting East Asian wide and
+    full-width characters as two (``str.ljust`` counts ``杭州`` as 2 columns; a terminal shows 4)."""
+    columns = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, width - columns)

@@ -38,6 +38,7 @@ def test_smart_home_example(capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("smart_home.py", capsys)
     assert "家里没有阳台" in out
     assert "'客厅': True" in out and "AC on" in out
+    assert '把客厅的灯打开               → light_on(room="客厅")  ' in out  # columns line up
 
 
 def test_voice_assistant_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,3 +61,19 @@ def test_fastapi_app_example() -> None:
         routed = httpx.post(f"{url}/intent/v1/route", json={"text": "太吵了，把声音开小一点"}, timeout=30).json()
         assert routed["call_text"] == "volume_down()"
     namespace["router"].close()
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "expected"),
+    [
+        ("abc", 6, "abc   "),
+        ("杭州", 6, "杭州  "),  # two wide characters fill four columns
+        ('city="杭州"', 12, 'city="杭州" '),  # 7 narrow + 2 wide = 11 columns
+        ("ＡＢ", 4, "ＡＢ"),  # full-width letters are wide too
+        ("天气预报很长", 4, "天气预报很长"),  # never cut, only padded
+    ],
+)
+def test_pad_counts_wide_characters_as_two_columns(text: str, width: int, expected: str) -> None:
+    from intentkit.demo import pad
+
+    assert pad(text, width) == expected
