@@ -59,7 +59,7 @@ def main() -> None:
     from intentkit.scope import SCOPE_FILE
     from trainers.augment import swap_values
     from trainers.data import build_registry, load_records
-    from trainers.evaluate import backend_predictor, predict_records, score
+    from trainers.evaluate import backend_predictor, percent, predict_records, score
     from trainers.export import export_full_gguf, export_gguf_lora
     from trainers.scope import fit_scope
     from trainers.train import TrainConfig, train
@@ -128,7 +128,8 @@ def main() -> None:
             r = score(cut)
             oos = r.out_of_scope or {"precision": 0.0, "recall": 0.0, "f1": 0.0}
             print(
-                f"| {threshold} | {r.intent_accuracy:.2%} | {r.in_scope_intent_accuracy:.2%} | {r.exact_call_accuracy:.2%} | "
+                f"| {threshold} | {r.intent_accuracy:.2%} | {percent(r.in_scope_intent_accuracy)} | "
+                f"{r.exact_call_accuracy:.2%} | "
                 f"{oos['precision']:.2%} | {oos['recall']:.2%} | {oos['f1']:.3f} |"
             )
     if not args.no_scope and any(not p.record.in_scope for p in everything):

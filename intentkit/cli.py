@@ -439,7 +439,7 @@ def evaluate_command(
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
     out: Annotated[Path | None, typer.Option(help="write report.json / report.md / confusion.png here")] = None,
-    limit: Annotated[int, typer.Option(help="first N records only (0: all)")] = 0,
+    limit: Annotated[int, typer.Option(min=0, help="first N records only (0: all)")] = 0,
 ) -> None:
     """Intent / argument / exact-call accuracy, slot F1, OOS, calibration and latency on a data file."""
     from rich.progress import Progress
@@ -470,7 +470,7 @@ def bench(
     backend: Backend = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
-    limit: int = 200,
+    limit: Annotated[int, typer.Option(min=0, help="first N utterances only (0: all)")] = 200,
 ) -> None:
     """Latency of Router.handle over a data file (model path only; fast path off)."""
     from trainers.data import load_records

@@ -93,12 +93,16 @@ def test_data_swap(tmp_path):
         (["data", "convert", "{bad}", "out.json", "--from", "csv"], "unknown format 'csv'"),
         (["route", "hi", "--backend", "nope", "--intents-from", "{good}"], "unknown backend 'nope'"),
         (["route", "hi", "--lora", "missing.gguf"], "not found: missing.gguf"),
+        (["eval", "empty.jsonl", "--intents-from", "{good}"], "empty.jsonl: holds no records (an empty file)"),
+        (["bench", "empty.jsonl", "--intents-from", "{good}"], "empty.jsonl: holds no records"),
+        (["train", "empty.jsonl", "--out", "m"], "empty.jsonl: holds no records"),
     ],
 )
 def test_user_mistakes_are_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.jsonl").write_text('{"instruction": "a", "output": "f()"}\n{oops\n', encoding="utf-8")
     (tmp_path / "good.jsonl").write_text('{"instruction": "a", "output": "f()"}\n', encoding="utf-8")
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
     args = [a.replace("{bad}", "bad.jsonl").replace("{good}", "good.jsonl") for a in args]
     result = runner.invoke(app, args)
     assert result.exit_code == 2

@@ -115,6 +115,19 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
         load_records(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"), [("", "an empty file"), ("\n  \n", "an empty file"), ("[]", "an empty JSON array")]
+)
+def test_a_file_without_records_is_an_error(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=f"holds no records \\({message}\\)") as caught:
+        load_records(path)
+    assert caught.value.source == str(path)
+    problems: list[DataError] = []
+    assert load_records(path, problems=problems) == [] and [p.source for p in problems] == [str(path)]
+
+
 def test_validation_report(tmp_path: Path) -> None:
     train = load_records(
         write(

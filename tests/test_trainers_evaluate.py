@@ -83,3 +83,29 @@ def test_plain_text_predictors_and_perfect_scores() -> None:
     report = evaluate(RECORDS, gold.__getitem__)
     assert report.intent_accuracy == report.exact_call_accuracy == report.slot_f1 == 1.0
     assert report.ece is None and report.errors == []
+
+
+def test_figures_with_nothing_to_measure_are_none_not_zero(tmp_path: Path) -> None:
+    # A file of out-of-scope rows only (as dev_oos.jsonl): no in-scope accuracy, no argument
+    # accuracy, no slots to score. Printing 0.00 % for these would read as a failure.
+    oos = records_from_rows([("oos.jsonl:1", {"instruction": "讲个笑话", "output": None})])
+    report = evaluate(oos, lambda text: "no_intent()")
+    assert report.intent_accuracy == report.exact_call_accuracy == 1.0
+    assert report.in_scope_intent_accuracy is None and report.argument_accuracy is None
+    assert report.slot_precision is None and report.slot_recall is None and report.slot_f1 is None
+    summary = report.summary()
+    assert "(in scope n/a)" in summary
+    assert "argument accuracy       n/a (no in-scope rows)" in summary
+    assert "slot P / R / F1         n/a (no arguments in the gold or the predicted calls)" in summary
+    report.save(tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["slot_f1"] is None
+    assert "| argument accuracy | n/a (no in-scope rows) |" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_slots_on_one_side_only_score_zero() -> None:
+    rows = [("dev.jsonl:1", {"instruction": "放歌", "output": "play_music()"})]
+    report = evaluate(records_from_rows(rows), lambda text: 'play_music(singer="周杰伦")')
+    assert (report.slot_precision, report.slot_recall, report.slot_f1) == (0.0, 0.0, 0.0)
+    assert report.argument_accuracy == 0.0
+    no_slots = evaluate(records_from_rows(rows), lambda text: "play_music()")
+    assert no_slots.slot_f1 is None and no_slots.argument_accuracy == 1.0

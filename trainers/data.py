@@ -77,7 +77,8 @@ def read_objects(path: str | Path, *, problems: list[DataError] | None = None) -
     """``(source, object)`` for each row of a JSON array or JSON Lines file; the source is
     ``file[index]`` or ``file:line``. Raises :class:`DataError` naming file and line; with a
     ``problems`` list, a JSON Lines row that does not parse is appended to it and skipped instead,
-    so that one pass reports them all."""
+    so that one pass reports them all. A file without a single row is an error too (an empty
+    training or evaluation file is a mistake, never a result)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -90,7 +91,11 @@ def read_objects(path: str | Path, *, problems: list[DataError] | None = None) -
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        if not data:
+            _report(DataError(str(path), "holds no records (an empty JSON array)"), problems)
         return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+    if not text.strip():
+        _report(DataError(str(path), "holds no records (an empty file)"), problems)
     rows: list[tuple[str, Any]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -31,6 +31,7 @@ __all__ = [
     "Prediction",
     "backend_predictor",
     "evaluate",
+    "percent",
     "predict_records",
     "score",
 ]
@@ -80,16 +81,18 @@ def _values(calls: Iterable[Call]) -> set[str]:
 
 @dataclass(slots=True)
 class EvalReport:
-    """Every figure of one evaluation, plus the errors to look at."""
+    """Every figure of one evaluation, plus the errors to look at. A figure with nothing to
+    measure is None, not 0: the in-scope and argument accuracies of a file without in-scope rows,
+    the slot scores where neither the gold nor the predicted calls hold an argument."""
 
     n: int
     intent_accuracy: float
-    in_scope_intent_accuracy: float
-    argument_accuracy: float
+    in_scope_intent_accuracy: float | None
+    argument_accuracy: float | None
     exact_call_accuracy: float
-    slot_precision: float
-    slot_recall: float
-    slot_f1: float
+    slot_precision: float | None
+    slot_recall: float | None
+    slot_f1: float | None
     parse_failure_rate: float
     out_of_scope: dict[str, float] | None
     ece: float | None
@@ -105,10 +108,15 @@ class EvalReport:
     def summary(self) -> str:
         lines = [
             f"records                 {self.n}",
-            f"intent accuracy         {self.intent_accuracy:.2%}  (in scope {self.in_scope_intent_accuracy:.2%})",
-            f"argument accuracy       {self.argument_accuracy:.2%}",
+            f"intent accuracy         {self.intent_accuracy:.2%}  (in scope {percent(self.in_scope_intent_accuracy)})",
+            f"argument accuracy       {percent(self.argument_accuracy, 'no in-scope rows')}",
             f"exact call accuracy     {self.exact_call_accuracy:.2%}",
-            f"slot P / R / F1         {self.slot_precision:.2%} / {self.slot_recall:.2%} / {self.slot_f1:.2%}",
+            "slot P / R / F1         "
+            + (
+                f"{percent(self.slot_precision)} / {percent(self.slot_recall)} / {percent(self.slot_f1)}"
+                if self.slot_f1 is not None
+                else "n/a (no arguments in the gold or the predicted calls)"
+            ),
             f"parse failures          {self.parse_failure_rate:.2%}",
             f"latency p50 / p95       {self.latency_p50_ms:.1f} / {self.latency_p95_ms:.1f} ms",
         ]
@@ -144,6 +152,13 @@ class EvalReport:
         if png is not None:
             written.append(png)
         return written
+
+
+def percent(value: float | None, why: str = "") -> str:
+    """``value`` as a percentage; ``n/a`` (with ``why``) for a figure with nothing to measure."""
+    if value is None:
+        return f"n/a ({why})" if why else "n/a"
+    return f"{value:.2%}"
 
 
 def _md_row(line: str) -> tuple[str, str]:
@@ -203,8 +218,9 @@ def score(predictions: Sequence[Prediction]) -> EvalReport:
         gold, pred = _pairs(p.record.calls), _pairs(p.calls)
         hit = sum((gold & pred).values())
         tp, fp, fn = tp + hit, fp + sum(pred.values()) - hit, fn + sum(gold.values()) - hit
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    precision = recall = None  # no arguments on either side: nothing to score
+    if tp + fp + fn:  # arguments on one side only score 0 on the other
+        precision, recall = (tp / (tp + fp) if tp + fp else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
     confusion: dict[str, dict[str, int]] = {}
     for p in predictions:
         row = confusion.setdefault(p.record.intent, {})
@@ -213,12 +229,14 @@ def score(predictions: Sequence[Prediction]) -> EvalReport:
     return EvalReport(
         n=n,
         intent_accuracy=_mean(intent_ok),
-        in_scope_intent_accuracy=_mean([ok for ok, p in zip(intent_ok, predictions, strict=True) if p.record.in_scope]),
-        argument_accuracy=_mean(args_ok),
+        in_scope_intent_accuracy=_mean([ok for ok, p in zip(intent_ok, predictions, strict=True) if p.record.in_scope])
+        if in_scope
+        else None,
+        argument_accuracy=_mean(args_ok) if in_scope else None,
         exact_call_accuracy=_mean(exact_ok),
         slot_precision=precision,
         slot_recall=recall,
-        slot_f1=_f1(precision, recall),
+        slot_f1=_f1(precision, recall) if precision is not None and recall is not None else None,
         parse_failure_rate=_mean([p.parse_failed for p in predictions]),
         out_of_scope=_oos(predictions) if len(in_scope) < n else None,
         ece=_ece([(p.confidence, ok) for p, ok in zip(predictions, intent_ok, strict=True) if p.confidence is not None]),
