@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument(
         "--swap-copies", type=int, default=0, help="add N recombined copies of each row (trainers.augment.swap_values)"
     )
+    parser.add_argument("--seed", type=int, default=42, help="seed for the adapter's initial weights and the batch order")
     parser.add_argument("--select-on", choices=["loss", "exact"], default="loss", help="what picks the weights kept")
     parser.add_argument(
         "--argument-order", choices=["utterance", "as_given"], default="as_given", help="keyword order in the answers trained on"
@@ -75,6 +76,7 @@ def main() -> None:
             lora_r=args.lora_r,
             lora_alpha=2 * args.lora_r,
             select_on=args.select_on,
+            seed=args.seed,
             argument_order=args.argument_order,
         )
         extra = swap_values(records, copies=args.swap_copies) if args.swap_copies else []
