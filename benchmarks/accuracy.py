@@ -59,6 +59,7 @@ def main() -> None:
     from intentkit.bundled import base_model_path, read_model_meta
     from intentkit.scope import SCOPE_FILE
     from trainers.augment import swap_values
+    from trainers.card import write_model_card
     from trainers.data import build_registry, load_records
     from trainers.evaluate import backend_predictor, percent, predict_records, score
     from trainers.export import export_full_gguf, export_gguf_lora
@@ -137,6 +138,7 @@ def main() -> None:
     if not args.no_scope and any(not p.record.in_scope for p in everything):
         separation(backend, predict, [p.record for p in everything])
     backend.close()
+    write_model_card(args.out)
 
 
 def separation(backend: Any, predict: Any, records: list[Any]) -> None:

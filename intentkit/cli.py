@@ -349,6 +349,7 @@ def _fit_scope(
     """Fit ``model_dir/scope.npz`` through the llama.cpp deployment of ``model_dir``'s adapter."""
     from rich.progress import Progress
 
+    from trainers.card import write_model_card
     from trainers.scope import fit_scope
 
     from .scope import SCOPE_FILE
@@ -368,6 +369,7 @@ def _fit_scope(
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     path = detector.save(model_dir / SCOPE_FILE)
+    write_model_card(model_dir)
     typer.echo(
         f"out-of-scope detector: {path} ({detector.info['indexed']} utterances, "
         f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
@@ -458,6 +460,11 @@ def evaluate_command(
     if out:
         for path in report.save(out):
             typer.echo(f"wrote {path}")
+        from trainers.card import write_model_card
+
+        card = write_model_card(out.parent)  # a report saved into a model directory joins its card
+        if card is not None:
+            typer.echo(f"updated {card}")
 
 
 @app.command()

@@ -164,6 +164,7 @@ def test_cli_export_writes_a_merged_model_that_routes(tmp_path):
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     assert (model_dir / "adapter.gguf").is_file() and (tmp_path / "out" / "intentkit.json").is_file()
+    assert (model_dir / "README.md").read_bytes() == (bundled_model_dir() / "README.md").read_bytes()  # hand-written: kept
     keep = np.load(model_dir / "keep_tokens.npy")
     assert 60_000 < len(keep) < 200_000 and f"({len(keep):,} tokens)" in done.output
     vocab = llama_cpp.Llama(str(base_model_path()), vocab_only=True, verbose=False)
@@ -174,6 +175,33 @@ def test_cli_export_writes_a_merged_model_that_routes(tmp_path):
     SmartHome().register(router)
     with router:
         assert [router.handle(t, dispatch=False).call_text for t in MAIN_JOB] == list(MAIN_JOB.values())
+
+
+def test_cli_eval_reports_and_a_report_saved_in_a_model_directory_joins_its_card(tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from intentkit.bundled import bundled_model_dir
+    from intentkit.cli import app
+    from trainers.convert import export_rows
+    from trainers.data import load_records
+
+    model_dir = tmp_path / "mine"
+    shutil.copytree(bundled_model_dir(), model_dir)
+    (model_dir / "README.md").unlink()
+    rows = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::30]
+    export_rows(rows, tmp_path / "dev.jsonl", "jsonl")
+    args = ["eval", str(tmp_path / "dev.jsonl"), "--lora", str(model_dir / "adapter.gguf"), "--out", str(model_dir / "eval-dev")]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "intent accuracy" in done.output and f"updated {model_dir / 'README.md'}" in done.output
+    report = json.loads((model_dir / "eval-dev" / "report.json").read_text(encoding="utf-8"))
+    assert report["n"] == len(rows) and report["intent_accuracy"] >= 0.75
+    assert (model_dir / "eval-dev" / "report.md").is_file()
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert f"| `eval-dev` | {len(rows)} | {report['intent_accuracy']:.2%} |" in card
 
 
 def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):

@@ -188,6 +188,10 @@ def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
     assert meta["intents"] == ["no_intent", "play_music", "volume_down", "weather_search"]
     assert meta["steps"] == 8 and meta["tokens_per_second"] > 0
     assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+    assert meta["data"] == {"training_rows": len(RECORDS), "out_of_scope_rows": 4, "dev_rows": 4}
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")  # ours, not peft's empty template
+    assert "More Information Needed" not in card and "LoRA adapter (r=8, α=16" in card
+    assert "| run | 8 steps in" in card and f"`{PromptFormat().fingerprint}`" in card
 
 
 def _adapter(directory: Path) -> dict[str, torch.Tensor]:
@@ -357,6 +361,7 @@ def test_cli_train_on_an_hf_directory(tmp_path):
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter.gguf").is_file()
     assert "out-of-scope detector: not fitted" in done.output and "--scope-from" in done.output
     assert not (out / "scope.npz").exists()
+    assert "| `adapter.gguf` |" in (out / "README.md").read_text(encoding="utf-8")  # the card lists the export
 
     done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--lora-r", "4", "--no-scope"])
     assert done.exit_code == 0, done.output

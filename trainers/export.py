@@ -22,6 +22,8 @@ from intentkit import MissingDependencyError
 from intentkit.bundled import KEEP_FILE, META_FILE, read_model_meta
 from intentkit.scope import SCOPE_FILE
 
+from .card import write_model_card
+
 __all__ = ["ExportError", "domain_vocabulary", "export_full_gguf", "export_gguf_lora", "export_merged_gguf", "write_vocabulary"]
 
 # Architectures whose converter permutes the q/k projections; their LoRA B matrices would need the
@@ -186,8 +188,10 @@ def _keep(model_dir: Path) -> np.ndarray | None:
 
 def _copy_meta(adapter_dir: Path, out: Path) -> None:
     """Put the training record (and the out-of-scope detector, when fitted) next to an exported
-    file, so a backend loading it checks the prompt and turns away what the model never saw."""
+    file, so a backend loading it checks the prompt and turns away what the model never saw. An
+    export into the directory itself is added to its model card instead."""
     if out.parent.resolve() == adapter_dir.resolve():
+        write_model_card(adapter_dir)
         return
     for name in (META_FILE, SCOPE_FILE):
         if (adapter_dir / name).exists():
@@ -209,6 +213,7 @@ def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str
     keep = domain_vocabulary(Path(base) if base else base_model_path(), texts, top=top)
     path = model_dir / KEEP_FILE
     np.save(path, keep)
+    write_model_card(model_dir)
     return path
 
 

@@ -32,6 +32,7 @@ from intentkit import PromptFormat
 from intentkit.bundled import META_FILE, read_model_meta
 
 from .base import DEFAULT_BASE, load_base, qlora_device
+from .card import write_model_card
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, run_identity, save_checkpoint, stop_on_interrupt
 from .data import Record, in_utterance_order
 
@@ -393,6 +394,11 @@ def train(
             "tokens_per_second": round(result.tokens_per_second, 1),
             "steps": step,
             "sequence_length": length,
+            "data": {
+                "training_rows": len(records),
+                "out_of_scope_rows": sum(not r.in_scope for r in records),
+                "dev_rows": len(dev),
+            },
             "dev_evaluations": [
                 {k: r[k] for k in ("step", "dev_loss", "dev_exact") if k in r} for r in history if "dev_loss" in r
             ],
@@ -482,3 +488,4 @@ def _update_meta(output_dir: Path, values: dict[str, Any]) -> None:
     meta = read_model_meta(output_dir)
     meta.update(values)
     path.write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_model_card(output_dir)  # after save_pretrained, whose generic template it replaces

