@@ -6,7 +6,10 @@ apart better. :class:`ScopeDetector` keeps the final hidden state at the last pr
 state the first answer token is read from — for every training utterance, L2-normalised, and
 measures an utterance by its cosine distance to the nearest one (deep nearest neighbours, Sun et
 al., ICML 2022). On SMP2020 dev + dev_oos that distance separates in- from out-of-scope with
-AUROC 0.988, the intent confidence with 0.936.
+AUROC 0.988, the intent confidence with 0.936. Other features of the same model did worse
+(r=64 SMP2020 adapter, AUROC): the last token at layer 16 of 18 0.981, at layers 4-14 at most
+0.962; the mean over the utterance's tokens at most 0.899 at any layer; the mean of the 3 to 20
+nearest 0.979-0.985; class-conditional Mahalanobis distance on the same state 0.958-0.970.
 
 The threshold is a quantile of the distances of in-scope utterances the index has not seen (a dev
 file; without one, each training utterance against the others), so fitting needs no
