@@ -44,8 +44,11 @@ def trained(tmp_path_factory):
     train(RECORDS, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
     from peft import PeftModel
 
+    from intentkit.backends.transformers import quiet_peft
+
     base, tokenizer = tiny_model_and_tokenizer()
-    merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+    with quiet_peft():  # peft's own FutureWarning
+        merged = PeftModel.from_pretrained(base, out).merge_and_unload()
     return merged, tokenizer
 
 
@@ -119,3 +122,22 @@ def test_out_of_scope_detector_on_hidden_states(trained):
 
     with pytest.raises(ValueError, match=r"fitted on 3-wide hidden states; this model's are \d+ wide"):
         backend.set_scope(ScopeDetector(np.ones((2, 3)), ["a", "b"], threshold=0.1))
+
+
+def test_quiet_peft_silences_two_third_party_messages_only_inside():
+    import logging
+    import warnings
+
+    from intentkit.backends.transformers import quiet_peft
+
+    bitsandbytes = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    before = bitsandbytes.level
+    deprecated = "`is_gradient_checkpointing` is deprecated and will be removed in v6."
+    with quiet_peft():
+        assert bitsandbytes.getEffectiveLevel() == logging.ERROR
+        warnings.warn(deprecated, FutureWarning, stacklevel=1)  # pytest turns warnings into errors: this would fail
+        with pytest.warns(FutureWarning, match="another"):
+            warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+    assert bitsandbytes.level == before
+    with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):
+        warnings.warn(deprecated, FutureWarning, stacklevel=1)

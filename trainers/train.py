@@ -231,22 +231,25 @@ def _wrap(model: Any, config: TrainConfig) -> Any:
                 if module is not None:
                     module.weight.requires_grad_(False)
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from intentkit.backends.transformers import quiet_peft
 
-    if config.method == "qlora":
-        if not getattr(model, "is_loaded_in_4bit", False):
-            raise ValueError("method='qlora' trains over a base loaded in 4 bits (trainers.base.load_base(four_bit_on=...))")
-        # Norms and embeddings to fp32 for stable updates, inputs that carry gradients (peft's recipe).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    with quiet_peft():
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+        if config.method == "qlora":
+            if not getattr(model, "is_loaded_in_4bit", False):
+                raise ValueError("method='qlora' trains over a base loaded in 4 bits (trainers.base.load_base(four_bit_on=...))")
+            # Norms and embeddings to fp32 for stable updates, inputs that carry gradients (peft's recipe).
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
 
 
 def train(

@@ -9,8 +9,11 @@ generation for many utterances in one padded batch (the throughput path on a GPU
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,25 @@ from ..prompt import PromptFormat
 from ..scope import ScopeDetector, resolve_scope
 from .base import Backend, GenerateRequest, Generation
 
-__all__ = ["TransformersBackend"]
+__all__ = ["TransformersBackend", "quiet_peft"]
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Import peft and load or wrap a model with it, without two messages that say nothing about
+    the user's run: bitsandbytes, which peft imports when it is installed, logs on CPUs with
+    AVX512-BF16 that it could not fetch a CPU 4-bit kernel from the Hub (nothing here runs 4-bit on
+    the CPU, nor downloads anything), and peft 0.21 reads transformers' deprecated
+    ``is_gradient_checkpointing`` (a FutureWarning on every load). Both are restored on exit."""
+    bitsandbytes = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = bitsandbytes.level
+    bitsandbytes.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        bitsandbytes.setLevel(level)
 
 
 class _HFModel:
@@ -152,14 +173,15 @@ class TransformersBackend(LocalBackendMixin, Backend):
         meta: dict[str, Any] = {}
         model_dir = path if path.is_dir() else path.parent
         if adapter is not None:
-            try:
-                from peft import PeftModel
-            except ImportError:
-                raise MissingDependencyError("peft", "hf") from None
             adapter_dir = Path(adapter)
             if adapter_dir.suffix == ".gguf":
                 adapter_dir = adapter_dir.parent  # the PEFT adapter lives next to its GGUF export
-            loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
+            with quiet_peft():
+                try:
+                    from peft import PeftModel
+                except ImportError:
+                    raise MissingDependencyError("peft", "hf") from None
+                loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
             meta = read_model_meta(adapter_dir)
             model_dir = adapter_dir
         self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))  # type: ignore[arg-type]
