@@ -16,7 +16,7 @@ META = {
                "lora_alpha": 128, "target_modules": "all-linear", "warmup_ratio": 0.05, "seed": 7},
     "best": {"step": 1528, "dev_loss": 0.1111, "dev_exact": 0.8014},
     "train_seconds": 3465.0, "train_tokens": 676068, "tokens_per_second": 195.1, "steps": 1528, "sequence_length": 256,
-    "data": {"training_rows": 3051, "out_of_scope_rows": 0, "dev_rows": 428},
+    "data": {"training_rows": 3051, "out_of_scope_rows": 0, "dev_rows": 428, "files": ["smp2020/train.jsonl"]},
     "dev_evaluations": [
         {"step": 764, "dev_loss": 0.1383, "dev_exact": 0.7056}, {"step": 1528, "dev_loss": 0.1111, "dev_exact": 0.8014}
     ],
@@ -54,7 +54,7 @@ def test_the_card_states_the_run_its_reports_and_how_to_load_it(tmp_path: Path) 
     assert "| 764 | 0.1383 | 70.56% |" in card
     assert "| `eval-all` | 652 | 86.04% | 76.07% | 85.51% | 84.29% | 0.792 | 213 ms | 410 ms |" in card
     assert "| `eval-dev_oos` | 224 | 86.04% | 76.07% | n/a | n/a | 0.792 | 213 ms | n/a |" in card
-    assert f"--lora {directory.as_posix()}/adapter.gguf --intents-from train.jsonl" in card
+    assert f"--lora {directory.as_posix()}/adapter.gguf --intents-from smp2020/train.jsonl" in card
     assert "| `scope.npz` |" in card and "| `adapter.gguf` |" in card and "model.gguf" not in card
 
 

@@ -188,10 +188,22 @@ def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
     assert meta["intents"] == ["no_intent", "play_music", "volume_down", "weather_search"]
     assert meta["steps"] == 8 and meta["tokens_per_second"] > 0
     assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
-    assert meta["data"] == {"training_rows": len(RECORDS), "out_of_scope_rows": 4, "dev_rows": 4}
+    assert meta["data"] == {"training_rows": len(RECORDS), "out_of_scope_rows": 4, "dev_rows": 4, "files": ["t.jsonl"]}
     card = (tmp_path / "README.md").read_text(encoding="utf-8")  # ours, not peft's empty template
     assert "More Information Needed" not in card and "LoRA adapter (r=8, α=16" in card
     assert "| run | 8 steps in" in card and f"`{PromptFormat().fingerprint}`" in card
+    assert "--intents-from t.jsonl" in card
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # peft, on gemma's tied head
+@pytest.mark.parametrize(("targets", "adapts"), [("all-linear", False), (["embed_tokens", "q_proj"], True)])
+def test_the_adapter_carries_the_embedding_only_when_a_lora_sits_on_it(tmp_path: Path, targets, adapts: bool) -> None:
+    from trainers.train import _adapts_embeddings, _wrap
+
+    config = TrainConfig(epochs=1, batch_size=4, lora_r=4, lora_alpha=8, target_modules=targets)
+    assert _adapts_embeddings(_wrap(tiny_model_and_tokenizer()[0], config)) is adapts
+    train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    assert any("embed_tokens" in name for name in _adapter(tmp_path)) is adapts
 
 
 def _adapter(directory: Path) -> dict[str, torch.Tensor]:

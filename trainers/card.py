@@ -77,7 +77,7 @@ def model_card(model_dir: str | Path) -> str:
         "",
         *_training(meta, config),
         *_evaluations(model_dir),
-        *_usage(model_dir, method),
+        *_usage(model_dir, method, meta.get("data", {}).get("files", [])),
         *_files(model_dir),
     ]
     return "\n".join(head + body).rstrip() + "\n"
@@ -170,19 +170,22 @@ def _ms(value: Any) -> str:
     return "n/a" if value is None else f"{value:.0f} ms"
 
 
-def _usage(model_dir: Path, method: str) -> list[str]:
+def _usage(model_dir: Path, method: str, files: list[str]) -> list[str]:
     where = model_dir.as_posix()
     model = f"--model {where}/model.gguf" if method == "full" else f"--lora {where}/adapter.gguf"
+    data = files[0] if len(files) == 1 else "train.jsonl"
     return [
         "## Use",
         "",
         "```bash",
-        f'intentkit route "我想听音乐" {model} --intents-from train.jsonl',
-        f"intentkit eval dev.jsonl {model} --intents-from train.jsonl --out {where}/eval-dev",
+        f'intentkit route "我想听音乐" {model} --intents-from {data}',
+        f"intentkit eval dev.jsonl {model} --intents-from {data} --out {where}/eval-dev",
         "```",
         "",
-        "`--intents-from` names the training file: the registry (intents and their arguments) comes from it. "
-        "The prompt is read from `intentkit.json`; a runtime whose prompt differs warns.",
+        "`--intents-from` names the training data (as the run read it: "
+        + (", ".join(f"`{f}`" for f in files) if files else "not recorded")
+        + "): the registry, the intents and their arguments, comes from it. The prompt is read from "
+        "`intentkit.json`; a runtime whose prompt differs warns.",
         "",
     ]
 

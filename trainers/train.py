@@ -401,6 +401,7 @@ def train(
                 "training_rows": len(records),
                 "out_of_scope_rows": sum(not r.in_scope for r in records),
                 "dev_rows": len(dev),
+                "files": sorted({r.source.rsplit(":", 1)[0] for r in records}),
             },
             "dev_evaluations": [
                 {k: r[k] for k in ("step", "dev_loss", "dev_exact") if k in r} for r in history if "dev_loss" in r
@@ -468,9 +469,13 @@ def _save(
     records: Sequence[Record],
     metrics: dict[str, float],
 ) -> None:
-    model.save_pretrained(output_dir)
     if config.method == "full":
+        model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
+    else:
+        # Said outright: peft's "auto" looks for the base's config.json, on the Hub too, and warns
+        # when the base is a GGUF (it has none).
+        model.save_pretrained(output_dir, save_embedding_layers=_adapts_embeddings(model))
     intents = sorted({r.intent for r in records})
     _update_meta(
         output_dir,
@@ -484,6 +489,14 @@ def _save(
             "best": metrics,
         },
     )
+
+
+def _adapts_embeddings(model: Any) -> bool:
+    """Whether a LoRA sits on an embedding (``target_modules`` naming it), whose weights the adapter must then carry."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(m, LoraLayer) and isinstance(m.get_base_layer(), torch.nn.Embedding) for m in model.modules())
 
 
 def _update_meta(output_dir: Path, values: dict[str, Any]) -> None:
