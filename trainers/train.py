@@ -199,18 +199,19 @@ def _answer_logits(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int 
     the batch row of each."""
     import torch
 
+    from intentkit.backends.transformers import cache_name
+
     decoder = model.get_decoder()
     if prefix > 0:
-        cache = decoder(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+        cache = getattr(decoder(input_ids=ids[:1, :prefix], use_cache=True), cache_name())
         cache.batch_repeat_interleave(ids.shape[0])
         positions = torch.arange(prefix, ids.shape[1], device=ids.device)
-        hidden = decoder(
+        hidden = decoder(  # the cache positions follow from the cache's length
             input_ids=ids[:, prefix:],
             attention_mask=mask,
-            past_key_values=cache,
             position_ids=positions.unsqueeze(0).expand(ids.shape[0], -1),
-            cache_position=positions,
             use_cache=True,
+            **{cache_name(): cache},
         ).last_hidden_state
         targets = labels[:, prefix + 1 :]
     else:

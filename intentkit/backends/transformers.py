@@ -10,6 +10,7 @@ generation for many utterances in one padded batch (the throughput path on a GPU
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import warnings
@@ -26,7 +27,17 @@ from ..prompt import PromptFormat
 from ..scope import ScopeDetector, resolve_scope
 from .base import Backend, GenerateRequest, Generation
 
-__all__ = ["TransformersBackend", "quiet_peft"]
+__all__ = ["TransformersBackend", "cache_name", "quiet_peft"]
+
+
+@functools.cache
+def cache_name() -> str:
+    """The name transformers gives the KV cache, as a ``forward`` keyword and an output field:
+    ``cache`` in recent releases (5.24 has it, and warns on every call that still says
+    ``past_key_values``), ``past_key_values`` in earlier ones."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @contextlib.contextmanager
@@ -102,14 +113,14 @@ class _HFModel:
         with torch.inference_mode():
             out = self.model(
                 input_ids=ids,
-                past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=len(tokens) if all_logits else 1,
                 output_hidden_states=hidden,
+                **{cache_name(): self.cache},
             )
         if hidden:  # the last entry is after the final norm, as llama.cpp's embeddings
             self._hidden = out.hidden_states[-1][0, -1].float().cpu().numpy()
-        self.cache = out.past_key_values
+        self.cache = getattr(out, cache_name())
         self.tokens.extend(tokens)
         return out.logits[0].float().cpu().numpy()
 
