@@ -63,6 +63,15 @@ def test_export_rejects_non_lora_adapters(adapter_dir, tmp_path):
         export_gguf_lora(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # peft, on gemma's tied head
+def test_export_refuses_a_lora_on_the_token_embeddings_by_name(tmp_path):
+    config = TrainConfig(epochs=1, batch_size=4, lora_r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])
+    train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    with pytest.raises(ExportError, match=r"token embeddings \(base_model\.model\.model\.embed_tokens\).*all-linear"):
+        export_gguf_lora(tmp_path)
+    assert not (tmp_path / "adapter.gguf").exists()
+
+
 @pytest.fixture(scope="module")
 def full_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")

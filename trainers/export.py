@@ -57,6 +57,14 @@ def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None
     arch = _arch(gguf, model_type)
     if model_type in _PERMUTED:
         raise ExportError(f"{model_type}: q/k projections are permuted in GGUF; export a merged model instead")
+    embedding = sorted({name.split(".lora_embedding_")[0] for name in tensors if ".lora_embedding_" in name})
+    if embedding:
+        raise ExportError(
+            f"{adapter_dir}: a LoRA on the token embeddings ({', '.join(embedding)}) is not exported to GGUF "
+            "(peft adapts only the input lookup of an embedding that gemma's output head shares, and this "
+            "exporter writes linear layers only); train without it (target_modules 'all-linear', the default) "
+            "to serve through llama.cpp, or load the PEFT adapter with the transformers backend"
+        )
     layers = 1 + max((int(part) for name in tensors for part in _layer_numbers(name)), default=0)
     names = gguf.get_tensor_name_map(arch, layers)
     np_dtype = np.float16 if dtype == "f16" else np.float32
