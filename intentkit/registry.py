@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union
 import pydantic
 
 from .calls import NO_INTENT, Call, Value
-from .coerce import match_choice, to_bool, to_float, to_int
+from .coerce import match_choice, prepare_numerals, to_bool, to_float, to_int
 from .errors import (
     ArgumentError,
     ArgumentProblem,
@@ -289,6 +289,8 @@ class Registry:
             if key in self._lookup:
                 raise DuplicateIntentError(f"intent name {key!r} is already registered (by {self._lookup[key].name})")
         params = _params_of(handler, name)
+        if any((p.item or p).kind in ("int", "float") for p in params):
+            prepare_numerals()
         spec = IntentSpec(
             name=name,
             handler=handler,

@@ -243,3 +243,23 @@ def test_catalog_fingerprint_tracks_signatures(registry: Registry) -> None:
 def test_bound_call_renders_canonically(registry: Registry) -> None:
     bound = registry.bind(Call("set_ac", ("制冷",)))
     assert bound.render() == 'set_ac(mode="制冷", temperature=26, swing=false, fan="low", ratio=1.0)'
+
+
+def test_the_numeral_reader_loads_when_a_numeric_parameter_registers_not_on_a_request() -> None:
+    """cn2an takes 0.1–0.2 s to import; it is loaded at start-up by the apps that can need it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from intentkit import Registry\n"
+        "r = Registry()\n"
+        "def play(song: str): ...\n"
+        "def volume(levels: list[int]): ...\n"
+        "r.register(play)\n"
+        "print('cn2an' in sys.modules)\n"
+        "r.register(volume)\n"
+        "print('cn2an' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]
