@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from intentkit import PromptFormat  # noqa: E402
 from trainers.data import Record  # noqa: E402
+from trainers.train import TrainConfig  # noqa: E402
 
 
 def sample(records: Sequence[Record], steps: int, batch_size: int, seed: int = 0) -> list[Record]:
@@ -41,14 +42,15 @@ def sample(records: Sequence[Record], steps: int, batch_size: int, seed: int = 0
     return (order * (needed // len(order) + 1))[:needed]
 
 
-def plain_trainer(records: Sequence[Record], model: Any, tokenizer: Any, *, steps: int, batch_size: int, lora_r: int) -> dict:
-    """The seed recipe's run: transformers ``Trainer`` over a peft LoRA; tokens/s over ``train()``."""
+def plain_trainer(records: Sequence[Record], model: Any, tokenizer: Any, config: TrainConfig) -> dict:
+    """The seed recipe's run: transformers ``Trainer`` over the LoRA intentkit's trainer wraps the
+    model in (the same peft configuration); tokens/s over ``train()``."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from intentkit.backends.transformers import quiet_peft
-    from trainers.train import encode_records
+    from trainers.train import _wrap, encode_records
+
+    steps = len(records) // config.batch_size
 
     examples, _ = encode_records(records, tokenizer, PromptFormat())
     rows = [  # the loss on the answer only, as intentkit's; the LM head still runs at every position
@@ -59,22 +61,20 @@ def plain_trainer(records: Sequence[Record], model: Any, tokenizer: Any, *, step
         }
         for e in examples
     ]
-    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-    with quiet_peft():
-        model = get_peft_model(model, lora)
+    model = _wrap(model, config)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
             max_steps=steps,
-            per_device_train_batch_size=batch_size,
-            learning_rate=3e-4,
-            warmup_steps=int(steps * 0.05),  # as intentkit warms up
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_steps=int(steps * config.warmup_ratio),  # as intentkit warms up
             logging_strategy="no",
             save_strategy="no",
             report_to=[],
             disable_tqdm=True,
             use_cpu=not torch.cuda.is_available(),
-            seed=42,
+            seed=config.seed,
         )
         trainer = Trainer(
             model=model,
@@ -89,11 +89,10 @@ def plain_trainer(records: Sequence[Record], model: Any, tokenizer: Any, *, step
     return {"steps": steps, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
-def intentkit_trainer(records: Sequence[Record], model: Any, tokenizer: Any, *, steps: int, batch_size: int, lora_r: int) -> dict:
-    """The same records through :func:`trainers.train.train` (one epoch = ``steps`` steps)."""
-    from trainers.train import TrainConfig, train
+def intentkit_trainer(records: Sequence[Record], model: Any, tokenizer: Any, config: TrainConfig) -> dict:
+    """The same records through :func:`trainers.train.train` (one epoch)."""
+    from trainers.train import train
 
-    config = TrainConfig(epochs=1, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r)
     with tempfile.TemporaryDirectory() as scratch:
         result = train(records, scratch, config, model_and_tokenizer=(model, tokenizer), progress=False)
     return {
@@ -107,9 +106,9 @@ def intentkit_trainer(records: Sequence[Record], model: Any, tokenizer: Any, *, 
 def measure(records: Sequence[Record], model: Any, tokenizer: Any, *, steps: int, batch_size: int = 8, lora_r: int = 16) -> dict:
     """Both runs, each on its own copy of ``model``; intentkit's first, then the plain one."""
     chosen = sample(records, steps, batch_size)
-    kwargs = {"steps": steps, "batch_size": batch_size, "lora_r": lora_r}
-    ours = intentkit_trainer(chosen, copy.deepcopy(model), tokenizer, **kwargs)
-    plain = plain_trainer(chosen, copy.deepcopy(model), tokenizer, **kwargs)
+    config = TrainConfig(epochs=1, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r)
+    ours = intentkit_trainer(chosen, copy.deepcopy(model), tokenizer, config)
+    plain = plain_trainer(chosen, copy.deepcopy(model), tokenizer, config)
     return {"intentkit": ours, "plain_trainer": plain, "speed_up": ours["tokens_per_s"] / plain["tokens_per_s"]}
 
 
