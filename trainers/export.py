@@ -61,8 +61,8 @@ def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None
     if embedding:
         raise ExportError(
             f"{adapter_dir}: a LoRA on the token embeddings ({', '.join(embedding)}) is not exported to GGUF "
-            "(peft adapts only the input lookup of an embedding that gemma's output head shares, and this "
-            "exporter writes linear layers only); train without it (target_modules 'all-linear', the default) "
+            "(peft adapts only the input lookup of an embedding the output head may share, as gemma's does, "
+            "and this exporter writes linear layers only); train without it (target_modules 'all-linear', the default) "
             "to serve through llama.cpp, or load the PEFT adapter with the transformers backend"
         )
     layers = 1 + max((int(part) for name in tensors for part in _layer_numbers(name)), default=0)
