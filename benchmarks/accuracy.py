@@ -4,14 +4,14 @@
         --dev ../shared/datasets/smp2020/dev.jsonl --dev ../shared/datasets/smp2020/dev_oos.jsonl \\
         --out runs/smp2020
 
-Trains a LoRA adapter (or, ``--method full``, all weights but the embeddings) with
-:mod:`trainers.train` (``--epochs``, ``--lr``, … as in ``intentkit train``), exports it for
-llama.cpp (``adapter.gguf``, or ``model.gguf`` for a full fine-tune), then evaluates every ``--dev`` file (and all of them
-together) through :class:`LlamaCppBackend` with constrained decoding and a registry derived from
-the training file. Unless ``--no-scope``, the out-of-scope detector (:mod:`intentkit.scope`) is
-fitted first — the training utterances indexed, the threshold from the first ``--dev`` file's
-in-scope rows (``--scope-quantile``) — and saved as ``--out/scope.npz``. ``--skip-train``
-evaluates an existing ``--out``. Reports land in ``--out`` as ``eval-<name>/report.{json,md}``;
+Runs what ``intentkit train`` runs (:func:`trainers.pipeline.build_model`: train a LoRA adapter
+or, ``--method full``, all weights but the embeddings, with ``--epochs``, ``--lr``, … as in
+``intentkit train``; export it for llama.cpp; unless ``--no-scope``, fit the out-of-scope detector
+on the training utterances with the threshold from the first ``--dev`` file's in-scope rows), then
+evaluates every ``--dev`` file (and all of them together) through the model's llama.cpp deployment
+(:meth:`LlamaCppBackend.from_model_dir`, the one ``intentkit eval --model DIR`` runs) with
+constrained decoding and a registry derived from the training file. ``--skip-train`` evaluates an
+existing ``--out``. Reports land in ``--out`` as ``eval-<name>/report.{json,md}``;
 the summary is printed.
 """
 
@@ -56,18 +56,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from intentkit.backends.llamacpp import LlamaCppBackend
-    from intentkit.bundled import base_model_path, read_model_meta
-    from intentkit.scope import SCOPE_FILE
     from trainers.augment import swap_values
     from trainers.card import write_model_card
+    from trainers.config import TrainConfig
     from trainers.data import build_registry, load_records
     from trainers.evaluate import backend_predictor, percent, predict_records, score
-    from trainers.export import export_full_gguf, export_gguf_lora
-    from trainers.scope import fit_scope
-    from trainers.train import TrainConfig, train
+    from trainers.pipeline import build_model, fit_model_scope
 
     records = load_records(args.train)
     dev_sets = {path.stem: load_records(path) for path in args.dev}
+    calibration = next(iter(dev_sets.values()))[: args.limit or None]  # --limit: a quick run all through
     if not args.skip_train:
         config = TrainConfig(
             epochs=args.epochs,
@@ -75,7 +73,6 @@ def main() -> None:
             batch_size=args.batch_size,
             method=args.method,
             lora_r=args.lora_r,
-            lora_alpha=2 * args.lora_r,
             select_on=args.select_on,
             seed=args.seed,
             argument_order=args.argument_order,
@@ -84,28 +81,27 @@ def main() -> None:
         if extra:
             print(f"swap_values: {len(extra)} recombined rows added to {len(records)}")
         # Early stopping watches the first dev file (in-scope dev); the others are only evaluated.
-        result = train([*records, *extra], args.out, config, dev=next(iter(dev_sets.values())))
+        started = time.perf_counter()
+        built = build_model(
+            [*records, *extra],
+            args.out,
+            config,
+            dev=next(iter(dev_sets.values())),
+            scope=not args.no_scope,
+            calibration=calibration,
+            scope_quantile=args.scope_quantile,
+        )
+        result = built.train
         print(f"trained: {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, {result.seconds / 60:.1f} min")
-        print(f"kept: {result.kept}")
-        if args.method == "full":
-            start = time.perf_counter()
-            export_full_gguf(args.out)
-            print(f"exported model.gguf: {time.perf_counter() - start:.0f} s")
-        else:
-            export_gguf_lora(args.out)
+        print(f"kept: {result.kept}; exported and fitted in {time.perf_counter() - started - result.seconds:.0f} s")
+    elif not args.no_scope:  # an existing model: the detector is fitted again as the options say
+        start = time.perf_counter()
+        detector = fit_model_scope(args.out, records, calibration, quantile=args.scope_quantile)
+        print(f"out-of-scope detector: {detector!r}, {time.perf_counter() - start:.0f} s")
     registry = build_registry(records)
     constrained = not args.unconstrained
-    if read_model_meta(args.out).get("method") == "full":
-        backend = LlamaCppBackend(args.out / "model.gguf", constrained=constrained, scope=None)
-    else:
-        backend = LlamaCppBackend(base_model_path(), lora=args.out / "adapter.gguf", constrained=constrained, scope=None)
-    if not args.no_scope:
-        start = time.perf_counter()
-        calibration = next(iter(dev_sets.values()))[: args.limit or None]  # --limit: a quick run all through
-        detector = fit_scope(backend, records, calibration=calibration, quantile=args.scope_quantile)
-        detector.save(args.out / SCOPE_FILE)
-        backend.set_scope(detector)
-        print(f"out-of-scope detector: {detector!r}, {detector.info['calibrated_on']}, {time.perf_counter() - start:.0f} s")
+    scope = None if args.no_scope else "auto"
+    backend = LlamaCppBackend.from_model_dir(args.out, constrained=constrained, scope=scope)
     predict = backend_predictor(backend, registry, backend.prompt)
     suffix = ("-unconstrained" if args.unconstrained else "") + ("-noscope" if args.no_scope else "")
     everything = []

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_edge.py                                  # demo dev set, bundled model
     python benchmarks/bench_edge.py --data ../shared/datasets/smp2020/dev.jsonl \\
-        --lora runs/smp2020/adapter.gguf --registry-from ../shared/datasets/smp2020/train.jsonl
+        --adapter runs/smp2020 --registry-from ../shared/datasets/smp2020/train.jsonl
 
 Each mode runs in its own process (so peak RSS and cold start are its own):
 
@@ -62,17 +62,21 @@ def _gbnf(registry: Any) -> str:
     return "\n".join([f"root ::= {' | '.join(alternatives)}", *rules])
 
 
-def _model_files(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(base GGUF, adapter GGUF); the default base is the one Router.default() runs (vocabulary
-    trimmed for the bundled adapter). The merged model is built here once, so that no mode's cold
-    start includes building it."""
-    from intentkit.bundled import bundled_model_dir, deployment_base, merged_model_path
+def _model_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """(base GGUF, adapter GGUF, model directory); the default base is the one Router.default()
+    runs (vocabulary trimmed for the bundled adapter). The derived files are built here once, so
+    that no mode's cold start includes building them."""
+    from intentkit.backends.llamacpp.bundled import bundled_adapter_gguf, bundled_model_dir, deployment_base, merged_model_path
 
-    lora = Path(args.lora) if args.lora else bundled_model_dir() / "adapter.gguf"
-    base = Path(args.base) if args.base else deployment_base(lora.parent)
+    model_dir = Path(args.adapter) if args.adapter else bundled_model_dir()
+    if model_dir.suffix == ".gguf":
+        model_dir, adapter = model_dir.parent, model_dir
+    else:
+        adapter = model_dir / "adapter.gguf" if (model_dir / "adapter.gguf").is_file() else bundled_adapter_gguf()
+    base = Path(args.base) if args.base else deployment_base(model_dir)
     if args.merge:
-        merged_model_path(base, lora)
-    return base, lora
+        merged_model_path(base, adapter)
+    return base, adapter, model_dir
 
 
 def _peak_rss_mb() -> float:
@@ -87,12 +91,13 @@ def _peak_rss_mb() -> float:
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     from intentkit import PromptFormat, Router
     from intentkit.backends.base import Generation
-    from intentkit.bundled import merged_model_path, read_model_meta, trained_prompt
+    from intentkit.backends.llamacpp.bundled import merged_model_path
+    from intentkit.model_dir import ModelInfo
     from trainers.data import load_records
     from trainers.evaluate import evaluate
 
     records = load_records(args.data)[: args.limit or None]
-    base, lora = _model_files(args)
+    base, lora, model_dir = _model_files(args)
     registry = _registry(args)
     prompt_ms: list[float] = []
     started = time.perf_counter()
@@ -101,14 +106,14 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
 
         backend = LlamaCppBackend(
             base,
-            lora=lora,
+            adapter=lora,
+            model_dir=model_dir,
             n_threads=args.threads,
             constrained=args.mode == "router",
-            merge_lora=args.merge,
+            merge_adapter=args.merge,
             scope="auto" if args.scope else None,
         )
-        router = Router(backend, prompt=backend.prompt, fast_path=False)
-        router.registry = registry
+        router = Router(backend, registry=registry, fast_path=False)
         generate = backend.generate
 
         def timed_generate(request: Any) -> Generation:  # keeps the prompt-evaluation share of each request
@@ -125,7 +130,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     else:
         import llama_cpp
 
-        prompt = trained_prompt(read_model_meta(lora.parent)) or PromptFormat()
+        prompt = ModelInfo.load(model_dir).prompt_format or PromptFormat()
         if args.merge and args.mode != "naive-lora":  # the very model file the router runs
             llm = llama_cpp.Llama(str(merged_model_path(base, lora)), n_ctx=512, n_threads=args.threads, verbose=False)
         else:
@@ -166,7 +171,9 @@ def main() -> None:
     parser.add_argument(
         "--base", help="base GGUF (default: gemma-3-270m Q4_K_M, vocabulary-trimmed when the adapter ships keep_tokens.npy)"
     )
-    parser.add_argument("--lora", help="GGUF LoRA adapter (default: models/smart-home/adapter.gguf)")
+    parser.add_argument(
+        "--adapter", "--lora", help="a model directory or its GGUF LoRA adapter (default: the bundled models/smart-home)"
+    )
     parser.add_argument("--registry-from", help="derive the intents from this data file instead of the demo intents")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--limit", type=int, default=0, help="first N records only")
@@ -192,7 +199,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--mode", mode, "--data", args.data, "--threads", str(args.threads)]
         command.append("--merge" if args.merge else "--no-merge")
         command.append("--scope" if args.scope else "--no-scope")
-        for flag in ("base", "lora", "registry_from", "limit"):
+        for flag in ("base", "adapter", "registry_from", "limit"):
             if getattr(args, flag):
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         done = subprocess.run(command, capture_output=True, text=True, check=False)

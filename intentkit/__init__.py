@@ -9,22 +9,30 @@ from .errors import (
     ArgumentError,
     ArgumentProblem,
     BackendError,
+    ConfigError,
+    DataError,
     DuplicateIntentError,
     ExampleError,
+    ExportError,
     HandlerError,
+    InputError,
     IntentKitError,
     MissingDependencyError,
+    ModelDirError,
     ParseError,
     RegistryError,
+    ScopeFileError,
     UnknownIntentError,
     UnsupportedSignatureError,
 )
+from .model_dir import ModelInfo
 from .parser import ParseOutcome, parse_calls, parse_calls_lenient
 from .prompt import DEFAULT_SYSTEM_PROMPT, PromptFormat
 from .registry import BoundCall, Example, IntentCatalog, IntentSpec, Param, Registry
-from .router import InputError, Path, Router, RouterConfig, RouteResult, Session, Status, Timings
+from .router import RoutePath, Router, RouterConfig, RouteResult, Session, Status, Timings
 
-__version__ = "0.1.0"
+#: The one version string (pyproject.toml reads it from here).
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -35,9 +43,12 @@ __all__ = [
     "BackendError",
     "BoundCall",
     "Call",
+    "ConfigError",
+    "DataError",
     "DuplicateIntentError",
     "Example",
     "ExampleError",
+    "ExportError",
     "GenerateRequest",
     "Generation",
     "HandlerError",
@@ -46,16 +57,19 @@ __all__ = [
     "IntentKitError",
     "IntentSpec",
     "MissingDependencyError",
+    "ModelDirError",
+    "ModelInfo",
     "Param",
     "ParseError",
     "ParseOutcome",
-    "Path",
     "PromptFormat",
     "Registry",
     "RegistryError",
+    "RoutePath",
     "RouteResult",
     "Router",
     "RouterConfig",
+    "ScopeFileError",
     "Session",
     "Status",
     "Timings",

@@ -9,7 +9,7 @@ from typing import TypeAlias
 
 __all__ = ["NO_INTENT", "Call", "Value", "render_call", "render_value"]
 
-Value: TypeAlias = "str | int | float | bool | list[Value] | None"
+Value: TypeAlias = "str | int | float | bool | list[Value] | dict[str, Value] | None"
 
 #: The reserved call a fine-tuned model answers when no registered intent applies.
 #: The registry refuses it as an intent name; the router maps it to ``no_intent``.

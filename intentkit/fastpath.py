@@ -8,24 +8,16 @@ the threshold *and* beats the best example of every other intent by a margin, so
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import regex
 from rapidfuzz import fuzz, process
 
 from .calls import Call
 from .registry import BoundCall, IntentSpec
+from .text import normalize_utterance
 
-__all__ = ["FastMatch", "FastPath", "normalize_utterance"]
-
-_NOISE = regex.compile(r"[\p{P}\p{S}\s]+")
-
-
-def normalize_utterance(text: str) -> str:
-    """NFKC, case-folded, with punctuation, symbols and spaces removed."""
-    return _NOISE.sub("", unicodedata.normalize("NFKC", text).casefold())
+__all__ = ["FastMatch", "FastPath"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,20 +5,24 @@ The grammar is small and written out here; nothing in model output is ever evalu
     output   := noise? call (noise? call)* noise?
     call     := NAME "(" [arg ("," arg)* [","]] ")"
     arg      := NAME "=" value | value             (no positional after a keyword)
-    value    := string | list | bareword
+    value    := string | list | dict | bareword
     list     := "[" [value ("," value)* [","]] "]"
+    dict     := "{" [key ":" value ("," key ":" value)* [","]] "}"    (JSON objects, Python dict literals)
+    key      := string | NAME
     string   := '"…"' | "'…'" (JSON escapes) | “…” | ‘…’ | 「…」 | 『…』 | ＂…＂
-    bareword := text up to , ) ] ; or newline — a number, true/false, null/None, else a string
+    bareword := text up to , ) ] } ; or newline — a number, true/false, null/None, else a string
 
 ``NAME`` is any Unicode identifier (``home_turn_on_light``, ``位置``). Full-width punctuation
 (``（ ） ， ； ＝ ［ ］``) and the enumeration comma ``、`` count as their ASCII forms outside
 strings. Calls may be separated by ``;``, ``；``, newlines or other text; text around calls
-(a role prefix, code fences, a trailing sentence) is ignored. Dotted names (``os.system(…)``),
+(a role prefix, code fences, a trailing sentence, the ``[...]`` of a pythonic tool-call list) is
+ignored. A number must be finite (``1e999`` is rejected). Dotted names (``os.system(…)``),
 chained calls (``f().g()``) and calls used as values (``f(g(x))``) are rejected.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import regex
@@ -30,7 +34,7 @@ __all__ = ["DEFAULT_MAX_LENGTH", "ParseOutcome", "parse_calls", "parse_calls_len
 
 #: Longest model output accepted, in characters; longer text is rejected before parsing.
 DEFAULT_MAX_LENGTH = 8192
-#: Deepest list nesting accepted in one value.
+#: Deepest list / dict nesting accepted in one value.
 MAX_DEPTH = 16
 _MAX_NUMBER_CHARS = 64
 
@@ -39,14 +43,18 @@ _IDENT = r"[^\W\d]\w*"
 # "os.system(" from matching at "system(": the dotted name is matched whole and rejected.
 _CALL_START = regex.compile(rf"(?<![\w.])({_IDENT}(?:\.{_IDENT})*)[(（]")
 _KEYWORD = regex.compile(rf"({_IDENT})\s*[=＝](?![=＝])")
+_NAME = regex.compile(_IDENT)
 _WS = regex.compile(r"\s*")
-_BAREWORD = regex.compile(r"[^,，、)）\]］;；\n(（]*")
+_BAREWORD = regex.compile(r"[^,，、)）\]］}｝;；\n(（]*")
 _NUMBER = regex.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _ESCAPE = regex.compile(r"\\(u[0-9a-fA-F]{4}|.)", regex.DOTALL)
 _CHAINED = regex.compile(rf"\s*(?:\.\s*{_IDENT}\s*)?[(（]")
 _RESUME = regex.compile(r"[;；\n]")
 
 _COMMAS = frozenset(",，、")
+_OPEN_DICT = frozenset("{｛")
+_CLOSE_DICT = frozenset("}｝")
+_COLONS = frozenset(":：")
 _CLOSE_PAREN = frozenset(")）")
 _OPEN_LIST = frozenset("[［")
 _CLOSE_LIST = frozenset("]］")
@@ -188,6 +196,8 @@ class _Parser:
             return self.string(char)
         if char in _OPEN_LIST:
             return self.list_value()
+        if char in _OPEN_DICT:
+            return self.dict_value()
         start = self.pos
         end = _BAREWORD.match(self.text, start).end()  # type: ignore[union-attr]
         word = self.text[start:end].strip()
@@ -206,11 +216,12 @@ class _Parser:
             if len(word) > _MAX_NUMBER_CHARS:
                 raise self.error("number literal too long", start)
             try:
-                if any(c in word for c in ".eE"):
-                    return float(word)
-                return int(word)
+                number: int | float = float(word) if any(c in word for c in ".eE") else int(word)
             except ValueError:  # digits Python cannot convert stay text
                 return word
+            if not math.isfinite(number):
+                raise self.error(f"number {word} is out of range", start)
+            return number
         return word
 
     def string(self, opener: str) -> str:
@@ -244,7 +255,7 @@ class _Parser:
         start = self.pos
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise self.error(f"lists nested deeper than {MAX_DEPTH}", start)
+            raise self.error(f"values nested deeper than {MAX_DEPTH}", start)
         self.pos += 1
         items: list[Value] = []
         self.skip_ws()
@@ -271,6 +282,57 @@ class _Parser:
                 raise self.error(f"expected ',' or ']' in list, found {char!r}")
         self.depth -= 1
         return items
+
+    def dict_value(self) -> dict[str, Value]:
+        start = self.pos
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"values nested deeper than {MAX_DEPTH}", start)
+        self.pos += 1
+        items: dict[str, Value] = {}
+        self.skip_ws()
+        if self.peek() in _CLOSE_DICT and self.peek():
+            self.pos += 1
+            self.depth -= 1
+            return items
+        while True:
+            self.skip_ws()
+            key_at = self.pos
+            key = self.dict_key()
+            if key in items:
+                raise self.error(f"key {key!r} repeated", key_at)
+            self.skip_ws()
+            if not (self.peek() in _COLONS and self.peek()):
+                raise self.error(f"expected ':' after the key {key!r}")
+            self.pos += 1
+            items[key] = self.value()
+            self.skip_ws()
+            char = self.peek()
+            if char in _COMMAS and char:
+                self.pos += 1
+                self.skip_ws()
+                if self.peek() in _CLOSE_DICT and self.peek():
+                    self.pos += 1
+                    break
+            elif char in _CLOSE_DICT and char:
+                self.pos += 1
+                break
+            elif not char:
+                raise self.error("unterminated dict: missing '}'", start)
+            else:
+                raise self.error(f"expected ',' or '}}' in dict, found {char!r}")
+        self.depth -= 1
+        return items
+
+    def dict_key(self) -> str:
+        char = self.peek()
+        if char in _QUOTES and char:
+            return self.string(char)
+        name = _NAME.match(self.text, self.pos)
+        if name is None:
+            raise self.error("expected a key (a quoted string or a name)")
+        self.pos = name.end()
+        return name.group()
 
 
 def _unescape(match: regex.Match[str]) -> str:

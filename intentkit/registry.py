@@ -44,7 +44,7 @@ __all__ = [
 DEFAULT_CHOICE_CUTOFF = 85.0
 
 _SCALARS: dict[type, str] = {str: "str", int: "int", float: "float", bool: "bool"}
-_SUPPORTED = "str, int, float, bool, Literal[...], an Enum, list[...] of those, Optional[...]"
+_SUPPORTED = "str, int, float, bool, Literal[...], an Enum, list[...] of those, dict[str, ...], a pydantic model, Optional[...]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class ParamSpec:
     """One handler parameter as the router sees it."""
 
     name: str
-    kind: str  # "str" | "int" | "float" | "bool" | "choice" | "list"
+    kind: str  # "str" | "int" | "float" | "bool" | "choice" | "list" | "object"
     annotation: Any
     required: bool
     default: Any = None
@@ -87,6 +87,10 @@ class ParamSpec:
         schema: dict[str, Any]
         if self.kind == "list" and self.item is not None:
             schema = {"type": "array", "items": self.item.json_schema()}
+        elif self.kind == "object":
+            inner = _unwrap(self.annotation)
+            model = isinstance(inner, type) and issubclass(inner, pydantic.BaseModel)
+            schema = inner.model_json_schema() if model else pydantic.TypeAdapter(inner).json_schema()
         elif self.kind == "choice":
             values = list(dict.fromkeys(self.choice_values.values()))  # enum names and values map to one member
             schema = {"enum": [v.value if isinstance(v, enum.Enum) else v for v in values]}
@@ -120,8 +124,21 @@ class BoundCall:
 
     def render(self) -> str:
         """The canonical call text, e.g. ``weather_search(city="杭州", date="今天")``; unset (None) values are left out."""
-        plain = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in self.arguments.items() if v is not None}
+        plain = {k: _plain(v) for k, v in self.arguments.items() if v is not None}
         return Call(self.name, (), plain).render()
+
+
+def _plain(value: Any) -> Any:
+    """A bound argument as call text writes it: enums as their value, models as their fields."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(eq=False)
@@ -447,7 +464,26 @@ def _param_spec(
     )
 
 
+def _unwrap(annotation: Any) -> Any:
+    """``annotation`` without ``Annotated[...]`` and ``Optional[...]``."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = members[0] if len(members) == 1 else annotation
+    return annotation
+
+
 def _kind_of(inner: Any, extra: Param, where: str, annotation: Any) -> tuple[str, dict[str, Any], ParamSpec | None]:
+    # A mapping value (a JSON object or Python dict literal in the call): pydantic validates it
+    # against the annotation, so dict[str, int] gets ints and a model gets its fields checked.
+    if inner is dict or typing.get_origin(inner) is dict:
+        key_type = (typing.get_args(inner) or (str,))[0]
+        if key_type is not str:
+            raise UnsupportedSignatureError(f"{where}: dict keys must be str (call text writes them as strings)")
+        return "object", {}, None
+    if isinstance(inner, type) and issubclass(inner, pydantic.BaseModel):
+        return "object", {}, None
     if typing.get_origin(inner) is Literal:
         values = typing.get_args(inner)
         return "choice", {str(v): v for v in values}, None
@@ -482,6 +518,12 @@ def _coerce(spec: ParamSpec, value: Value, cutoff: float) -> Any:
             raise _Mismatch(f"expected one value, got a list of {len(value)}")
         value = value[0]
     kind = spec.kind
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise _Mismatch("expected a mapping ({...})")
+        return value  # the arguments model validates its contents
+    if isinstance(value, dict):
+        raise _Mismatch("expected a single value, got a mapping")
     if kind == "str":
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise _Mismatch("expected text")

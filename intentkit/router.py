@@ -24,29 +24,26 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 
 from .backends.base import Backend, GenerateRequest, Generation
 from .calls import NO_INTENT
-from .errors import BackendError, HandlerError, IntentKitError, ParseError
+from .errors import BackendError, HandlerError, InputError, IntentKitError, ParseError
 from .fastpath import FastPath
 from .parser import parse_calls_lenient
 from .prompt import PromptFormat
 from .registry import DEFAULT_CHOICE_CUTOFF, BoundCall, ExampleLike, IntentSpec, Registry
 
 if TYPE_CHECKING:
-    from .demo import SmartHome
+    from .scope import ScopeVerdict
 
-__all__ = ["InputError", "Path", "RouteResult", "Router", "RouterConfig", "Session", "Status", "Timings"]
+__all__ = ["RoutePath", "RouteResult", "Router", "RouterConfig", "Session", "Status", "Timings"]
 
 logger = logging.getLogger("intentkit")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class InputError(IntentKitError, ValueError):
-    """An utterance the router will not send to a model (too long, not text)."""
 
 
 class Status(StrEnum):
@@ -60,7 +57,7 @@ class Status(StrEnum):
     BACKEND_ERROR = "backend_error"
 
 
-class Path(StrEnum):
+class RoutePath(StrEnum):
     """What answered: an exact or fuzzy example match, the model, or nothing."""
 
     FAST_EXACT = "fast_exact"
@@ -104,14 +101,15 @@ class RouteResult:
 
     ``calls`` are the validated calls (``name``, ``arguments``), ``results`` what each handler
     returned (``None`` where it raised), ``errors`` the typed errors behind a non-ok status.
-    ``scope`` is the backend's out-of-scope check when it has a detector (:mod:`intentkit.scope`):
-    ``distance`` to the nearest training utterance, ``threshold``, ``nearest_intent``, and
-    ``out_of_scope: True`` when the utterance was turned away as ``no_intent`` without decoding.
+    ``scope`` is the backend's out-of-scope verdict when it has a detector
+    (:class:`~intentkit.scope.ScopeVerdict`: ``distance`` to the nearest training utterance,
+    ``threshold``, ``nearest_intent``, ``out_of_scope``). ``prompt_tokens`` /
+    ``completion_tokens`` are the model's token counts, where the backend reports them.
     """
 
     text: str
     status: Status
-    path: Path
+    path: RoutePath
     calls: list[BoundCall] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
     errors: list[IntentKitError] = field(default_factory=list)
@@ -120,7 +118,9 @@ class RouteResult:
     intent_scores: Mapping[str, float] | None = None
     argument_confidence: Mapping[str, float] | None = None
     model_input: str | None = None
-    scope: Mapping[str, Any] | None = None
+    scope: ScopeVerdict | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     timings: Timings = field(default_factory=Timings)
 
     @property
@@ -156,7 +156,8 @@ class RouteResult:
             "intent_scores": dict(self.intent_scores) if self.intent_scores else None,
             "argument_confidence": dict(self.argument_confidence) if self.argument_confidence else None,
             "model_input": self.model_input,
-            "scope": dict(self.scope) if self.scope else None,
+            "scope": self.scope.to_dict() if self.scope is not None else None,
+            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
             "timings": asdict(self.timings),
         }
 
@@ -207,7 +208,10 @@ class Router:
     """Routes utterances to registered intent handlers.
 
     ``Router(backend, confidence_threshold=0.5)`` — keywords are :class:`RouterConfig` fields.
-    With no backend only the fast path answers; anything else is ``no_intent``.
+    With no backend only the fast path answers; anything else is ``no_intent``. ``prompt``
+    defaults to the one the backend's model was trained with (:attr:`Backend.prompt`), else
+    :class:`PromptFormat`'s default; ``registry`` to an empty one (register with
+    :meth:`intent`, or pass one built elsewhere, e.g. from a data file).
     """
 
     def __init__(
@@ -216,6 +220,7 @@ class Router:
         *,
         config: RouterConfig | None = None,
         prompt: PromptFormat | None = None,
+        registry: Registry | None = None,
         **settings: Any,
     ) -> None:
         if backend is not None and not isinstance(backend, Backend):
@@ -223,29 +228,22 @@ class Router:
         self.backend = backend
         base = config or RouterConfig()
         self.config = RouterConfig.model_validate({**base.model_dump(), **settings}) if settings else base
-        self.prompt = prompt or PromptFormat()
-        self.registry = Registry()
+        self.prompt = prompt or (backend.prompt if backend is not None else None) or PromptFormat()
+        self.registry = registry if registry is not None else Registry()
         self._fallback: Callable[[str], Any] | None = None
         self._fast = FastPath(threshold=self.config.fast_path_threshold, margin=self.config.fast_path_margin)
-        self._fast_dirty = False
+        self._fast_dirty = len(self.registry) > 0
         self._fast_lock = threading.Lock()
 
     @classmethod
-    def default(cls, *, home: SmartHome | None = None, **settings: Any) -> Router:
+    def default(cls, **options: Any) -> Router:
         """A ready router: the embedded model (gemma-3-270m Q4_K_M + the bundled smart-home
-        adapter, through llama.cpp) and the demo intents' handlers (:class:`intentkit.demo.SmartHome`).
+        adapter, through llama.cpp) and the demo intents' handlers (:mod:`intentkit.embedded`).
+        ``home=`` a :class:`intentkit.demo.SmartHome` to watch change; other keywords are
+        :class:`RouterConfig` fields. Needs ``pip install 'intentkit-router[llamacpp]'``; loads offline."""
+        from .embedded import default_router
 
-        Pass ``home`` to watch the simulated home change. Needs
-        ``pip install 'intentkit-router[llamacpp]'``; loads offline. Keywords are
-        :class:`RouterConfig` fields; the prompt is the one the adapter was trained with.
-        """
-        from .backends.llamacpp import LlamaCppBackend
-        from .demo import SmartHome
-
-        backend = LlamaCppBackend.default()
-        router = cls(backend, prompt=backend.prompt, **settings)
-        (home or SmartHome()).register(router)
-        return router
+        return default_router(cls, **options)
 
     # ----------------------------------------------------------------- registration
     def intent(
@@ -299,11 +297,9 @@ class Router:
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
             self._interpret(result, generation)
-        if not dispatch:
-            pass
-        elif result.status is Status.OK:
+        if dispatch and result.status is Status.OK:
             self._dispatch(result)
-        elif result.status is Status.NO_INTENT and self._fallback is not None:
+        elif dispatch and result.status is Status.NO_INTENT and self._fallback is not None:
             self._run_fallback(result)
         return self._finish(result, start, text, session)
 
@@ -321,35 +317,44 @@ class Router:
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
             self._interpret(result, generation)
-        if not dispatch:
-            pass
-        elif result.status is Status.OK:
+        if dispatch and result.status is Status.OK:
             await self._adispatch(result)
-        elif result.status is Status.NO_INTENT and self._fallback is not None:
+        elif dispatch and result.status is Status.NO_INTENT and self._fallback is not None:
             await asyncio.to_thread(self._run_fallback, result)
         return self._finish(result, start, text, session)
 
     def close(self) -> None:
+        """Close the backend (its model, its connections). Safe to call twice."""
         if self.backend is not None:
             self.backend.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        if self.backend is not None:
+            await self.backend.aclose()
 
     def __enter__(self) -> Router:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
 
     # ----------------------------------------------------------------- stages
     def _begin(self, text: str, session: Session | None) -> tuple[RouteResult, GenerateRequest | None]:
         """Check the input and try the fast path; return the request for the model, if one is needed."""
         if not isinstance(text, str):
             raise TypeError(f"handle() expects str, got {type(text).__name__}")
-        result = RouteResult(text=text, status=Status.NO_INTENT, path=Path.NONE)
-        if len(text) > self.config.max_input_chars:
+        result = RouteResult(text=text, status=Status.NO_INTENT, path=RoutePath.NONE)
+        problem = input_problem(text, self.config.max_input_chars)
+        if problem is not None:
             result.status = Status.INVALID
-            result.errors.append(
-                InputError(f"utterance is {len(text)} characters, over max_input_chars={self.config.max_input_chars}")
-            )
+            result.errors.append(InputError(problem))
             return result, None
         if not text.strip():
             return result, None
@@ -357,7 +362,7 @@ class Router:
             match = self._fast_index().lookup(text)
             if match is not None:
                 result.status = Status.OK
-                result.path = Path.FAST_EXACT if match.exact else Path.FAST_FUZZY
+                result.path = RoutePath.FAST_EXACT if match.exact else RoutePath.FAST_FUZZY
                 result.calls.append(match.bound)
                 result.confidence = match.score / 100
                 return result, None
@@ -365,11 +370,8 @@ class Router:
             return result, None
         model_input = self.prompt.join_turns(session.with_turn(text)) if session else text
         result.model_input = model_input
-        result.path = Path.MODEL
-        catalog = self.registry.catalog
-        return result, GenerateRequest(
-            model_input, self.prompt.messages(model_input, catalog), catalog, self.prompt, self.config.max_tokens
-        )
+        result.path = RoutePath.MODEL
+        return result, GenerateRequest(model_input, self.registry.catalog, self.prompt, self.config.max_tokens)
 
     def _interpret(self, result: RouteResult, generation: Generation | BackendError) -> None:
         """Parse and validate the model's answer into ``result``."""
@@ -381,7 +383,8 @@ class Router:
         result.confidence = generation.confidence
         result.intent_scores = generation.intent_scores
         result.argument_confidence = generation.argument_confidence
-        result.scope = generation.info.get("scope")
+        result.scope = generation.scope
+        result.prompt_tokens, result.completion_tokens = generation.prompt_tokens, generation.completion_tokens
         t = time.perf_counter()
         parsed = parse_calls_lenient(generation.text)
         result.timings.parse_ms = _ms(t)
@@ -469,6 +472,18 @@ class Router:
                     self._fast.rebuild(self.registry)
                     self._fast_dirty = False
         return self._fast
+
+
+def input_problem(text: str, max_chars: int) -> str | None:
+    """Why ``text`` cannot be routed, or ``None``: over ``max_chars`` characters, or not valid
+    Unicode (a lone surrogate, which JSON can carry but no model can read)."""
+    if len(text) > max_chars:
+        return f"utterance is {len(text)} characters, over max_input_chars={max_chars}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"utterance is not valid Unicode text: {exc.reason} at character {exc.start} ({text[exc.start]!r})"
+    return None
 
 
 def _jsonable(value: Any) -> Any:

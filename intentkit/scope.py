@@ -6,10 +6,7 @@ apart better. :class:`ScopeDetector` keeps the final hidden state at the last pr
 state the first answer token is read from — for every training utterance, L2-normalised, and
 measures an utterance by its cosine distance to the nearest one (deep nearest neighbours, Sun et
 al., ICML 2022). On SMP2020 dev + dev_oos that distance separates in- from out-of-scope with
-AUROC 0.988, the intent confidence with 0.936. Other features of the same model did worse
-(r=64 SMP2020 adapter, AUROC): the last token at layer 16 of 18 0.981, at layers 4-14 at most
-0.962; the mean over the utterance's tokens at most 0.899 at any layer; the mean of the 3 to 20
-nearest 0.979-0.985; class-conditional Mahalanobis distance on the same state 0.958-0.970.
+AUROC 0.988, the intent confidence with 0.936 (the features compared: docs/design/scope.md).
 
 The threshold is a quantile of the distances of in-scope utterances the index has not seen (a dev
 file; without one, each training utterance against the others), so fitting needs no
@@ -20,9 +17,8 @@ each is turned into the share of held-out in-scope utterances at least as far (a
 confident), and the two shares are combined as in Fisher's method, ``-log p_distance - w·log
 p_confidence``; the threshold is the same quantile of that score over the held-out rows. Since the
 score is never below its distance term, an utterance whose distance alone passes the threshold is
-still turned away before decoding; the others are scored again once the intent is decoded. On two
-SMP2020 models at quantile 0.975 this raised out-of-scope recall from 87.9 % to 92.4 % and from
-86.2 % to 91.1 % at the same in-scope cost (AUROC 0.988 → 0.990, 0.984 → 0.989).
+still turned away before decoding; the others are scored again once the intent is decoded. How much
+that helps is measured in docs/design/scope.md.
 
 A detector is fitted for one model: its features mean nothing to another. It is saved as
 ``scope.npz`` next to the adapter, and the local backends load it from there.
@@ -39,18 +35,23 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IntentKitError
+from .errors import ConfigError, ScopeFileError
 
-__all__ = ["SCOPE_FILE", "ConfidenceEvidence", "ScopeDetector", "ScopeFileError", "ScopeVerdict", "resolve_scope"]
+__all__ = [
+    "DEFAULT_CONFIDENCE_WEIGHT",
+    "DEFAULT_QUANTILE",
+    "SCOPE_FILE",
+    "ConfidenceEvidence",
+    "ScopeDetector",
+    "ScopeFileError",
+    "ScopeVerdict",
+    "resolve_scope",
+]
 
 SCOPE_FILE = "scope.npz"
 DEFAULT_QUANTILE = 0.975
 DEFAULT_CONFIDENCE_WEIGHT = 0.5
 _FORMAT = 2  # 1: distance only, still read
-
-
-class ScopeFileError(IntentKitError, ValueError):
-    """A ``scope.npz`` that cannot be used (not one, another version, the wrong width)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +66,28 @@ class ScopeVerdict:
     nearest_intent: str
     score: float
     confidence: float | None = None
+    #: The detector weighs the intent confidence too (``score`` is the combined score).
+    combined: bool = False
 
     @property
     def in_scope(self) -> bool:
         return self.score <= self.threshold
+
+    @property
+    def out_of_scope(self) -> bool:
+        return not self.in_scope
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (``score`` and ``confidence`` once the confidence was weighed)."""
+        out: dict[str, Any] = {
+            "distance": round(self.distance, 5),
+            "threshold": round(self.threshold, 5),
+            "nearest_intent": self.nearest_intent,
+            "out_of_scope": self.out_of_scope,
+        }
+        if self.combined:
+            out.update(score=round(self.score, 5), confidence=self.confidence)
+        return out
 
 
 @dataclass(frozen=True)
@@ -164,13 +183,13 @@ class ScopeDetector:
 
         ``einsum`` rather than a BLAS product: a multithreaded BLAS leaves its threads spinning
         after the call, and on a 2-core box they took the cores from llama.cpp's decoding (the
-        request after each check decoded at half speed). 3,051 × 640 rows: 0.2 ms."""
+        request after each check decoded at half speed)."""
         query = self._query(np.asarray(feature).reshape(1, -1))[0]
         sims = np.einsum("ij,j->i", self.features, query)
         where = int(sims.argmax())
         distance = float(1.0 - sims[where])
         score = self.evidence.score(distance) if self.evidence is not None else distance
-        return ScopeVerdict(distance, self.threshold, self.intents[where], score)
+        return ScopeVerdict(distance, self.threshold, self.intents[where], score, combined=self.evidence is not None)
 
     @property
     def uses_confidence(self) -> bool:
@@ -183,7 +202,7 @@ class ScopeDetector:
         if self.evidence is None or confidence is None:
             return verdict
         score = self.evidence.score(verdict.distance, confidence)
-        return ScopeVerdict(verdict.distance, verdict.threshold, verdict.nearest_intent, score, confidence)
+        return ScopeVerdict(verdict.distance, verdict.threshold, verdict.nearest_intent, score, confidence, combined=True)
 
     @classmethod
     def fit(
@@ -222,7 +241,7 @@ class ScopeDetector:
             distances, _ = detector.distances(detector.features, exclude_self=True)
             source = f"{len(detector.features)} training utterances, leave-one-out"
         else:
-            raise ValueError("one training utterance and no calibration set: cannot choose a threshold")
+            raise ConfigError("one training utterance and no calibration set: cannot choose a threshold")
         detector.threshold = float(np.quantile(distances, quantile))
         detector.info = {**(info or {}), "quantile": quantile, "calibrated_on": source}
         return detector

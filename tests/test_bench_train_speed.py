@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from test_trainers_train import RECORDS, tiny_model_and_tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "train_speed.py"
 
@@ -22,11 +21,11 @@ def _script():
     return module
 
 
-def test_both_trainers_run_the_same_steps_over_the_same_tokens() -> None:
+def test_both_trainers_run_the_same_steps_over_the_same_tokens(tiny_records, tiny_model) -> None:
     bench = _script()
-    model, tokenizer = tiny_model_and_tokenizer()
+    model, tokenizer = tiny_model()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    figures = bench.measure(RECORDS, model, tokenizer, steps=3, batch_size=4, lora_r=4)
+    figures = bench.measure(tiny_records, model, tokenizer, steps=3, batch_size=4, lora_r=4)
     ours, plain = figures["intentkit"], figures["plain_trainer"]
     assert ours["steps"] == plain["steps"] == 3
     assert ours["tokens"] == plain["tokens"] > 0
@@ -36,9 +35,9 @@ def test_both_trainers_run_the_same_steps_over_the_same_tokens() -> None:
     assert all(p.equal(before[name]) for name, p in model.named_parameters())
 
 
-def test_the_sample_repeats_a_short_file_in_one_fixed_order() -> None:
+def test_the_sample_repeats_a_short_file_in_one_fixed_order(tiny_records) -> None:
     bench = _script()
-    chosen = bench.sample(RECORDS[:3], steps=2, batch_size=4)
+    chosen = bench.sample(tiny_records[:3], steps=2, batch_size=4)
     assert len(chosen) == 8
-    assert chosen == bench.sample(RECORDS[:3], steps=2, batch_size=4)
+    assert chosen == bench.sample(tiny_records[:3], steps=2, batch_size=4)
     assert chosen[:3] == chosen[3:6]

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from intentkit import Param, Registry
-from intentkit.decoding import ConstrainedDecoder, can_copy, greedy_decode, word_boundaries
+from intentkit.backends.decoding import ConstrainedDecoder, greedy_decode
 from intentkit.parser import parse_calls
+from intentkit.text import can_copy, word_boundaries
 
 MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather", "Nothing", " Fancy"]
 END = 0

@@ -47,14 +47,13 @@ def test_voice_assistant_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert "模型输入: 我想听歌。那放稻香吧。" in out  # the session joined the turns
 
 
-def test_fastapi_app_example() -> None:
+def test_fastapi_app_example(live_server) -> None:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("fastapi")
     import httpx
-    from conftest import serve
 
     namespace = runpy.run_path(str(EXAMPLES / "fastapi_app.py"), run_name="fastapi_app")
-    with serve(namespace["app"]) as url:
+    with live_server(namespace["app"]) as url:
         assert httpx.get(f"{url}/status").json() == {"hub": "up"}
         body = httpx.post(f"{url}/voice", json={"text": "我想听音乐"}, timeout=30).json()
         assert body["intent"] == "play_music"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from intentkit import BackendError
-from intentkit.gguf_edit import write_merged_gguf, write_trimmed_gguf, write_updated_gguf
+from intentkit.backends.llamacpp.gguf import write_merged_gguf, write_trimmed_gguf, write_updated_gguf
 
 gguf = pytest.importorskip("gguf")
 

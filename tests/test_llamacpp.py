@@ -53,8 +53,8 @@ def test_values_are_copied_from_the_utterance_and_coerced(router):
 def test_prefix_cache_skips_the_system_prompt(router):
     backend = router.backend
     catalog = router.registry.catalog
-    backend.generate(GenerateRequest("我想听音乐", [], catalog, router.prompt))
-    second = backend.generate(GenerateRequest("下一首", [], catalog, router.prompt))
+    backend.generate(GenerateRequest("我想听音乐", catalog, router.prompt))
+    second = backend.generate(GenerateRequest("下一首", catalog, router.prompt))
     tokens = [backend._model.tokenize(router.prompt.render(t), special=True, bos=True) for t in ("我想听音乐", "下一首")]
     shared = next(i for i, (a, b) in enumerate(zip(*tokens, strict=False)) if a != b)
     assert shared > 25  # the system prompt
@@ -78,7 +78,7 @@ def test_constrained_matches_unconstrained_greedy_on_dev():
     agree = 0
     try:
         for record in records:
-            free_text = free.generate(GenerateRequest(record.instruction, [], router.registry.catalog, router.prompt)).text
+            free_text = free.generate(GenerateRequest(record.instruction, router.registry.catalog, router.prompt)).text
             agree += router.handle(record.instruction, dispatch=False).call_text == free_text.strip()
     finally:
         free.close()
@@ -104,7 +104,7 @@ def test_prompt_mismatch_warns_loudly():
 
 
 def test_trimmed_vocabulary_tokenizes_like_the_full_one():
-    from intentkit.bundled import base_model_path
+    from intentkit.backends.llamacpp.bundled import base_model_path
     from trainers.data import load_records
 
     trimmed = LlamaCppBackend.default()
@@ -129,7 +129,7 @@ def test_merged_adapter_routes_like_the_adapter_on_top():
 
     records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::6]
     merged = Router.default(fast_path=False)  # the default: adapter merged into the weights
-    backend = LlamaCppBackend.default(merge_lora=False)
+    backend = LlamaCppBackend.default(merge_adapter=False)
     separate = Router(backend, prompt=backend.prompt, fast_path=False)
     SmartHome().register(separate)
     try:
@@ -150,13 +150,13 @@ def test_cli_export_writes_a_merged_model_that_routes(tmp_path):
     import numpy as np
     from typer.testing import CliRunner
 
-    from intentkit.bundled import base_model_path, bundled_model_dir
+    from intentkit.backends.llamacpp.bundled import base_model_path, bundled_model_dir
     from intentkit.cli import app
     from trainers.data import load_records
 
     model_dir = tmp_path / "smart-home"
     shutil.copytree(bundled_model_dir(), model_dir)
-    (model_dir / "adapter.gguf").unlink()  # exported again from the PEFT adapter
+    assert not (model_dir / "adapter.gguf").exists()  # the bundled model ships the PEFT adapter only: exported here
     (model_dir / "keep_tokens.npy").unlink()  # written again from the data
     demo = Path(__file__).parent.parent / "examples" / "demo"
     merged = tmp_path / "out" / "merged.gguf"
@@ -183,7 +183,7 @@ def test_cli_eval_reports_and_a_report_saved_in_a_model_directory_joins_its_card
 
     from typer.testing import CliRunner
 
-    from intentkit.bundled import bundled_model_dir
+    from intentkit.backends.llamacpp.bundled import bundled_model_dir
     from intentkit.cli import app
     from trainers.convert import export_rows
     from trainers.data import load_records
@@ -193,7 +193,7 @@ def test_cli_eval_reports_and_a_report_saved_in_a_model_directory_joins_its_card
     (model_dir / "README.md").unlink()
     rows = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::30]
     export_rows(rows, tmp_path / "dev.jsonl", "jsonl")
-    args = ["eval", str(tmp_path / "dev.jsonl"), "--lora", str(model_dir / "adapter.gguf"), "--out", str(model_dir / "eval-dev")]
+    args = ["eval", str(tmp_path / "dev.jsonl"), "--adapter", str(model_dir), "--out", str(model_dir / "eval-dev")]
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     assert "intent accuracy" in done.output and f"updated {model_dir / 'README.md'}" in done.output
@@ -210,8 +210,9 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
     import numpy as np
     from typer.testing import CliRunner
 
-    from intentkit.bundled import bundled_model_dir
-    from intentkit.cli import _llamacpp, app
+    from intentkit.backends import load_backend
+    from intentkit.backends.llamacpp.bundled import bundled_model_dir
+    from intentkit.cli import app
     from intentkit.scope import ConfidenceEvidence, ScopeDetector
     from trainers.convert import export_rows
     from trainers.data import load_records
@@ -228,7 +229,9 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
     indexed = [r for r in train if r.calls]
     assert f"({len(indexed)} utterances, threshold" in done.output and "held-out in-scope utterances" in done.output
 
-    with _llamacpp(None, model_dir / "adapter.gguf") as backend:  # scope.npz is picked up from the adapter's directory
+    with load_backend(
+        "llamacpp", adapter=model_dir / "adapter.gguf"
+    ) as backend:  # scope.npz is picked up from the adapter's directory
         detector = backend.scope
         assert detector is not None and len(detector.intents) == len(indexed)
         assert detector.uses_confidence and "intent confidence" in detector.info["calibrated_on"]
@@ -237,9 +240,9 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
         router = Router(backend, prompt=backend.prompt, fast_path=False)
         SmartHome().register(router)
         seen = router.handle(indexed[0].instruction, dispatch=False)  # an indexed utterance: distance ~0
-        assert seen.scope["distance"] < 0.01 and seen.scope["out_of_scope"] is False
-        assert seen.scope["nearest_intent"] == indexed[0].calls[0].name
-        assert seen.scope["score"] <= seen.scope["threshold"] and 0 < seen.scope["confidence"] <= 1
+        assert seen.scope.distance < 0.01 and seen.scope.out_of_scope is False
+        assert seen.scope.nearest_intent == indexed[0].calls[0].name
+        assert seen.scope.score <= seen.scope.threshold and 0 < seen.scope.confidence <= 1
 
         # Keeping hidden states does not change the logits: nothing turned away, the same answers.
         backend.set_scope(ScopeDetector(detector.features, detector.intents, threshold=2.0))
@@ -248,7 +251,7 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
         backend.set_scope(ScopeDetector(detector.features, detector.intents, threshold=-1.0))
         away = router.handle("我想听音乐", dispatch=False)
         assert away.status.value == "no_intent" and away.raw_output == "no_intent()"
-        assert away.scope["out_of_scope"] is True and away.to_dict()["scope"]["threshold"] == -1.0
+        assert away.scope.out_of_scope is True and away.to_dict()["scope"]["threshold"] == -1.0
 
         # Near on distance (every held-out row was farther), but less sure than any held-out row:
         # decoded, then turned away on the combined score.
@@ -256,8 +259,8 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
         backend.set_scope(ScopeDetector(detector.features, detector.intents, threshold=0.5, evidence=unsure))
         late = router.handle("我想听音乐", dispatch=False)
         assert late.status.value == "no_intent" and late.raw_output == "no_intent()"
-        assert late.scope["out_of_scope"] is True and late.scope["confidence"] < 1
-        assert late.scope["score"] == pytest.approx(np.log(5), abs=1e-4)
+        assert late.scope.out_of_scope is True and late.scope.confidence < 1
+        assert late.scope.score == pytest.approx(np.log(5), abs=1e-4)
 
         backend.set_scope(None)
         assert router.handle("我想听音乐", dispatch=False).scope is None
@@ -306,8 +309,8 @@ def test_llama_cpp_and_transformers_predict_the_same():
     base dequantized by transformers give the same calls on a sample of the dev set."""
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
+    from intentkit.backends.llamacpp.bundled import base_model_path, bundled_model_dir
     from intentkit.backends.transformers import TransformersBackend
-    from intentkit.bundled import base_model_path, bundled_model_dir
     from trainers.data import load_records
 
     records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::12]
@@ -378,7 +381,7 @@ def test_qlora_over_the_default_base_runs_in_llama_cpp(tmp_path, monkeypatch):
     pytest.importorskip("bitsandbytes")
     import numpy as np
 
-    from intentkit.bundled import base_model_path
+    from intentkit.backends.llamacpp.bundled import base_model_path
     from trainers.base import hf_copy, load_base
     from trainers.data import load_records
     from trainers.export import export_gguf_lora
@@ -403,7 +406,7 @@ def test_qlora_over_the_default_base_runs_in_llama_cpp(tmp_path, monkeypatch):
     adapter = export_gguf_lora(tmp_path / "run")
     with LlamaCppBackend(base_gguf, scope=None) as llama:
         plain = [llama._model.prefill(ids)[0] for ids in prompts]
-    with LlamaCppBackend(base_gguf, lora=adapter, scope=None) as llama:
+    with LlamaCppBackend(base_gguf, adapter=adapter, scope=None) as llama:
         adapted = [llama._model.prefill(ids)[0] for ids in prompts]
     for with_adapter, without, target in zip(adapted, plain, trained, strict=True):
         # Q4_K_M and NF4 are two 4-bit roundings of one model; the adapter moves llama.cpp's scores

@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from conftest import serve
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -37,9 +36,9 @@ class FakeServer:
 
 
 @pytest.fixture(scope="module")
-def fake():
+def fake(live_server):
     server = FakeServer()
-    with serve(server.app) as url:
+    with live_server(server.app) as url:
         server.url = f"{url}/v1"
         yield server
 
@@ -156,9 +155,9 @@ def test_async_path(fake):
     assert asyncio.run(run()).results == ["杭州"]
 
 
-def test_against_intentkit_serve():
+def test_against_intentkit_serve(live_server):
     inner = router_for(FakeBackend({"我想听音乐": "play_music()"}))
-    with serve(create_app(inner, token="t", model_name="router")) as url:
+    with live_server(create_app(inner, token="t", model_name="router")) as url:
         outer = router_for(OpenAIBackend(f"{url}/v1", model="router", api_key="t"))
         result = outer.handle("我想听音乐")
         assert result.ok and result.results == ["playing"]

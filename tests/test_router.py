@@ -245,7 +245,7 @@ def test_messages_sent_to_the_backend_come_from_the_prompt_module() -> None:
     router, _ = make_router("volume_down()")
     router.handle("太吵了")
     (request,) = router.backend.requests  # type: ignore[union-attr]
-    assert request.messages == router.prompt.messages("太吵了")
+    assert request.messages() == router.prompt.messages("太吵了")
     assert request.catalog.names == ["play_music", "weather_search", "volume_down", "broken"]
 
 

@@ -13,7 +13,6 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from conftest import serve  # noqa: E402
 
 from intentkit import Router  # noqa: E402
 from intentkit.server import create_app  # noqa: E402
@@ -48,8 +47,8 @@ def make_router() -> Router:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with serve(create_app(make_router(), token=TOKEN)) as url:
+def server(live_server) -> Iterator[str]:
+    with live_server(create_app(make_router(), token=TOKEN)) as url:
         yield url
 
 
@@ -94,6 +93,8 @@ def test_sessions_join_turns(client):
         ({"json": {"text": 5}}, 422, "text"),
         ({"json": {"words": "hi"}}, 422, "text"),
         ({"content": b'{"text": "' + b"a" * (10 * 1024 * 1024) + b'"}'}, 413, "over"),
+        ({"content": b'{"text": "\\ud800"}'}, 422, "text: Value error, not valid Unicode text: surrogates not allowed"),
+        ({"content": b'{"text": "hi", "session_id": "\\udfff"}'}, 422, "body.session_id: "),
     ],
 )
 def test_bad_requests_get_clear_4xx(client, kwargs, status, message):
@@ -138,6 +139,26 @@ def test_openai_client_unchanged(server):
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == 'weather_search(city="杭州")'
+
+
+def test_a_lone_surrogate_in_a_chat_message_is_a_422_not_a_backend_error(client):
+    body = b'{"model": "intentkit", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    response = client.post("/v1/chat/completions", headers={"content-type": "application/json"}, content=body)
+    assert response.status_code == 422 and "messages.0.content" in response.json()["error"]["message"]
+    metrics = client.get("/metrics").text
+    assert 'intentkit_errors_total{type="http_422"}' in metrics and 'status="backend_error"' not in metrics
+
+
+def test_chat_usage_counts_the_models_tokens(live_server):
+    from intentkit.backends import Generation
+
+    router = Router(FakeBackend(lambda r: Generation("play_music()", prompt_tokens=57, completion_tokens=5)), fast_path=False)
+    router.intent(lambda: "ok", name="play_music")
+    with live_server(create_app(router)) as url:
+        completion = openai.OpenAI(base_url=f"{url}/v1", api_key="x").chat.completions.create(
+            model="intentkit", messages=[{"role": "user", "content": "放歌"}]
+        )
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (57, 5, 62)
 
 
 def test_openai_errors(server):

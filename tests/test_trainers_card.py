@@ -54,7 +54,7 @@ def test_the_card_states_the_run_its_reports_and_how_to_load_it(tmp_path: Path) 
     assert "| 764 | 0.1383 | 70.56% |" in card
     assert "| `eval-all` | 652 | 86.04% | 76.07% | 85.51% | 84.29% | 0.792 | 213 ms | 410 ms |" in card
     assert "| `eval-dev_oos` | 224 | 86.04% | 76.07% | n/a | n/a | 0.792 | 213 ms | n/a |" in card
-    assert f"--lora {directory.as_posix()}/adapter.gguf --intents-from smp2020/train.jsonl" in card
+    assert f"--model {directory.as_posix()} --intents-from smp2020/train.jsonl" in card
     assert "| `scope.npz` |" in card and "| `adapter.gguf` |" in card and "model.gguf" not in card
 
 
@@ -63,7 +63,7 @@ def test_a_full_fine_tune_is_loaded_from_its_gguf_and_many_intents_are_cut_short
     card = model_card(model_dir(tmp_path, meta, files=("model.gguf",)))
     assert "A full fine-tune of" in card and "library_name: transformers" in card
     assert "`intent_11` and 28 more" in card and "intent_12" not in card
-    assert f"--model {tmp_path.as_posix()}/model.gguf" in card
+    assert f"--model {tmp_path.as_posix()} --intents-from" in card
     assert "None saved here yet" in card
 
 

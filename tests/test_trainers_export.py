@@ -9,17 +9,16 @@ import pytest
 pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
-from test_trainers_train import RECORDS, tiny_model_and_tokenizer  # noqa: E402
 
 from trainers.export import ExportError, export_gguf_lora  # noqa: E402
 from trainers.train import TrainConfig, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory):
+def adapter_dir(tiny_records, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter")
     config = TrainConfig(epochs=1, batch_size=4, lora_r=4, lora_alpha=8)
-    train(RECORDS, out, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    train(tiny_records, out, config, model_and_tokenizer=tiny_model(), progress=False)
     return out
 
 
@@ -64,22 +63,22 @@ def test_export_rejects_non_lora_adapters(adapter_dir, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # peft, on gemma's tied head
-def test_export_refuses_a_lora_on_the_token_embeddings_by_name(tmp_path):
+def test_export_refuses_a_lora_on_the_token_embeddings_by_name(tiny_records, tiny_model, tmp_path):
     config = TrainConfig(epochs=1, batch_size=4, lora_r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])
-    train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    train(tiny_records, tmp_path, config, model_and_tokenizer=tiny_model(), progress=False)
     with pytest.raises(ExportError, match=r"token embeddings \(base_model\.model\.model\.embed_tokens\).*all-linear"):
         export_gguf_lora(tmp_path)
     assert not (tmp_path / "adapter.gguf").exists()
 
 
 @pytest.fixture(scope="module")
-def full_dir(tmp_path_factory):
+def full_dir(tiny_records, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    model, tokenizer = tiny_model_and_tokenizer()
+    model, tokenizer = tiny_model()
     embeddings = model.get_input_embeddings().weight.detach().clone()
     layer = model.model.layers[0].mlp.up_proj.weight.detach().clone()
     config = TrainConfig(method="full", epochs=1, batch_size=4)
-    train(RECORDS, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
+    train(tiny_records, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
     assert model.get_input_embeddings().weight.equal(embeddings)  # frozen unless train_embeddings
     assert not model.model.layers[0].mlp.up_proj.weight.equal(layer)
     return out

@@ -15,63 +15,19 @@ from intentkit import PromptFormat  # noqa: E402
 from trainers.data import records_from_rows  # noqa: E402
 from trainers.train import TrainConfig, _rank, answer_loss, encode_records, evaluate_dev, shared_prefix, train  # noqa: E402
 
-ROWS = [
-    {"instruction": "我想听音乐", "output": "play_music()"},
-    {"instruction": "太吵了", "output": "volume_down()"},
-    {"instruction": "查下杭州天气", "output": 'weather_search(city="杭州")'},
-    {"instruction": "今天吃什么", "output": None},
-] * 4
-RECORDS = records_from_rows((f"t.jsonl:{i + 1}", r) for i, r in enumerate(ROWS))
 
-
-def tiny_model_and_tokenizer(width: int = 32):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
-
-    prompt = PromptFormat()
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-    text = "".join(prompt.render(r.instruction) + r.target for r in RECORDS)
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(text)))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        additional_special_tokens=specials[4:],
-    )
-    config = Gemma3TextConfig(
-        vocab_size=len(vocab),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=width // 2,
-        max_position_embeddings=256,
-        sliding_window=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    return Gemma3ForCausalLM(config), tokenizer
-
-
-def test_labels_cover_only_the_answer() -> None:
-    _, tokenizer = tiny_model_and_tokenizer()
-    encoded, length = encode_records(RECORDS[:3], tokenizer, PromptFormat())
+def test_labels_cover_only_the_answer(tiny_records, tiny_model) -> None:
+    _, tokenizer = tiny_model()
+    encoded, length = encode_records(tiny_records[:3], tokenizer, PromptFormat())
     first = encoded[0]
     answer = tokenizer.decode(first.input_ids[first.answer_start :])
     assert answer.replace(" ", "") == "play_music()<end_of_turn>"
     assert length & (length - 1) == 0 and length >= max(len(e.input_ids) for e in encoded)
 
 
-def test_answer_only_loss_matches_full_head_loss() -> None:
-    model, tokenizer = tiny_model_and_tokenizer()
-    encoded, _ = encode_records(RECORDS[:4], tokenizer, PromptFormat())
+def test_answer_only_loss_matches_full_head_loss(tiny_records, tiny_model) -> None:
+    model, tokenizer = tiny_model()
+    encoded, _ = encode_records(tiny_records[:4], tokenizer, PromptFormat())
     from trainers.train import _collate
 
     ids, mask, labels = _collate(encoded, tokenizer.pad_token_id, torch.device("cpu"))
@@ -81,12 +37,12 @@ def test_answer_only_loss_matches_full_head_loss() -> None:
     assert fast.item() == pytest.approx(reference.item(), rel=1e-4)
 
 
-def test_shared_prefix_gives_the_same_loss_and_gradients() -> None:
+def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_records, tiny_model) -> None:
     from trainers.train import _collate, _wrap
 
-    model, tokenizer = tiny_model_and_tokenizer()
+    model, tokenizer = tiny_model()
     model = _wrap(model, TrainConfig(lora_r=4, lora_dropout=0.0))
-    encoded, _ = encode_records(RECORDS[:6], tokenizer, PromptFormat())  # answers of different lengths: padding
+    encoded, _ = encode_records(tiny_records[:6], tokenizer, PromptFormat())  # answers of different lengths: padding
     prefix = shared_prefix(encoded, model.config)
     # The chat markers and the system prompt; not the utterance, nor the position before the answer.
     system = tokenizer(PromptFormat().render("X"), add_special_tokens=True)["input_ids"]
@@ -107,17 +63,17 @@ def test_shared_prefix_gives_the_same_loss_and_gradients() -> None:
         torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6)
 
 
-def test_no_prefix_is_shared_where_it_would_not_help_or_be_safe() -> None:
-    model, tokenizer = tiny_model_and_tokenizer()
-    encoded, _ = encode_records(RECORDS[:6], tokenizer, PromptFormat())
+def test_no_prefix_is_shared_where_it_would_not_help_or_be_safe(tiny_records, tiny_model) -> None:
+    model, tokenizer = tiny_model()
+    encoded, _ = encode_records(tiny_records[:6], tokenizer, PromptFormat())
     assert shared_prefix(encoded[:1], model.config) == 0  # one example
     model.config.sliding_window = 16  # longer than a sliding window: its cache would be cut
     assert shared_prefix(encoded, model.config) == 0
 
 
-def test_training_lowers_dev_loss(tmp_path: Path) -> None:
+def test_training_lowers_dev_loss(tiny_records, tiny_model, tmp_path: Path) -> None:
     config = TrainConfig(method="full", epochs=10, learning_rate=1e-2, batch_size=4, train_embeddings=True)
-    result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    result = train(tiny_records, tmp_path, config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False)
     losses = [h["dev_loss"] for h in result.history if "dev_loss" in h]
     assert len(losses) == 10 and losses[-1] < losses[0] * 0.8
     assert result.best_dev_loss == min(losses)
@@ -127,11 +83,11 @@ def test_training_lowers_dev_loss(tmp_path: Path) -> None:
     assert meta["best"]["dev_loss"] == min(losses)  # and the weights saved are the best evaluation's
 
 
-def test_dev_exact_match_is_what_greedy_decoding_writes(tmp_path: Path) -> None:
-    model, tokenizer = tiny_model_and_tokenizer()
+def test_dev_exact_match_is_what_greedy_decoding_writes(tiny_records, tiny_model, tmp_path: Path) -> None:
+    model, tokenizer = tiny_model()
     config = TrainConfig(method="full", epochs=50, learning_rate=1e-2, batch_size=4, train_embeddings=True)
-    train(RECORDS, tmp_path, config, model_and_tokenizer=(model, tokenizer), progress=False)
-    encoded, _ = encode_records(RECORDS[:4], tokenizer, PromptFormat())
+    train(tiny_records, tmp_path, config, model_and_tokenizer=(model, tokenizer), progress=False)
+    encoded, _ = encode_records(tiny_records[:4], tokenizer, PromptFormat())
     shared = evaluate_dev(model, encoded, 4, tokenizer.pad_token_id, torch.device("cpu"))
     plain = evaluate_dev(model, encoded, 4, tokenizer.pad_token_id, torch.device("cpu"), share=False)
     greedy = []
@@ -144,13 +100,13 @@ def test_dev_exact_match_is_what_greedy_decoding_writes(tmp_path: Path) -> None:
     assert shared.loss == pytest.approx(plain.loss, rel=1e-4)
 
 
-def test_select_on_exact_keeps_the_evaluation_with_the_most_exact_matches(tmp_path: Path) -> None:
+def test_select_on_exact_keeps_the_evaluation_with_the_most_exact_matches(tiny_records, tiny_model, tmp_path: Path) -> None:
     lower_loss = {"step": 10, "dev_loss": 0.5, "dev_exact": 0.25}
     more_exact = {"step": 20, "dev_loss": 0.7, "dev_exact": 0.75}
     assert _rank(lower_loss, TrainConfig()) < _rank(more_exact, TrainConfig())
     assert _rank(more_exact, TrainConfig(select_on="exact")) < _rank(lower_loss, TrainConfig(select_on="exact"))
     config = TrainConfig(method="full", epochs=50, learning_rate=1e-2, batch_size=4, eval_every=25, select_on="exact")
-    result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    result = train(tiny_records, tmp_path, config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False)
     evaluations = [h for h in result.history if "dev_loss" in h]
     best = max(evaluations, key=lambda h: (h["dev_exact"], -h["dev_loss"]))
     assert result.kept == best and result.best_dev_loss == best["dev_loss"]
@@ -159,7 +115,7 @@ def test_select_on_exact_keeps_the_evaluation_with_the_most_exact_matches(tmp_pa
 
 
 @pytest.mark.parametrize("order", ["utterance", "as_given"])
-def test_argument_order_applies_to_training_and_dev_answers(tmp_path: Path, monkeypatch, order: str) -> None:
+def test_argument_order_applies_to_training_and_dev_answers(tiny_model, tmp_path: Path, monkeypatch, order: str) -> None:
     row = {"instruction": "辽宁大连在哪里", "output": 'map_position(city="大连", province="辽宁")'}
     records = records_from_rows([("t.jsonl:1", row)])
     seen: list[list[str]] = []
@@ -172,14 +128,14 @@ def test_argument_order_applies_to_training_and_dev_answers(tmp_path: Path, monk
 
     monkeypatch.setattr("trainers.train.encode_records", capture)
     with pytest.raises(StopIteration):
-        train(records, tmp_path, TrainConfig(argument_order=order), dev=records, model_and_tokenizer=tiny_model_and_tokenizer())
+        train(records, tmp_path, TrainConfig(argument_order=order), dev=records, model_and_tokenizer=tiny_model())
     expected = 'map_position(province="辽宁", city="大连")' if order == "utterance" else row["output"]
     assert seen == [[expected], [expected]]
 
 
-def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
+def test_lora_saves_adapter_and_metadata(tiny_records, tiny_model, tmp_path: Path) -> None:
     config = TrainConfig(epochs=2, learning_rate=5e-2, batch_size=4, lora_r=8, lora_alpha=16, lora_dropout=0.0)
-    result = train(RECORDS, tmp_path, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    result = train(tiny_records, tmp_path, config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False)
     losses = [h["dev_loss"] for h in result.history if "dev_loss" in h]
     assert losses[-1] < losses[0]
     assert result.steps == 8 and result.tokens_per_second > 0
@@ -188,7 +144,7 @@ def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
     assert meta["intents"] == ["no_intent", "play_music", "volume_down", "weather_search"]
     assert meta["steps"] == 8 and meta["tokens_per_second"] > 0
     assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
-    assert meta["data"] == {"training_rows": len(RECORDS), "out_of_scope_rows": 4, "dev_rows": 4, "files": ["t.jsonl"]}
+    assert meta["data"] == {"training_rows": len(tiny_records), "out_of_scope_rows": 4, "dev_rows": 4, "files": ["t.jsonl"]}
     card = (tmp_path / "README.md").read_text(encoding="utf-8")  # ours, not peft's empty template
     assert "More Information Needed" not in card and "LoRA adapter (r=8, α=16" in card
     assert "| run | 8 steps in" in card and f"`{PromptFormat().fingerprint}`" in card
@@ -197,12 +153,14 @@ def test_lora_saves_adapter_and_metadata(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # peft, on gemma's tied head
 @pytest.mark.parametrize(("targets", "adapts"), [("all-linear", False), (["embed_tokens", "q_proj"], True)])
-def test_the_adapter_carries_the_embedding_only_when_a_lora_sits_on_it(tmp_path: Path, targets, adapts: bool) -> None:
+def test_the_adapter_carries_the_embedding_only_when_a_lora_sits_on_it(
+    tiny_records, tiny_model, tmp_path: Path, targets, adapts: bool
+) -> None:
     from trainers.train import _adapts_embeddings, _wrap
 
     config = TrainConfig(epochs=1, batch_size=4, lora_r=4, lora_alpha=8, target_modules=targets)
-    assert _adapts_embeddings(_wrap(tiny_model_and_tokenizer()[0], config)) is adapts
-    train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    assert _adapts_embeddings(_wrap(tiny_model()[0], config)) is adapts
+    train(tiny_records, tmp_path, config, model_and_tokenizer=tiny_model(), progress=False)
     assert any("embed_tokens" in name for name in _adapter(tmp_path)) is adapts
 
 
@@ -212,18 +170,18 @@ def _adapter(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "adapter_model.safetensors")
 
 
-def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+def test_resume_continues_from_the_checkpoint(tiny_records, tiny_model, tmp_path: Path) -> None:
     config = TrainConfig(epochs=2, batch_size=4, lora_r=4, save_every=4, lora_dropout=0.0)
-    first = train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    first = train(tiny_records, tmp_path, config, model_and_tokenizer=tiny_model(), progress=False)
     assert first.steps == 8 and (tmp_path / "checkpoint-last" / "state.pt").exists()
     longer = config.model_copy(update={"epochs": 3})
-    resumed = train(RECORDS, tmp_path, longer, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    resumed = train(tiny_records, tmp_path, longer, model_and_tokenizer=tiny_model(), progress=False)
     assert resumed.steps == 12 and len(resumed.history) == 12 and resumed.resumed_from == 8
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
-    tmp_path: Path, grad_accum: int
+    tiny_records, tiny_model, tmp_path: Path, grad_accum: int
 ) -> None:
     """Ctrl-C (SIGINT) mid-epoch: the step finishes, a checkpoint is written and KeyboardInterrupt
     raised; the same call resumes it with the batches, weights, optimizer and best evaluation an
@@ -233,7 +191,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_where_an_uninterrupt
 
     config = TrainConfig(epochs=3, batch_size=2, grad_accum=grad_accum, learning_rate=5e-2, lora_r=4, eval_every=3)
     whole = train(
-        RECORDS, tmp_path / "whole", config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False
+        tiny_records, tmp_path / "whole", config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False
     )
     assert whole.steps == 24 // grad_accum
 
@@ -244,16 +202,16 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_where_an_uninterrupt
     stopped, handler = tmp_path / "stopped", signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match=r"stopped at step 5 .* the same call resumes"):
         train(
-            RECORDS,
+            tiny_records,
             stopped,
             config,
-            dev=RECORDS[:4],
-            model_and_tokenizer=tiny_model_and_tokenizer(),
+            dev=tiny_records[:4],
+            model_and_tokenizer=tiny_model(),
             progress=False,
             on_step=interrupt,
         )
     assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C means Ctrl-C again
-    resumed = train(RECORDS, stopped, config, dev=RECORDS[:4], model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    resumed = train(tiny_records, stopped, config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False)
     assert resumed.resumed_from == 5 and resumed.steps == whole.steps
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
     assert resumed.kept is not None and whole.kept is not None and resumed.kept["step"] == whole.kept["step"]
@@ -268,17 +226,19 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_where_an_uninterrupt
     [
         ({"learning_rate": 1e-3}, "learning_rate"),
         ({"lora_r": 8}, "lora_r"),
-        ({"records": RECORDS[:8]}, "training examples"),
+        ({"records": 8}, "training examples"),  # the first 8 of the tiny records
     ],
 )
-def test_a_checkpoint_from_a_different_run_is_not_resumed(tmp_path: Path, change: dict, named: str) -> None:
+def test_a_checkpoint_from_a_different_run_is_not_resumed(
+    tiny_records, tiny_model, tmp_path: Path, change: dict, named: str
+) -> None:
     config = TrainConfig(epochs=1, batch_size=4, lora_r=4, save_every=2)
-    train(RECORDS, tmp_path, config, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+    train(tiny_records, tmp_path, config, model_and_tokenizer=tiny_model(), progress=False)
     change = dict(change)
-    records = change.pop("records", RECORDS)
+    records = tiny_records[: change.pop("records")] if "records" in change else tiny_records
     other = config.model_copy(update=change)
     with pytest.raises(ValueError, match=f"different training run \\(changed: {named}\\).*new output directory"):
-        train(records, tmp_path, other, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
+        train(records, tmp_path, other, model_and_tokenizer=tiny_model(), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -303,15 +263,15 @@ def test_qlora_needs_cuda_and_bitsandbytes(monkeypatch, cuda: bool, bitsandbytes
             qlora_device()
 
 
-def test_qlora_fails_before_loading_the_base_without_cuda(tmp_path: Path) -> None:
+def test_qlora_fails_before_loading_the_base_without_cuda(tiny_records, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     config = TrainConfig(method="qlora", base=str(tmp_path / "not-loaded"))  # would be FileNotFoundError if loaded first
     with pytest.raises(ValueError, match="QLoRA needs a CUDA GPU"):
-        train(RECORDS, tmp_path, config, progress=False)
+        train(tiny_records, tmp_path, config, progress=False)
 
 
-def test_qlora_trains_an_adapter_over_four_bit_weights(tmp_path: Path, monkeypatch) -> None:
+def test_qlora_trains_an_adapter_over_four_bit_weights(tiny_records, tiny_model, tmp_path: Path, monkeypatch) -> None:
     """The QLoRA path end to end on the tiny model: linear weights loaded in 4-bit NF4, left
     untouched by training, a LoRA adapter learnt over them and exported for llama.cpp.
     bitsandbytes also runs NF4 on a CPU, which lets this run here; the product asks for CUDA
@@ -320,13 +280,13 @@ def test_qlora_trains_an_adapter_over_four_bit_weights(tmp_path: Path, monkeypat
     from trainers.base import load_base
     from trainers.export import export_gguf_lora
 
-    model, tokenizer = tiny_model_and_tokenizer(width=64)  # bitsandbytes' CPU kernels quantize blocks of 64
+    model, tokenizer = tiny_model(width=64)  # bitsandbytes' CPU kernels quantize blocks of 64
     model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     monkeypatch.setattr("trainers.train.qlora_device", lambda: "cpu")
     plain = TrainConfig(base=str(tmp_path / "base"), method="qlora", lora_r=4)
     with pytest.raises(ValueError, match="loaded in 4 bits"):
-        train(RECORDS, tmp_path / "plain", plain, model_and_tokenizer=(model, tokenizer), progress=False)
+        train(tiny_records, tmp_path / "plain", plain, model_and_tokenizer=(model, tokenizer), progress=False)
 
     base, tokenizer = load_base(str(tmp_path / "base"), four_bit_on="cpu")
     linear = base.model.layers[0].self_attn.q_proj
@@ -336,7 +296,7 @@ def test_qlora_trains_an_adapter_over_four_bit_weights(tmp_path: Path, monkeypat
     config = plain.model_copy(update=update)
     # No dev evaluation mid-run: on a CPU, bitsandbytes repacks 4-bit weights for inference once the
     # model is in eval mode, and its repacked kernel has no backward (one more reason QLoRA asks for CUDA).
-    result = train(RECORDS, tmp_path / "run", config, model_and_tokenizer=(base, tokenizer), progress=False)
+    result = train(tiny_records, tmp_path / "run", config, model_and_tokenizer=(base, tokenizer), progress=False)
     losses = [h["loss"] for h in result.history]
     assert sum(losses[-8:]) / 8 < sum(losses[:4]) / 4 - 0.1  # a random tiny model: it learns, slowly
     assert all(w.abs().sum() > 0 for name, w in _adapter(tmp_path / "run").items() if "lora_B" in name)
@@ -353,17 +313,17 @@ def test_config_round_trips_through_json() -> None:
         TrainConfig(epoch=2)  # type: ignore[call-arg]
 
 
-def test_cli_train_on_an_hf_directory(tmp_path):
+def test_cli_train_on_an_hf_directory(tiny_records, tiny_model, tmp_path):
     """`intentkit train` end to end on a saved model directory: adapter, GGUF export, and the
     out-of-scope detector declined with a clear next step (it needs a GGUF base for llama.cpp)."""
     from typer.testing import CliRunner
 
     from intentkit.cli import app
 
-    model, tokenizer = tiny_model_and_tokenizer()
+    model, tokenizer = tiny_model()
     model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
-    in_scope = [r for r in ROWS if r["output"]]
+    in_scope = [{"instruction": r.instruction, "output": r.target} for r in tiny_records if r.calls]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in in_scope), encoding="utf-8")
     out = tmp_path / "run"
     args = ["train", str(tmp_path / "train.jsonl"), "--out", str(out), "--base", str(tmp_path / "base"), "--epochs", "1"]
@@ -385,15 +345,15 @@ def test_cli_train_on_an_hf_directory(tmp_path):
     assert (tmp_path / "full" / "model.safetensors").is_file() and not (tmp_path / "full" / "model.gguf").exists()
 
 
-def test_cli_train_resumes_from_its_checkpoint(tmp_path):
+def test_cli_train_resumes_from_its_checkpoint(tiny_records, tiny_model, tmp_path):
     from typer.testing import CliRunner
 
     from intentkit.cli import app
 
-    model, tokenizer = tiny_model_and_tokenizer()
+    model, tokenizer = tiny_model()
     model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
-    in_scope = [r for r in ROWS if r["output"]]
+    in_scope = [{"instruction": r.instruction, "output": r.target} for r in tiny_records if r.calls]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in in_scope), encoding="utf-8")
     args = ["train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "run"), "--base", str(tmp_path / "base")]
     args += ["--batch-size", "4", "--lora-r", "4", "--lora-alpha", "4", "--seed", "7", "--save-every", "1", "--no-export"]

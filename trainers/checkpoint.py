@@ -21,6 +21,8 @@ from typing import Any
 
 import pydantic
 
+from intentkit.errors import ConfigError
+
 __all__ = ["CHECKPOINT_DIR", "load_checkpoint", "run_identity", "save_checkpoint", "stop_on_interrupt"]
 
 CHECKPOINT_DIR = "checkpoint-last"
@@ -60,7 +62,7 @@ def load_checkpoint(output_dir: Path, model: Any, optimizer: Any, scheduler: Any
     if written_by is not None and written_by != run:
         before, now = {**written_by["config"], **written_by["data"]}, {**run["config"], **run["data"]}
         changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
-        raise ValueError(
+        raise ConfigError(
             f"{path} was written by a different training run (changed: {', '.join(changed)}); "
             f"train into a new output directory, or delete {path.parent} to start over"
         )

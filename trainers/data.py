@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intentkit import NO_INTENT, Call, IntentKitError, ParseError, PromptFormat, Registry, parse_calls
+from intentkit import NO_INTENT, Call, ParseError, PromptFormat, Registry, parse_calls
 from intentkit.calls import Value, render_call
-from intentkit.decoding import can_copy
-from intentkit.fastpath import normalize_utterance
+from intentkit.errors import DataError, IntentKitError
+from intentkit.text import can_copy, normalize_utterance
 
 __all__ = [
     "DataError",
@@ -38,15 +38,6 @@ __all__ = [
     "records_from_rows",
     "validate_records",
 ]
-
-
-class DataError(IntentKitError, ValueError):
-    """A data file that cannot be read; ``source`` is ``file:line``."""
-
-    def __init__(self, source: str, message: str) -> None:
-        self.source = source
-        self.message = message
-        super().__init__(f"{source}: {message}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,7 +178,7 @@ def backend_predictor(
     catalog = registry.catalog
 
     def predict(text: str) -> Generation:
-        return backend.generate(GenerateRequest(text, prompt.messages(text, catalog), catalog, prompt, max_tokens))
+        return backend.generate(GenerateRequest(text, catalog, prompt, max_tokens))
 
     return predict
 

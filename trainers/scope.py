@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from intentkit import Generation
+from intentkit.errors import DataError
 from intentkit.scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE, ScopeDetector
 
 from .data import Record, build_registry
@@ -47,7 +48,7 @@ def fit_scope(
     indexed = [r for r in records if r.calls]
     if not indexed:
         where = records[0].source.rsplit(":", 1)[0] if records else "the training data"
-        raise ValueError(f"{where}: no in-scope rows to index")
+        raise DataError(where, "no in-scope rows to index")
     held_out = [r for r in calibration if r.calls]
     registry = build_registry(records)
     catalog = registry.catalog
@@ -85,7 +86,7 @@ def _confidences(
 ) -> list[float] | None:
     """The intent confidence the backend decodes for each row, its own detector off; ``None`` when
     it reports none."""
-    predict = backend_predictor(backend, registry, getattr(backend, "prompt", None))
+    predict = backend_predictor(backend, registry, backend.prompt)
     detector = getattr(backend, "scope", None)
     if detector is not None:
         backend.set_scope(None)

@@ -17,28 +17,29 @@ The prompt comes from :mod:`intentkit.prompt`; its fingerprint is saved next to 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import pydantic
+from typing import Any
 
 from intentkit import PromptFormat
-from intentkit.bundled import META_FILE, read_model_meta
+from intentkit.errors import ConfigError, DataError
+from intentkit.hf import cache_name, quiet_peft
+from intentkit.model_dir import ModelInfo
 
-from .base import DEFAULT_BASE, load_base, qlora_device
+from .base import load_base, qlora_device
 from .card import write_model_card
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, run_identity, save_checkpoint, stop_on_interrupt
+from .config import TrainConfig
 from .data import Record, in_utterance_order
+from .progress import progress_bar
 
 __all__ = [
     "DevEval",
-    "TrainConfig",
+    "TrainConfig",  # re-exported from trainers.config
     "TrainResult",
     "answer_loss",
     "encode_records",
@@ -47,48 +48,6 @@ __all__ = [
     "shared_prefix",
     "train",
 ]
-
-
-class TrainConfig(pydantic.BaseModel):
-    """Training settings (JSON round-trip: ``TrainConfig.model_validate_json(cfg.model_dump_json())``)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    base: str = pydantic.Field(DEFAULT_BASE, description="'default' (bundled gemma-3-270m GGUF), an HF model dir or a .gguf file")
-    method: Literal["lora", "qlora", "full"] = "lora"
-    epochs: float = pydantic.Field(2.0, gt=0)
-    learning_rate: float = pydantic.Field(3e-4, gt=0)
-    batch_size: int = pydantic.Field(8, gt=0, description="examples per device per step")
-    grad_accum: int = pydantic.Field(1, gt=0, description="global batch = devices × batch_size × grad_accum")
-    warmup_ratio: float = pydantic.Field(0.05, ge=0, lt=1)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
-    train_embeddings: bool = pydantic.Field(
-        False,
-        description="method='full': also train the token embeddings (and an output head tied to them); "
-        "gemma-3-270m's are 168M of its 268M weights, so this costs far more memory and time per step",
-    )
-    max_length: int | None = pydantic.Field(None, description="default: next power of two over the longest example")
-    eval_every: int | None = pydantic.Field(None, description="steps between dev evaluations (default: once per epoch)")
-    patience: int | None = pydantic.Field(None, description="stop after this many dev evaluations without improvement")
-    select_on: Literal["loss", "exact"] = pydantic.Field(
-        "loss",
-        description="what picks the weights kept and drives early stopping: dev loss, or dev exact match "
-        "(the share of dev answers greedy decoding reproduces token for token; ties go to the lower loss)",
-    )
-    save_every: int | None = pydantic.Field(None, description="steps between resumable checkpoints")
-    seed: int = 42
-    threads: int | None = None
-    share_prefix: bool = pydantic.Field(True, description="evaluate a batch's common prompt prefix once")
-    argument_order: Literal["utterance", "as_given"] = pydantic.Field(
-        "as_given",
-        description="the order of keyword arguments in the answers trained on: 'utterance' writes them in the "
-        "order their values occur in the utterance (the same calls), 'as_given' as the data has them",
-    )
 
 
 @dataclass(slots=True)
@@ -199,8 +158,6 @@ def _answer_logits(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int 
     the batch row of each."""
     import torch
 
-    from intentkit.backends.transformers import cache_name
-
     decoder = model.get_decoder()
     if prefix > 0:
         cache = getattr(decoder(input_ids=ids[:1, :prefix], use_cache=True), cache_name())
@@ -232,14 +189,12 @@ def _wrap(model: Any, config: TrainConfig) -> Any:
                 if module is not None:
                     module.weight.requires_grad_(False)
         return model
-    from intentkit.backends.transformers import quiet_peft
-
     with quiet_peft():
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
         if config.method == "qlora":
             if not getattr(model, "is_loaded_in_4bit", False):
-                raise ValueError("method='qlora' trains over a base loaded in 4 bits (trainers.base.load_base(four_bit_on=...))")
+                raise ConfigError("method='qlora' trains over a base loaded in 4 bits (trainers.base.load_base(four_bit_on=...))")
             # Norms and embeddings to fp32 for stable updates, inputs that carry gradients (peft's recipe).
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
@@ -272,7 +227,7 @@ def train(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if not records:
-        raise ValueError("no training records")
+        raise DataError("the training data", "no training records")
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     if config.threads:
@@ -456,9 +411,7 @@ def _rank(record: dict[str, Any], config: TrainConfig) -> tuple[float, ...]:
 
 
 def _progress(total: int, initial: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    return progress_bar(total, "train", "step", initial=initial)
 
 
 def _save(
@@ -501,8 +454,5 @@ def _adapts_embeddings(model: Any) -> bool:
 
 
 def _update_meta(output_dir: Path, values: dict[str, Any]) -> None:
-    path = output_dir / META_FILE
-    meta = read_model_meta(output_dir)
-    meta.update(values)
-    path.write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    ModelInfo.load(output_dir).updated(**values).save(output_dir)
     write_model_card(output_dir)  # after save_pretrained, whose generic template it replaces

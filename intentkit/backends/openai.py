@@ -18,6 +18,7 @@ and reads back the call text. Around the request:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -34,7 +35,8 @@ _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status_code: int) -> None:
+        self.status_code = status_code
         super().__init__(message)
 
 
@@ -54,7 +56,7 @@ class _Breaker:
             waited = time.monotonic() - self.opened_at
             if waited < self.reset_s:
                 raise BackendError(
-                    f"circuit open after {self.failures} failed requests; retrying in {self.reset_s - waited:.0f} s"
+                    f"circuit open after {self.failures} failed requests; retrying in {self.reset_s - waited:.0f} s", attempts=0
                 )
             self.opened_at = None  # half-open: let one request through
             self.failures = self.limit - 1
@@ -90,7 +92,7 @@ class OpenAIBackend(Backend):
             import httpx
             import tenacity
         except ImportError:
-            raise MissingDependencyError("httpx", "http") from None
+            raise MissingDependencyError("httpx") from None
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.zero_shot = zero_shot
@@ -112,6 +114,7 @@ class OpenAIBackend(Backend):
             self._retrying = retries
             self._aretrying = tenacity.AsyncRetrying(**{k: getattr(retries, k) for k in ("stop", "wait", "retry", "reraise")})
         self._breaker = _Breaker(breaker_failures, breaker_reset_s)
+        self._closed = False
 
     # ------------------------------------------------------------------ request
     def _payload(self, request: GenerateRequest) -> dict[str, Any]:
@@ -127,66 +130,109 @@ class OpenAIBackend(Backend):
             payload["guided_regex"] = call_regex(request.catalog)
         return payload
 
-    def _answer(self, response: Any) -> Generation:
+    def _answer(self, response: Any, attempt: int) -> Generation:
+        url = f"{self.base_url}/chat/completions"
         if response.status_code in _RETRY_STATUS:
-            raise _Retryable(f"{response.status_code} from {self.base_url}: {response.text[:200]}")
+            raise _Retryable(f"{response.status_code} from {url}: {response.text[:200]}", response.status_code)
         if response.status_code >= 400:
-            raise BackendError(f"{response.status_code} from {self.base_url}: {response.text[:300]}")
+            raise BackendError(
+                f"{response.status_code} from {url}: {response.text[:300]}",
+                url=url,
+                status_code=response.status_code,
+                attempts=attempt,
+            )
         try:
             body = response.json()
             text = body["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendError(f"unexpected response from {self.base_url}: {exc!r}: {response.text[:300]}") from None
+            raise BackendError(
+                f"unexpected response from {url}: {exc!r}: {response.text[:300]}",
+                url=url,
+                status_code=response.status_code,
+                attempts=attempt,
+            ) from None
         extra = body.get("intentkit") or {}
-        return Generation(text.strip(), confidence=extra.get("confidence"), info={"usage": body.get("usage")})
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        return Generation(
+            text.strip(),
+            confidence=extra.get("confidence"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            info={"usage": usage or None},
+        )
 
     def generate(self, request: GenerateRequest) -> Generation:
+        self._check_open()
         self._breaker.check()
+        attempts = 0
         try:
             for attempt in self._retrying:
                 with attempt:
-                    generation = self._answer(self._client.post("/chat/completions", json=self._payload(request)))
+                    attempts = attempt.retry_state.attempt_number
+                    generation = self._answer(self._client.post("/chat/completions", json=self._payload(request)), attempts)
         except Exception as exc:
             self._breaker.record(False)
-            raise _as_backend_error(exc, self.base_url) from exc
+            raise self._failure(exc, attempts) from exc
         self._breaker.record(True)
         return generation
 
     async def agenerate(self, request: GenerateRequest) -> Generation:
+        self._check_open()
         self._breaker.check()
+        attempts = 0
         try:
             async for attempt in self._aretrying:
                 with attempt:
+                    attempts = attempt.retry_state.attempt_number
                     response = await self._aclient.post("/chat/completions", json=self._payload(request))
-                    generation = self._answer(response)
+                    generation = self._answer(response, attempts)
         except Exception as exc:
             self._breaker.record(False)
-            raise _as_backend_error(exc, self.base_url) from exc
+            raise self._failure(exc, attempts) from exc
         self._breaker.record(True)
         return generation
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("the OpenAIBackend is closed", url=self.base_url, attempts=0)
+
+    def _failure(self, exc: Exception, attempts: int) -> BackendError:
+        if isinstance(exc, BackendError):
+            return exc
+        url = f"{self.base_url}/chat/completions"
+        status = exc.status_code if isinstance(exc, _Retryable) else None
+        return BackendError(f"{url}: {type(exc).__name__}: {exc}", url=url, status_code=status, attempts=attempts)
+
     def close(self) -> None:
+        """Close both connection pools; later requests raise BackendError. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         self._client.close()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self._aclient.aclose())
+        else:  # called from async code: close the async pool on this loop
+            self._closing = loop.create_task(self._aclient.aclose())
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._client.close()
         await self._aclient.aclose()
-
-
-def _as_backend_error(exc: Exception, url: str) -> BackendError:
-    if isinstance(exc, BackendError):
-        return exc
-    return BackendError(f"{url}: {type(exc).__name__}: {exc}")
 
 
 def call_regex(catalog: IntentCatalog) -> str:
     """A regular expression of every registered call (keyword arguments, JSON-quoted values)."""
     value = r'"(?:[^"\\]|\\.)*"'
+    mapping = r"\{[^{}]*\}"  # one level of a JSON object: a regex cannot count nesting
     alternatives = [rf"{NO_INTENT}\(\)"]
     for spec in catalog.intents:
         if spec.params:
             names = "|".join(p.name for p in spec.params)
-            argument = rf"(?:{names})=(?:{value}|\[{value}(?:, {value})*\]|true|false|-?\d+(?:\.\d+)?)"
+            argument = rf"(?:{names})=(?:{value}|\[{value}(?:, {value})*\]|{mapping}|true|false|-?\d+(?:\.\d+)?)"
             alternatives.append(rf"{spec.name}\((?:{argument}(?:, {argument})*)?\)")
         else:
             alternatives.append(rf"{spec.name}\(\)")

@@ -1,6 +1,6 @@
 """transformers backend: an HF model directory or a GGUF file (dequantized), optional PEFT adapter.
 
-Uses the same prompt module and the same constrained decoder (:mod:`intentkit.decoding`) as the
+Uses the same prompt module and the same constrained decoder (:mod:`intentkit.backends.decoding`) as the
 llama.cpp backend, over a KV cache that keeps the previous request's prefix. The device is CUDA
 when present, else the CPU. :meth:`TransformersBackend.generate_batch` runs unconstrained greedy
 generation for many utterances in one padded batch (the throughput path on a GPU).
@@ -9,57 +9,26 @@ generation for many utterances in one padded batch (the throughput path on a GPU
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import threading
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..bundled import read_model_meta, trained_prompt
-from ..decoding import LocalBackendMixin, LocalGenerator
 from ..errors import BackendError, MissingDependencyError
-from ..prompt import PromptFormat
-from ..scope import ScopeDetector, resolve_scope
-from .base import Backend, GenerateRequest, Generation
+from ..hf import cache_name, quiet_peft
+from ..model_dir import ModelInfo
+from .base import GenerateRequest, Generation
+from .local import LocalBackend
 
-__all__ = ["TransformersBackend", "cache_name", "quiet_peft"]
+if TYPE_CHECKING:
+    from ..scope import ScopeDetector
 
-
-@functools.cache
-def cache_name() -> str:
-    """The name transformers gives the KV cache, as a ``forward`` keyword and an output field:
-    ``cache`` in recent releases (5.24 has it, and warns on every call that still says
-    ``past_key_values``), ``past_key_values`` in earlier ones."""
-    from transformers.modeling_outputs import BaseModelOutputWithPast
-
-    return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-@contextlib.contextmanager
-def quiet_peft() -> Iterator[None]:
-    """Import peft and load or wrap a model with it, without two messages that say nothing about
-    the user's run: bitsandbytes, which peft imports when it is installed, logs on CPUs with
-    AVX512-BF16 that it could not fetch a CPU 4-bit kernel from the Hub (nothing here runs 4-bit on
-    the CPU, nor downloads anything), and peft 0.21 reads transformers' deprecated
-    ``is_gradient_checkpointing`` (a FutureWarning on every load). Both are restored on exit."""
-    bitsandbytes = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = bitsandbytes.level
-    bitsandbytes.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-            yield
-    finally:
-        bitsandbytes.setLevel(level)
+__all__ = ["TransformersBackend"]
 
 
 class _HFModel:
-    """A causal LM with a rewindable KV cache (implements ``decoding.TokenModel``)."""
+    """A causal LM with a rewindable KV cache (implements :class:`~intentkit.backends.decoding.TokenModel`)."""
 
     def __init__(self, model: Any, tokenizer: Any, end_tokens: set[int]) -> None:
         import torch
@@ -149,11 +118,13 @@ class _HFModel:
         return self.feed(tokens[common:], hidden=self._keep_hidden)[-1], common  # decode steps keep none
 
 
-class TransformersBackend(LocalBackendMixin, Backend):
+class TransformersBackend(LocalBackend):
     """``TransformersBackend("path/to/model")``, ``TransformersBackend("base.gguf", adapter="runs/mine")``
     or :meth:`from_model` for an already loaded model and tokenizer.
 
-    ``scope``: the out-of-scope detector, as for :class:`~intentkit.backends.llamacpp.LlamaCppBackend`
+    ``adapter`` is a PEFT adapter directory (what ``intentkit train`` writes; a ``.gguf`` path
+    inside one means its directory); it is merged into the weights on load. ``scope``: the
+    out-of-scope detector, as for :class:`~intentkit.backends.llamacpp.LlamaCppBackend`
     (``"auto"``: ``scope.npz`` in the adapter's or model's directory)."""
 
     def __init__(
@@ -169,8 +140,8 @@ class TransformersBackend(LocalBackendMixin, Backend):
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError:
-            raise MissingDependencyError("transformers/torch", "hf") from None
+        except ImportError as exc:
+            raise MissingDependencyError("torch" if "torch" in str(exc) else "transformers") from None
         path = Path(model)
         if not path.exists():
             raise FileNotFoundError(f"model not found: {path}")
@@ -181,8 +152,8 @@ class TransformersBackend(LocalBackendMixin, Backend):
             path = path.parent
         tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        meta: dict[str, Any] = {}
         model_dir = path if path.is_dir() else path.parent
+        info = ModelInfo.load(model_dir) if "gguf_file" not in kwargs else ModelInfo()
         if adapter is not None:
             adapter_dir = Path(adapter)
             if adapter_dir.suffix == ".gguf":
@@ -191,12 +162,11 @@ class TransformersBackend(LocalBackendMixin, Backend):
                 try:
                     from peft import PeftModel
                 except ImportError:
-                    raise MissingDependencyError("peft", "hf") from None
+                    raise MissingDependencyError("peft") from None
                 loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
-            meta = read_model_meta(adapter_dir)
+            info = ModelInfo.load(adapter_dir)
             model_dir = adapter_dir
-        self._setup(loaded.to(device).eval(), tokenizer, meta, constrained, str(adapter or model))  # type: ignore[arg-type]
-        self._generator.set_scope(resolve_scope(scope, model_dir, self._model.hidden_width))
+        self._install(loaded.to(device).eval(), tokenizer, info, constrained, str(adapter or model), scope, model_dir)
 
     @classmethod
     def from_model(
@@ -204,49 +174,45 @@ class TransformersBackend(LocalBackendMixin, Backend):
         model: Any,
         tokenizer: Any,
         *,
-        meta: dict[str, Any] | None = None,
+        info: ModelInfo | None = None,
         constrained: bool = True,
         scope: ScopeDetector | str | Path | None = None,
     ) -> TransformersBackend:
         """Wrap a loaded model and tokenizer (tests, notebooks, custom loading)."""
         backend = cls.__new__(cls)
-        backend._setup(model.eval(), tokenizer, meta or {}, constrained, type(model).__name__)
-        backend._generator.set_scope(resolve_scope(None if scope == "auto" else scope, None, backend._model.hidden_width))
+        backend._install(model.eval(), tokenizer, info or ModelInfo(), constrained, type(model).__name__, scope, None)
         return backend
 
-    def _setup(self, model: Any, tokenizer: Any, meta: dict[str, Any], constrained: bool, source: str) -> None:
-        self.meta, self.constrained, self.source = meta, constrained, source
+    def _install(
+        self,
+        model: Any,
+        tokenizer: Any,
+        info: ModelInfo,
+        constrained: bool,
+        source: str,
+        scope: ScopeDetector | str | Path | None,
+        model_dir: Path | None,
+    ) -> None:
         ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         for marker in ("<end_of_turn>", "<|im_end|>"):
             token = tokenizer.convert_tokens_to_ids(marker)
             if isinstance(token, int) and token != tokenizer.unk_token_id:
                 ends.add(token)
-        self._model = _HFModel(model, tokenizer, ends)
-        self._generator = LocalGenerator(self._model, meta=meta, source=source, constrained=constrained)
-        self._lock = threading.Lock()
-
-    @property
-    def prompt(self) -> PromptFormat | None:
-        return trained_prompt(self.meta)
+        hf_model = _HFModel(model, tokenizer, ends)
+        self._start(hf_model, info=info, source=source, constrained=constrained, scope=scope, scope_dir=model_dir)
+        self._hf = hf_model
 
     @property
     def device(self) -> Any:
-        return self._model.device
-
-    def generate(self, request: GenerateRequest) -> Generation:
-        with self._lock:
-            try:
-                return self._generator.run(request)
-            except RuntimeError as exc:  # CUDA out of memory, shape errors: the router reports backend_error
-                self._model.cache, self._model.tokens = None, []
-                raise BackendError(f"transformers failed: {exc}") from exc
+        return self._hf.device
 
     def generate_batch(self, requests: Sequence[GenerateRequest], *, batch_size: int = 32) -> list[Generation]:
         """Unconstrained greedy answers for many requests, ``batch_size`` at a time (left padding)."""
-        torch = self._model.torch
-        tokenizer, model = self._model.tokenizer, self._model.model
+        torch = self._hf.torch
+        tokenizer, model = self._hf.tokenizer, self._hf.model
         answers: list[Generation] = []
         with self._lock:
+            self._check_open()
             side, tokenizer.padding_side = tokenizer.padding_side, "left"
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token = tokenizer.eos_token
@@ -254,23 +220,26 @@ class TransformersBackend(LocalBackendMixin, Backend):
                 for start in range(0, len(requests), batch_size):
                     chunk = requests[start : start + batch_size]
                     texts = [r.prompt.render(r.text, r.catalog) for r in chunk]
-                    batch = tokenizer(texts, return_tensors="pt", padding=True).to(self._model.device)
+                    batch = tokenizer(texts, return_tensors="pt", padding=True).to(self._hf.device)
                     with torch.inference_mode():
                         out = model.generate(
                             **batch,
                             max_new_tokens=max(r.max_tokens for r in chunk),
                             do_sample=False,
-                            eos_token_id=sorted(self._model.end_tokens),
+                            eos_token_id=sorted(self._hf.end_tokens),
                             pad_token_id=tokenizer.pad_token_id,
                         )
                     for row in out[:, batch["input_ids"].shape[1] :].tolist():
-                        cut = next((i for i, t in enumerate(row) if t in self._model.end_tokens), len(row))
-                        text = b"".join(self._model.piece(t) for t in row[:cut] if t != tokenizer.pad_token_id)
+                        cut = next((i for i, t in enumerate(row) if t in self._hf.end_tokens), len(row))
+                        text = b"".join(self._hf.piece(t) for t in row[:cut] if t != tokenizer.pad_token_id)
                         answers.append(Generation(text.decode("utf-8", errors="replace").strip()))
             finally:
                 tokenizer.padding_side = side
         return answers
 
-    def close(self) -> None:
-        with self._lock:
-            self._model.cache = None
+    def _reset(self) -> None:
+        self._hf.cache, self._hf.tokens = None, []
+
+    def _release(self) -> None:
+        self._reset()
+        self._hf.model = None  # the weights go with the last reference

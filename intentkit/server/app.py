@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +34,17 @@ from .metrics import Metrics
 __all__ = ["ChatRequest", "RouteRequest", "create_app"]
 
 
+def _unicode_text(value: Any) -> Any:
+    """Strings must be valid Unicode: JSON can carry a lone surrogate (``"\\ud800"``), which no
+    model, log or response encoder can."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"not valid Unicode text: {exc.reason} at character {exc.start}") from None
+    return value
+
+
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,10 +52,21 @@ class RouteRequest(BaseModel):
     session_id: str | None = Field(None, max_length=128, description="joins this turn with the session's earlier turns")
     dispatch: bool = Field(True, description="run the handlers (false: only predict and validate)")
 
+    _valid_text = field_validator("text", "session_id")(_unicode_text)
+
 
 class ChatMessage(BaseModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _valid_content(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                _unicode_text(part.get("text"))
+            return value
+        return _unicode_text(value)
 
 
 class ChatRequest(BaseModel):
@@ -176,8 +198,11 @@ def create_app(
         answer = result.call_text if result.status is not Status.INVALID else (result.raw_output or "")
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         extra = {"status": result.status.value, "confidence": result.confidence}
+        usage = _usage(result)
         if body.stream:
-            return StreamingResponse(_stream(completion_id, created, model_name, answer, extra), media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(completion_id, created, model_name, answer, extra, usage), media_type="text/event-stream"
+            )
         return JSONResponse(
             {
                 "id": completion_id,
@@ -185,7 +210,7 @@ def create_app(
                 "created": created,
                 "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "usage": usage,
                 "intentkit": extra,
             }
         )
@@ -196,13 +221,23 @@ def create_app(
     return app
 
 
+def _usage(result: Any) -> dict[str, int]:
+    """The OpenAI ``usage`` field: the tokens the model read and wrote for this answer, as the
+    backend counted them. An answer from the fast path (or a backend that does not count) ran no
+    model tokens it knows of, and says 0."""
+    prompt, completion = result.prompt_tokens or 0, result.completion_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 def _content(message: ChatMessage) -> str:
     if isinstance(message.content, list):  # content parts: keep the text ones
         return "".join(str(part.get("text", "")) for part in message.content if part.get("type") == "text")
     return message.content or ""
 
 
-async def _stream(completion_id: str, created: int, model: str, answer: str, extra: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _stream(
+    completion_id: str, created: int, model: str, answer: str, extra: dict[str, Any], usage: dict[str, int]
+) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         payload = {
             "id": completion_id,
@@ -213,6 +248,7 @@ async def _stream(completion_id: str, created: int, model: str, answer: str, ext
         }
         if finish:
             payload["intentkit"] = extra
+            payload["usage"] = usage
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
     yield chunk({"role": "assistant", "content": ""}, None)

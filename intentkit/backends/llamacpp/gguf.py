@@ -1,5 +1,12 @@
-"""Rewrite GGUF model files for deployment, with the ``gguf`` package and llama.cpp's quantizer.
+"""Write and rewrite GGUF model files for deployment, with the ``gguf`` package and llama.cpp's quantizer.
 
+- :func:`write_lora_gguf` — a PEFT LoRA adapter as a GGUF LoRA that llama.cpp loads over the
+  base GGUF. The tensors keep their PEFT shapes — ``lora_a`` is ``(r, in)`` and ``lora_b`` is
+  ``(out, r)`` — which in GGUF's reversed dimension order is what llama.cpp checks against the
+  base weight; names come from the ``gguf`` package's tensor map
+  (``model.layers.0.self_attn.q_proj`` → ``blk.0.attn_q.weight.lora_a``); the scale is
+  ``alpha / r``, as in PEFT.
+- :func:`domain_vocabulary` — the token ids a domain needs, for trimming.
 - :func:`write_trimmed_gguf` — the vocabulary cut to the token ids a domain uses. gemma's
   262k-token embedding, which is also its output head, is most of the model's memory and of every
   decode step; a domain needs a fraction of it. Byte-fallback tokens are kept, so any text still
@@ -10,26 +17,123 @@
   extra matrix products per adapted weight, every token; a merged model does not pay for them.
   Not back to the base's 4–5-bit mix: a LoRA update is mostly smaller than a 4-bit step, so
   re-quantizing snaps the weights back to the base's grid and the adapter is largely lost
-  (measured on the demo dev set: intent accuracy 97.9 % → 76.0 %; with 8 bits, 97.9 %).
+  (docs/design/merging.md has the measurement).
 
-Both read any GGUF of an architecture llama.cpp knows; the cache-aware wrappers that build them
-once for the embedded default live in :mod:`intentkit.bundled`.
+They read any GGUF of an architecture llama.cpp knows; the cache-aware wrappers that build them
+once for a deployment live in :mod:`.bundled`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendError, MissingDependencyError
+from ...errors import BackendError, ExportError, MissingDependencyError
+from .logs import quiet_llama_cpp
 
-__all__ = ["write_merged_gguf", "write_trimmed_gguf", "write_updated_gguf"]
+__all__ = [
+    "PERMUTED_ARCHITECTURES",
+    "domain_vocabulary",
+    "gguf_architecture",
+    "layer_numbers",
+    "write_lora_gguf",
+    "write_merged_gguf",
+    "write_trimmed_gguf",
+    "write_updated_gguf",
+]
 
 _TOKEN_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
+#: Architectures whose converter permutes the q/k projections; their LoRA B matrices would need the
+#: same permutation, which is not done here.
+PERMUTED_ARCHITECTURES = frozenset({"llama", "mistral", "granite"})
+
+
+def write_lora_gguf(adapter_dir: str | Path, out: str | Path, *, model_type: str | None, dtype: str = "f16") -> Path:
+    """Write ``adapter_dir``'s PEFT LoRA (``adapter_config.json`` + ``adapter_model.safetensors``)
+    as a GGUF LoRA adapter at ``out``. ``model_type`` is the base's transformers model type
+    (``gemma3_text``); without one, the adapter config's base directory is asked."""
+    try:
+        import gguf
+        import numpy as np
+        from safetensors.numpy import load_file
+    except ImportError as exc:
+        raise MissingDependencyError("safetensors" if "safetensors" in str(exc) else "gguf") from None
+    adapter_dir, out = Path(adapter_dir), Path(out)
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    except FileNotFoundError as exc:
+        raise ExportError(f"{adapter_dir} is not a PEFT adapter directory ({Path(str(exc.filename)).name} missing)") from None
+    if config.get("peft_type") != "LORA":
+        raise ExportError(f"{adapter_dir}: only LoRA adapters can be exported, not {config.get('peft_type')}")
+    if config.get("use_dora") or config.get("use_rslora"):
+        raise ExportError(f"{adapter_dir}: DoRA / rsLoRA adapters are not supported by llama.cpp's LoRA loader")
+    model_type = model_type or _config_model_type(adapter_dir, config)
+    arch = gguf_architecture(gguf, model_type)
+    if model_type in PERMUTED_ARCHITECTURES:
+        raise ExportError(f"{model_type}: q/k projections are permuted in GGUF; export a merged model instead")
+    embedding = sorted({name.split(".lora_embedding_")[0] for name in tensors if ".lora_embedding_" in name})
+    if embedding:
+        raise ExportError(
+            f"{adapter_dir}: a LoRA on the token embeddings ({', '.join(embedding)}) is not exported to GGUF "
+            "(peft adapts only the input lookup of an embedding the output head may share, as gemma's does, "
+            "and this exporter writes linear layers only); train without it (target_modules 'all-linear', the default) "
+            "to serve through llama.cpp, or load the PEFT adapter with the transformers backend"
+        )
+    layers = 1 + max((int(part) for name in tensors for part in layer_numbers(name)), default=0)
+    names = gguf.get_tensor_name_map(arch, layers)
+    np_dtype = np.float16 if dtype == "f16" else np.float32
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+    count = 0
+    for name in sorted(tensors):
+        if ".lora_A." not in name and ".lora_B." not in name:
+            raise ExportError(f"{adapter_dir}: tensor {name} is not a LoRA matrix (modules_to_save is not supported)")
+        module = name.split(".lora_")[0].removeprefix("base_model.model.")
+        target = names.get_name(module)
+        if target is None:
+            raise ExportError(f"{adapter_dir}: no GGUF name for module {module} of {model_type}")
+        suffix = "lora_a" if ".lora_A." in name else "lora_b"
+        writer.add_tensor(f"{target}.weight.{suffix}", np.ascontiguousarray(tensors[name].astype(np_dtype)))
+        count += 1
+    if not count:
+        raise ExportError(f"{adapter_dir}: the adapter holds no tensors")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def _config_model_type(adapter_dir: Path, config: dict[str, Any]) -> str:
+    base = config.get("base_model_name_or_path") or ""
+    config_path = Path(str(base)) / "config.json"
+    if config_path.exists():
+        return str(json.loads(config_path.read_text(encoding="utf-8"))["model_type"])
+    raise ExportError(f"{adapter_dir}: cannot tell the base architecture (no model_type in its intentkit.json)")
+
+
+def gguf_architecture(gguf: Any, model_type: str) -> Any:
+    """The ``gguf`` package's architecture for a transformers ``model_type``."""
+    wanted = model_type.removesuffix("_text")
+    for arch, name in gguf.MODEL_ARCH_NAMES.items():
+        if name == wanted:
+            return arch
+    raise ExportError(f"no GGUF architecture named {wanted!r} (from model_type {model_type!r})")
+
+
+def layer_numbers(name: str) -> list[str]:
+    """The layer indices in a transformers weight name (``model.layers.3.mlp`` → ``["3"]``)."""
+    parts = name.split(".")
+    return [parts[i + 1] for i, part in enumerate(parts[:-1]) if part == "layers" and parts[i + 1].isdigit()]
 
 
 def write_trimmed_gguf(source: Path, target: Path, keep: Any) -> None:
@@ -113,7 +217,7 @@ def _imports() -> tuple[Any, Any]:
         import gguf
         import numpy as np
     except ImportError:
-        raise MissingDependencyError("gguf", "llamacpp") from None
+        raise MissingDependencyError("gguf") from None
     return gguf, np
 
 
@@ -204,8 +308,7 @@ def _quantize(source: Path, target: Path, file_type: int) -> None:
     try:
         import llama_cpp as lc
     except ImportError:
-        raise MissingDependencyError("llama-cpp-python", "llamacpp") from None
-    from .backends.llamacpp import quiet_llama_cpp
+        raise MissingDependencyError("llama-cpp-python") from None
 
     quiet_llama_cpp()
     params = lc.llama_model_quantize_default_params()
@@ -215,3 +318,46 @@ def _quantize(source: Path, target: Path, file_type: int) -> None:
     status = lc.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise BackendError(f"llama.cpp could not quantize {source} to file type {file_type} (status {status})")
+
+
+def domain_vocabulary(base_gguf: str | Path, texts: Iterable[str], *, top: int = 50_000, scripts: str = r"\p{Han}") -> Any:
+    """The token ids a domain needs, for :func:`write_trimmed_gguf`.
+
+    Kept: every non-normal token (control, byte fallback, user-defined), every single-character
+    token, every token written only in ``scripts`` (default: Chinese characters and CJK
+    punctuation), the ``top`` highest-ranked tokens, every token of ``texts`` (prompt and data, as
+    the full vocabulary tokenizes them) — and every token inside a kept token, so the tokenizer can
+    still reach it by merges (docs/design/vocabulary.md measures how close it tokenizes).
+    """
+    try:
+        import gguf
+        import llama_cpp
+    except ImportError as exc:
+        raise MissingDependencyError("gguf" if "gguf" in str(exc) else "llama-cpp-python") from None
+    import numpy as np
+    import regex
+
+    reader = gguf.GGUFReader(str(base_gguf))
+    field = reader.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode("utf-8", "ignore") for i in field.data]
+    types = np.array(
+        [int(reader.fields["tokenizer.ggml.token_type"].parts[i][0]) for i in reader.fields["tokenizer.ggml.token_type"].data]
+    )
+    scores = np.array(
+        [float(reader.fields["tokenizer.ggml.scores"].parts[i][0]) for i in reader.fields["tokenizer.ggml.scores"].data]
+    )
+    normal = types == 1
+    keep = set(np.nonzero(~normal)[0].tolist())
+    ranked = np.nonzero(normal)[0]
+    keep |= set(ranked[np.argsort(-scores[ranked], kind="stable")][:top].tolist())
+    domain = regex.compile(rf"^(?:{scripts}|[\u3000-\u303f\uff00-\uffef▁])+$")
+    keep |= {i for i, text in enumerate(tokens) if normal[i] and (len(text) == 1 or domain.match(text))}
+    quiet_llama_cpp()  # Llama(verbose=False) still logs its context creation
+    llm = llama_cpp.Llama(str(base_gguf), vocab_only=True, verbose=False)
+    for text in texts:
+        keep.update(llm.tokenize(text.encode(), add_bos=True, special=True))
+    index = {text: i for i, text in enumerate(tokens) if normal[i]}
+    for i in list(keep):
+        text = tokens[i]
+        keep.update(index[text[a:b]] for a in range(len(text)) for b in range(a + 2, len(text) + 1) if text[a:b] in index)
+    return np.array(sorted(keep), dtype=np.uint32)

@@ -1,57 +1,21 @@
-"""llama.cpp backend: a GGUF model (plus an optional GGUF LoRA adapter) on the CPU, offline.
-
-Built on llama-cpp-python's raw bindings rather than its ``Llama`` class, because routing needs
-three things a text-completion API does not give:
-
-- **a prefix cache** — the tokens of the previous request stay in the KV cache and only the
-  part after the longest common prefix (the utterance) is evaluated;
-- **constrained decoding** (:mod:`intentkit.decoding`) — a handful of decisions over the
-  registered intents and their parameters instead of free generation;
-- **batched verification** — drafted argument values are checked in one evaluation.
-
-One context serves one request at a time; concurrent callers queue on a lock (the model is
-loaded once, memory stays bounded). ``pip install 'intentkit-router[llamacpp]'``.
-"""
+"""llama-cpp-python's raw bindings as a :class:`~intentkit.backends.decoding.TokenModel`: one model
+and context with a rewindable token cache, logits and (on request) the final hidden state."""
 
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..bundled import (
-    DEFAULT_ADAPTER,
-    base_model_path,
-    bundled_model_dir,
-    deployment_base,
-    merged_model_path,
-    read_model_meta,
-    trained_prompt,
-)
-from ..decoding import LocalBackendMixin, LocalGenerator
-from ..errors import BackendError, MissingDependencyError
-from ..prompt import PromptFormat
-from ..scope import ScopeDetector, resolve_scope
-from .base import Backend, GenerateRequest, Generation
+from ...errors import BackendError
 
-__all__ = ["LlamaCppBackend"]
-
-_backend_ready = False
-_init_lock = threading.Lock()
+__all__ = ["LlamaModel"]
 
 
-def _silence(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp logs every load to stderr; an embedded router stays quiet unless asked."""
-
-
-class _Model:
-    """A llama.cpp model + context with a rewindable token cache (implements ``decoding.TokenModel``)."""
+class LlamaModel:
+    """A llama.cpp model + context with a rewindable token cache (implements :class:`~intentkit.backends.decoding.TokenModel`)."""
 
     def __init__(self, path: Path, lora: Path | None, n_ctx: int, n_batch: int, n_threads: int, lora_scale: float) -> None:
         import llama_cpp as lc
@@ -206,117 +170,3 @@ class _Model:
         if self.model:
             lc.llama_model_free(self.model)
             self.model = None
-
-
-class LlamaCppBackend(LocalBackendMixin, Backend):
-    """A GGUF model through llama.cpp, with prefix caching and constrained decoding.
-
-    ``LlamaCppBackend("model.gguf", lora="adapter.gguf")`` or :meth:`default` for the embedded
-    smart-home model. ``constrained=False`` decodes greedily without constraints (for models not
-    trained on intentkit's call format, and for comparison). ``n_threads`` defaults to the CPU
-    count; ``n_ctx`` bounds prompt + answer tokens.
-
-    ``merge_lora=True`` folds the adapter into the weights once (an 8-bit copy of the model in
-    the cache, :func:`intentkit.bundled.merged_model_path`) and runs that instead: the adapter's
-    extra matrix products are gone (demo dev set: p50 45.0 → 37.1 ms, the same accuracy).
-
-    ``scope`` is the out-of-scope detector (:mod:`intentkit.scope`): by default (``"auto"``) the
-    ``scope.npz`` next to the adapter, when ``intentkit export --scope-from`` wrote one; a path
-    or a :class:`~intentkit.scope.ScopeDetector`; ``None`` for none.
-    """
-
-    def __init__(
-        self,
-        model_path: str | Path | None = None,
-        *,
-        lora: str | Path | None = None,
-        lora_scale: float = 1.0,
-        n_ctx: int = 1024,
-        n_batch: int = 64,
-        n_threads: int | None = None,
-        constrained: bool = True,
-        merge_lora: bool = False,
-        scope: ScopeDetector | str | Path | None = "auto",
-        verbose: bool = False,
-    ) -> None:
-        try:
-            import llama_cpp as lc
-        except ImportError:
-            raise MissingDependencyError("llama-cpp-python", "llamacpp") from None
-        path = Path(model_path) if model_path is not None else base_model_path()
-        lora_path = Path(lora) if lora is not None else None
-        for what, p in (("model", path), ("LoRA adapter", lora_path)):
-            if p is not None and not p.is_file():
-                raise FileNotFoundError(f"{what} not found: {p}")
-        _init_backend(lc, verbose)
-        merged = merge_lora and lora_path is not None
-        #: The GGUF actually loaded: ``model_path``, or its merged copy with ``merge_lora``.
-        self.loaded_path = merged_model_path(path, lora_path, scale=lora_scale) if merged and lora_path else path
-        started = time.perf_counter()
-        threads = n_threads or os.cpu_count() or 1
-        self._model = _Model(self.loaded_path, None if merged else lora_path, n_ctx, n_batch, threads, lora_scale)
-        self.load_seconds = time.perf_counter() - started
-        self.model_path, self.lora_path = path, lora_path
-        self.constrained = constrained
-        #: What the model (adapter) recorded at training time: prompt, intents, config.
-        self.meta = read_model_meta((lora_path or path).parent)
-        self._lock = threading.Lock()
-        self._generator = LocalGenerator(
-            self._model, meta=self.meta, source=str(lora_path or path), constrained=constrained, n_ctx=n_ctx
-        )
-        self._closed = False
-        try:
-            self._generator.set_scope(resolve_scope(scope, (lora_path or path).parent, self._model.n_embd))
-        except BaseException:
-            self.close()
-            raise
-
-    @classmethod
-    def default(cls, *, trim_vocabulary: bool = True, merge_lora: bool = True, **kwargs: Any) -> LlamaCppBackend:
-        """The embedded default: gemma-3-270m Q4_K_M plus the bundled smart-home adapter.
-
-        With ``trim_vocabulary`` (the default) the base's vocabulary is cut to the 106k tokens the
-        adapter's languages use (Chinese, frequent English; byte fallback keeps any text
-        encodable): about 140 MB less memory and a cheaper output head per step. With
-        ``merge_lora`` (the default) the adapter is merged into the weights. Both are built once
-        into the cache (about 15 s on the first run).
-        """
-        directory = bundled_model_dir(DEFAULT_ADAPTER)
-        base = deployment_base(directory, trim_vocabulary=trim_vocabulary)
-        return cls(base, lora=directory / "adapter.gguf", merge_lora=merge_lora, **kwargs)
-
-    @property
-    def prompt(self) -> PromptFormat | None:
-        """The prompt format the adapter was trained with, when it recorded one."""
-        return trained_prompt(self.meta)
-
-    def generate(self, request: GenerateRequest) -> Generation:
-        with self._lock:
-            if self._closed:
-                raise BackendError("the llama.cpp backend is closed")
-            return self._generator.run(request)
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._model.close()
-
-
-def quiet_llama_cpp() -> None:
-    """Stop llama.cpp's log output (it logs every load and quantization to stderr)."""
-    import llama_cpp as lc
-
-    callback = lc.llama_log_callback(_silence)
-    quiet_llama_cpp.callback = callback  # type: ignore[attr-defined]  # keep it alive
-    lc.llama_log_set(callback, ctypes.c_void_p(0))
-
-
-def _init_backend(lc: Any, verbose: bool) -> None:
-    global _backend_ready
-    with _init_lock:
-        if not _backend_ready:
-            if not verbose:
-                quiet_llama_cpp()
-            lc.llama_backend_init()
-            _backend_ready = True

@@ -1,4 +1,5 @@
-"""Constrained decoding of one call, shared by the local backends (llama.cpp, transformers).
+"""Constrained decoding of one call over a :class:`TokenModel`, shared by the local backends
+(llama.cpp, transformers); :mod:`intentkit.backends.generator` runs it for a request.
 
 The answer is built from a small set of pieces instead of being sampled token by token:
 
@@ -7,10 +8,12 @@ The answer is built from a small set of pieces instead of being sampled token by
    the model consulted, and only over the branch tokens (softmax renormalised over them, which
    gives the intent's probability). Tokens the trie forces are appended without sampling;
    tokens after the last decision are not even evaluated.
-2. **values** — a parameter with declared choices is another trie; a value copied from the
+2. **values** — a parameter with declared choices is another trie (a mapping parameter,
+   ``dict`` or a pydantic model, is not written by constrained decoding: an intent that
+   requires one is left to unconstrained models); a value copied from the
    utterance (``Param(from_utterance=True)``, the default) may only use tokens whose text keeps it
    a substring of the utterance that starts at a word boundary, and it may only end at one (see
-   ``word_boundaries``: never inside a word of a script written with spaces, never on a space).
+   :func:`intentkit.text.word_boundaries`: never inside a word of a script written with spaces, never on a space).
    The rest of the utterance is drafted and verified in one batch. Other values take the model's
    best token that does not contain a quote.
 3. **closers** — ``")`` ends the call (decoding stops there); ``", other="`` opens the next
@@ -25,37 +28,20 @@ would have produced something the registry rejects.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
-import regex
 
-from .backends.base import GenerateRequest, Generation
-from .calls import NO_INTENT
-from .errors import BackendError
-from .prompt import check_prompt
-from .registry import IntentCatalog, ParamSpec
-from .scope import ScopeDetector, ScopeVerdict
+from ..calls import NO_INTENT
+from ..registry import IntentCatalog, ParamSpec
+from ..text import occurrences, word_boundaries
 
-__all__ = [
-    "ConstrainedDecoder",
-    "Decoded",
-    "LocalBackendMixin",
-    "LocalGenerator",
-    "TokenModel",
-    "can_copy",
-    "greedy_decode",
-    "word_boundaries",
-]
+__all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode"]
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
-# Letters of scripts written without spaces between words: every character boundary is a word boundary.
-_UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]")
-_LETTER = regex.compile(r"[\p{L}\p{M}]")
 
 
 class TokenModel(Protocol):
@@ -143,49 +129,10 @@ class _Cursor:
         return self.logits
 
 
-def _word_class(char: str) -> str | None:
-    """What ``char`` is inside a word: ``"L"``, a letter of a script written with spaces; ``"N"``, a
-    digit; None, anything else (punctuation, spaces, letters of scripts where each character may
-    end a word)."""
-    if char.isdigit():
-        return "N"
-    if _LETTER.match(char) and not _UNSPACED.match(char):
-        return "L"
-    return None
-
-
-def word_boundaries(text: str) -> tuple[frozenset[int], frozenset[int]]:
-    """The byte offsets (UTF-8) of ``text`` where a value copied from it may start, and where it may
-    end. A value never starts or ends on whitespace, nor between two letters (or two digits) of a
-    script written with spaces: ``breathtaking`` yields no ``breath``, while any character of
-    ``帮我查杭州天气`` may start or end a value, and ``PlayStation官方杂志`` splits where the script
-    changes."""
-    offsets = [0]
-    for char in text:
-        offsets.append(offsets[-1] + len(char.encode()))
-    classes = [_word_class(c) for c in text]
-
-    def joined(k: int) -> bool:  # characters k-1 and k belong to one word
-        return 0 < k < len(text) and classes[k - 1] is not None and classes[k - 1] == classes[k]
-
-    starts = frozenset(offsets[k] for k in range(len(text)) if not text[k].isspace() and not joined(k))
-    ends = frozenset(offsets[k] for k in range(1, len(text) + 1) if not text[k - 1].isspace() and not joined(k))
-    return starts, ends
-
-
-def can_copy(utterance: str, value: str) -> bool:
-    """Whether constrained decoding can copy ``value`` from ``utterance``: it occurs there starting
-    and ending at word boundaries (:func:`word_boundaries`)."""
-    starts, ends = word_boundaries(utterance)
-    source = _Source(utterance.encode(), [], starts, ends, [])
-    data = value.encode()
-    return any(at + len(data) in ends for at in source.at(data))
-
-
 @dataclass(frozen=True, slots=True)
 class _Source:
     """An utterance values are copied from: the tokens they can be written with, and where they may
-    start and end (``word_boundaries``)."""
+    start and end (:func:`~intentkit.text.word_boundaries`)."""
 
     text: bytes
     tokens: list[tuple[int, bytes]]
@@ -195,12 +142,7 @@ class _Source:
 
     def at(self, value: bytes) -> list[int]:
         """The offsets where ``value`` occurs starting at a word boundary."""
-        found, at = [], self.text.find(value)
-        while at >= 0:
-            if at in self.starts:
-                found.append(at)
-            at = self.text.find(value, at + 1)
-        return found
+        return occurrences(self.text, value, self.starts)
 
 
 def _softmax(values: np.ndarray) -> np.ndarray:
@@ -230,9 +172,11 @@ class ConstrainedDecoder:
     def _opening_texts(self) -> list[tuple[str, dict[str, Any]]]:
         texts: list[tuple[str, dict[str, Any]]] = [(f"{NO_INTENT}()", {"intent": NO_INTENT, "end": True})]
         for spec in self.catalog.intents:
+            if any(p.required and not _decodable(p) for p in spec.params):
+                continue  # a mapping argument is written by unconstrained models only
             if not any(p.required for p in spec.params):
                 texts.append((f"{spec.name}()", {"intent": spec.name, "end": True}))
-            for param in spec.params:
+            for param in filter(_decodable, spec.params):
                 for opener, listed in _openers(param):
                     texts.append((f"{spec.name}({opener}", {"intent": spec.name, "param": param, "listed": listed}))
         return texts
@@ -245,7 +189,7 @@ class ConstrainedDecoder:
             texts.append((f'{quote}, "', {"intent": intent, "param": param, "item": True, "listed": True}))
         texts.append((f"{quote}{close_list})", {"intent": intent, "end": True}))
         spec = next(s for s in self.catalog.intents if s.name == intent)
-        for other in spec.params:
+        for other in filter(_decodable, spec.params):
             if other.name not in used:
                 for opener, other_listed in _openers(other):
                     texts.append((f"{quote}{close_list}, {opener}", {"intent": intent, "param": other, "listed": other_listed}))
@@ -436,6 +380,12 @@ class ConstrainedDecoder:
         return list(self.model.tokenize(rest))[:_DRAFT_TOKENS] if rest else []
 
 
+def _decodable(param: ParamSpec) -> bool:
+    """Whether constrained decoding can write ``param``'s value: everything but a mapping
+    (``dict`` or pydantic-model parameters, which an unconstrained model writes)."""
+    return param.kind != "object" and (param.item is None or param.item.kind != "object")
+
+
 def _openers(param: ParamSpec) -> list[tuple[str, bool]]:
     """The texts that open a value of ``param``, each with whether the value is a ``[...]`` list.
     A list parameter takes a single quoted value too (the usual case in the datasets)."""
@@ -457,135 +407,3 @@ def greedy_decode(model: TokenModel, logits: np.ndarray, max_tokens: int) -> tup
         out += model.piece(token)
         logits = model.feed([token])[-1]
     return out.decode("utf-8", errors="replace"), count
-
-
-class LocalGenerator:
-    """One request through a local :class:`TokenModel`: the prompt-fingerprint check, the prompt
-    with its cached prefix, the out-of-scope check when a :class:`ScopeDetector` is set, then
-    constrained (or plain greedy) decoding. Shared by the llama.cpp and transformers backends,
-    which hold their own lock around :meth:`run`."""
-
-    def __init__(self, model: TokenModel, *, meta: dict[str, Any], source: str, constrained: bool, n_ctx: int | None = None):
-        self.model, self.meta, self.source = model, meta, source
-        self.constrained, self.n_ctx = constrained, n_ctx
-        self.scope: ScopeDetector | None = None
-        self._hidden_on = False
-        self._decoders: dict[str, ConstrainedDecoder] = {}
-        self._checked: set[str] = set()
-
-    def set_scope(self, detector: ScopeDetector | None) -> None:
-        """Answer ``no_intent()`` without decoding when an utterance is farther from every
-        training utterance than ``detector.threshold`` (for a detector that also weighs the
-        intent confidence: after decoding the intent, when the combined score passes it);
-        ``None`` turns the check off."""
-        if detector is not None:
-            if detector.width != self.model.hidden_width:
-                raise ValueError(
-                    f"the scope detector was fitted on {detector.width}-wide hidden states; "
-                    f"this model's are {self.model.hidden_width} wide (fitted for another model?)"
-                )
-            self._enable_hidden()
-        self.scope = detector
-
-    def _enable_hidden(self) -> None:
-        if not self._hidden_on:
-            self.model.enable_hidden()
-            self._hidden_on = True
-
-    def _prefill(self, request: GenerateRequest) -> tuple[np.ndarray, dict[str, Any]]:
-        if request.prompt.fingerprint not in self._checked:
-            check_prompt(self.meta.get("prompt"), request.prompt, self.source)
-            self._checked.add(request.prompt.fingerprint)
-        t0 = time.perf_counter()
-        tokens = self.model.tokenize(request.prompt.render(request.text, request.catalog), special=True, bos=True)
-        if self.n_ctx is not None and len(tokens) + request.max_tokens > self.n_ctx:
-            raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={self.n_ctx}")
-        logits, reused = self.model.prefill(tokens)
-        return logits, {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (time.perf_counter() - t0) * 1e3}
-
-    def hidden_state(self, request: GenerateRequest) -> np.ndarray:
-        """The feature a :class:`ScopeDetector` measures: the final hidden state at the prompt's
-        last token (the prompt is evaluated, nothing is decoded)."""
-        self._enable_hidden()
-        self._prefill(request)
-        return self.model.hidden()
-
-    def run(self, request: GenerateRequest) -> Generation:
-        logits, info = self._prefill(request)
-        verdict = None
-        if self.scope is not None:
-            verdict = self.scope.check(self.model.hidden())
-            info["scope"] = _scope_info(verdict, self.scope.uses_confidence)
-            if not verdict.in_scope:  # far enough on distance alone: no decoding
-                return Generation(f"{NO_INTENT}()", info=info)
-        t1 = time.perf_counter()
-        if not self.constrained:
-            text, generated = greedy_decode(self.model, logits, request.max_tokens)
-            info.update(generated_tokens=generated, decode_ms=(time.perf_counter() - t1) * 1e3)
-            return Generation(text, info=info)
-        decoder = self._decoders.get(request.catalog.fingerprint)
-        if decoder is None:
-            decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(self.model, request.catalog)
-        decoded = decoder.decode(logits, request.text, max_tokens=request.max_tokens)
-        info.update(
-            decode_ms=(time.perf_counter() - t1) * 1e3,
-            sampled=decoded.sampled,
-            forced=decoded.forced,
-            evaluations=decoded.evaluations,
-        )
-        if self.scope is not None and verdict is not None and self.scope.uses_confidence:
-            verdict = self.scope.with_confidence(verdict, decoded.confidence)
-            info["scope"] = _scope_info(verdict, True)
-            if not verdict.in_scope:  # near enough, but the model is unsure which intent it is
-                return Generation(f"{NO_INTENT}()", info=info)
-        return Generation(
-            decoded.text,
-            confidence=decoded.confidence,
-            intent_scores=decoded.intent_scores,
-            argument_confidence=decoded.argument_confidence,
-            info=info,
-        )
-
-
-def _scope_info(verdict: ScopeVerdict, combined: bool) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "distance": round(verdict.distance, 5),
-        "threshold": round(verdict.threshold, 5),
-        "nearest_intent": verdict.nearest_intent,
-        "out_of_scope": not verdict.in_scope,
-    }
-    if combined:  # a detector that weighs the intent confidence too
-        info.update(score=round(verdict.score, 5), confidence=verdict.confidence)
-    return info
-
-
-class LocalBackendMixin:
-    """Out-of-scope detection for the backends built on :class:`LocalGenerator` (they set
-    ``_generator``, ``_lock`` and a ``prompt`` property)."""
-
-    _generator: LocalGenerator
-    _lock: Any
-    prompt: Any
-
-    @property
-    def scope(self) -> ScopeDetector | None:
-        """The out-of-scope detector in use (``scope.npz`` next to the adapter, or set)."""
-        return self._generator.scope
-
-    def set_scope(self, detector: ScopeDetector | None) -> None:
-        with self._lock:
-            self._generator.set_scope(detector)
-
-    def hidden_state(self, text: str, catalog: IntentCatalog | None = None) -> np.ndarray:
-        """The hidden state a :class:`~intentkit.scope.ScopeDetector` measures for ``text``,
-        under the prompt the model was trained with."""
-        from .prompt import PromptFormat
-        from .registry import Registry
-
-        prompt = self.prompt or PromptFormat()
-        catalog = catalog or Registry().catalog
-        request = GenerateRequest(text, prompt.messages(text, catalog), catalog, prompt)
-        with self._lock:
-            if getattr(self, "_closed", False):
-                raise BackendError("the backend is closed")
-            return self._generator.hidden_state(request)

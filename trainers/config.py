@@ -1,0 +1,60 @@
+"""Training settings, apart from the training code so that the CLI can read their defaults and
+help text without importing torch or the trainer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+
+__all__ = ["DEFAULT_BASE", "TrainConfig"]
+
+DEFAULT_BASE = "default"
+
+
+class TrainConfig(pydantic.BaseModel):
+    """Training settings (JSON round-trip: ``TrainConfig.model_validate_json(cfg.model_dump_json())``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    base: str = pydantic.Field(DEFAULT_BASE, description="'default' (bundled gemma-3-270m GGUF), an HF model dir or a .gguf file")
+    method: Literal["lora", "qlora", "full"] = "lora"
+    epochs: float = pydantic.Field(2.0, gt=0)
+    learning_rate: float = pydantic.Field(3e-4, gt=0)
+    batch_size: int = pydantic.Field(8, gt=0, description="examples per device per step")
+    grad_accum: int = pydantic.Field(1, gt=0, description="global batch = devices × batch_size × grad_accum")
+    warmup_ratio: float = pydantic.Field(0.05, ge=0, lt=1)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = pydantic.Field(16, gt=0, description="LoRA rank")
+    lora_alpha: int | None = pydantic.Field(None, gt=0, description="LoRA scaling numerator (default: 2 × lora_r)")
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    train_embeddings: bool = pydantic.Field(
+        False,
+        description="method='full': also train the token embeddings (and an output head tied to them); "
+        "gemma-3-270m's are 168M of its 268M weights, so this costs far more memory and time per step",
+    )
+    max_length: int | None = pydantic.Field(None, description="default: next power of two over the longest example")
+    eval_every: int | None = pydantic.Field(None, description="steps between dev evaluations (default: once per epoch)")
+    patience: int | None = pydantic.Field(None, description="stop after this many dev evaluations without improvement")
+    select_on: Literal["loss", "exact"] = pydantic.Field(
+        "loss",
+        description="what picks the weights kept and drives early stopping: dev loss, or dev exact match "
+        "(the share of dev answers greedy decoding reproduces token for token; ties go to the lower loss)",
+    )
+    save_every: int | None = pydantic.Field(None, description="steps between resumable checkpoints")
+    seed: int = 42
+    threads: int | None = None
+    share_prefix: bool = pydantic.Field(True, description="evaluate a batch's common prompt prefix once")
+    argument_order: Literal["utterance", "as_given"] = pydantic.Field(
+        "as_given",
+        description="the order of keyword arguments in the answers trained on: 'utterance' writes them in the "
+        "order their values occur in the utterance (the same calls), 'as_given' as the data has them",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _alpha(self) -> TrainConfig:
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+        return self

@@ -1,0 +1,141 @@
+"""Train → export → fit the out-of-scope detector: what ``intentkit train`` runs, and what
+``benchmarks/accuracy.py`` runs before it evaluates. One function, so that the two can never
+drift apart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intentkit.scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE, SCOPE_FILE, ScopeDetector
+
+from .card import write_model_card
+from .config import DEFAULT_BASE, TrainConfig
+from .data import Record
+from .progress import progress_bar
+from .train import TrainResult, train
+
+__all__ = ["BuildResult", "build_model", "fit_model_scope"]
+
+
+@dataclass(slots=True)
+class BuildResult:
+    """What :func:`build_model` did: the training run, the file llama.cpp runs (``None`` when not
+    exported), the detector fitted, and a line for each step left out and why."""
+
+    train: TrainResult
+    exported: Path | None = None
+    detector: ScopeDetector | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def build_model(
+    records: Sequence[Record],
+    out: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    dev: Sequence[Record] = (),
+    export: bool = True,
+    scope: bool | None = None,
+    calibration: Sequence[Record] | None = None,
+    scope_quantile: float = DEFAULT_QUANTILE,
+    confidence_weight: float = DEFAULT_CONFIDENCE_WEIGHT,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> BuildResult:
+    """Fine-tune on ``records`` into ``out``; export it for llama.cpp (``adapter.gguf``, or
+    ``model.gguf`` for a full fine-tune of a GGUF base); fit the out-of-scope detector
+    (``scope.npz``; ``scope=None``: when the data has no out-of-scope rows) on the training
+    utterances, calibrated on ``calibration`` (default: ``dev``). ``say`` reports each step as it ends."""
+    from .export import export_full_gguf, export_gguf_lora
+
+    config = config or TrainConfig()
+    out = Path(out)
+    result = BuildResult(train(records, out, config, dev=dev, progress=progress))
+    from_gguf = config.base == DEFAULT_BASE or config.base.endswith(".gguf")
+    if not export:
+        return result
+    if config.method == "full" and not from_gguf:
+        result.notes.append(
+            f"llama.cpp model: not exported (a full fine-tune is written over the GGUF it started from; convert "
+            f"{config.base} to GGUF with llama.cpp's convert_hf_to_gguf.py, then intentkit export {out} --base BASE.gguf)"
+        )
+        return result
+    if config.method == "full":
+        say("exporting the fine-tune as one GGUF (8-bit) …")
+        result.exported = export_full_gguf(out)
+        say(f"llama.cpp model: {result.exported}")
+    else:
+        result.exported = export_gguf_lora(out)
+        say(f"llama.cpp adapter: {result.exported}")
+    if not (scope if scope is not None else all(r.calls for r in records)):
+        return result
+    if not from_gguf:
+        result.notes.append(
+            f"out-of-scope detector: not fitted (it runs on the llama.cpp deployment; convert {config.base} to GGUF, "
+            f"then intentkit export {out} --base BASE.gguf --scope-from TRAIN.jsonl)"
+        )
+        return result
+    base = None if config.base == DEFAULT_BASE else Path(config.base)
+    result.detector = fit_model_scope(
+        out,
+        records,
+        dev if calibration is None else calibration,
+        base=base,
+        quantile=scope_quantile,
+        confidence_weight=confidence_weight,
+        progress=progress,
+        say=say,
+    )
+    return result
+
+
+def fit_model_scope(
+    model_dir: str | Path,
+    records: Sequence[Record],
+    calibration: Sequence[Record] = (),
+    *,
+    base: Path | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+    confidence_weight: float = DEFAULT_CONFIDENCE_WEIGHT,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    **backend_options: Any,
+) -> ScopeDetector:
+    """Fit ``model_dir/scope.npz`` through the model's llama.cpp deployment (the one
+    :meth:`LlamaCppBackend.from_model_dir` loads, its own detector off), save it, update the card."""
+    from intentkit.backends.llamacpp import LlamaCppBackend
+
+    from .scope import fit_scope
+
+    model_dir = Path(model_dir)
+    say("out-of-scope detector: loading the deployment (built once into the cache) …")
+    with LlamaCppBackend.from_model_dir(model_dir, base=base, scope=None, **backend_options) as backend:
+        bar = progress_bar(None, "out-of-scope detector", "utterance") if progress else None
+        try:
+
+            def update(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+            detector = fit_scope(
+                backend,
+                records,
+                calibration=calibration,
+                quantile=quantile,
+                confidence_weight=confidence_weight,
+                progress=update,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    path = detector.save(model_dir / SCOPE_FILE)
+    write_model_card(model_dir)
+    say(
+        f"out-of-scope detector: {path} ({detector.info['indexed']} utterances, "
+        f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
+    )
+    return detector
