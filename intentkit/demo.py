@@ -13,6 +13,7 @@ import datetime as _dt
 import threading
 import unicodedata
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import pydantic
@@ -27,7 +28,8 @@ AcMode = Literal["制冷", "制热", "除湿", "送风", "自动"]
 class Registrar(Protocol):
     """What :meth:`SmartHome.register` needs: a :class:`~intentkit.Router`'s ``intent`` decorator."""
 
-    def intent(self, fn: Any = None, **options: Any) -> Any: ...
+    @property
+    def intent(self) -> Callable[..., Any]: ...
 
 
 R = TypeVar("R", bound=Registrar)

@@ -75,7 +75,7 @@ def test_model_info_round_trip_and_versions(tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="schema_version 9; this intentkit reads version 1"):
         ModelInfo.load(tmp_path)
     (tmp_path / "intentkit.json").write_text(json.dumps({**record, "method": "dora"}), encoding="utf-8")
-    with pytest.raises(ModelDirError, match="intentkit.json: not a valid model record: method"):
+    with pytest.raises(ModelDirError, match=r"intentkit\.json: not a valid model record: method"):
         ModelInfo.load(tmp_path)
     (tmp_path / "intentkit.json").write_text("{", encoding="utf-8")
     with pytest.raises(ModelDirError, match="unreadable model record"):

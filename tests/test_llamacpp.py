@@ -304,7 +304,7 @@ def test_one_backend_many_threads_no_crash():
 
 
 @pytest.mark.slow
-def test_llama_cpp_and_transformers_predict_the_same():
+def test_llama_cpp_and_transformers_predict_the_same(fresh_base):
     """The exported GGUF LoRA over the Q4_K_M base (llama.cpp) and the PEFT adapter over the same
     base dequantized by transformers give the same calls on a sample of the dev set."""
     pytest.importorskip("transformers")
@@ -332,7 +332,7 @@ def test_llama_cpp_and_transformers_predict_the_same():
 
 
 @pytest.mark.slow
-def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path):
+def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path, base_model, fresh_base):
     """A full fine-tune of the default base (two steps at a high rate, so it visibly moves),
     exported by export_full_gguf, gives llama.cpp the trained weights: its next-token scores after
     each prompt follow the trained transformers model's, not the base's."""
@@ -342,11 +342,11 @@ def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path):
 
     from trainers.data import load_records
     from trainers.export import export_full_gguf
-    from trainers.train import TrainConfig, load_base, train
+    from trainers.train import TrainConfig, train
 
     records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "train.jsonl")[::40][:16]
     prompt = PromptFormat()
-    model, tokenizer = load_base("default")
+    model, tokenizer = fresh_base
     prompts = [tokenizer(prompt.render(r.instruction))["input_ids"] for r in records[:6]]
 
     def next_tokens(lm) -> list[np.ndarray]:
@@ -358,7 +358,8 @@ def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path):
     train(records, tmp_path, config, model_and_tokenizer=(model, tokenizer), progress=False)
     after = next_tokens(model)
     del model
-    path = export_full_gguf(tmp_path)
+    initial = {name: tensor.detach().numpy() for name, tensor in base_model[0].state_dict().items()}
+    path = export_full_gguf(tmp_path, initial_weights=initial)
     assert path == tmp_path / "model.gguf"
     with LlamaCppBackend(path, scope=None) as llama:
         exported = [llama._model.prefill(ids)[0] for ids in prompts]
@@ -371,7 +372,7 @@ def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path):
 
 
 @pytest.mark.slow
-def test_qlora_over_the_default_base_runs_in_llama_cpp(tmp_path, monkeypatch):
+def test_qlora_over_the_default_base_runs_in_llama_cpp(tmp_path, monkeypatch, base_model):
     """QLoRA on the default GGUF base: dequantized once into an HF copy, loaded in 4-bit NF4,
     a LoRA adapter trained over it and exported; llama.cpp applies that adapter over the Q4_K_M
     base and moves its next-token scores the way training moved the 4-bit model's. bitsandbytes
@@ -390,7 +391,7 @@ def test_qlora_over_the_default_base_runs_in_llama_cpp(tmp_path, monkeypatch):
     base_gguf = base_model_path()
     monkeypatch.setenv("INTENTKIT_CACHE", str(tmp_path / "cache"))  # the HF copy is written into a fresh cache
     monkeypatch.setattr("trainers.train.qlora_device", lambda: "cpu")
-    copy = hf_copy(base_gguf)
+    copy = hf_copy(base_gguf, loaded=base_model)  # the session's dequantized base, not a second dequantization
     assert copy.parent == tmp_path / "cache" and (copy / "config.json").is_file() and hf_copy(base_gguf) == copy
     model, tokenizer = load_base(str(base_gguf), four_bit_on="cpu")
     assert model.is_loaded_in_4bit and model.training is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ pytest.importorskip("httpx")
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from intentkit import Router
+from intentkit import BackendError, Router
 from intentkit.backends.openai import OpenAIBackend, call_regex
 from intentkit.server import create_app
 from intentkit.testing import FakeBackend
@@ -100,6 +101,44 @@ def test_client_errors_are_not_retried(fake):
     fake.failures, fake.status = 1, 400
     result = router_for(OpenAIBackend(fake.url, model="m", retries=3)).handle("我想听音乐")
     assert result.status.value == "backend_error" and len(fake.payloads) == 1
+    error = result.error
+    assert isinstance(error, BackendError) and (error.status_code, error.attempts) == (400, 1)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_what_failed_is_on_the_error(fake, asynchronous):
+    fake.failures = 10
+    router = router_for(OpenAIBackend(fake.url, model="m", retries=2))
+
+    async def route() -> Any:
+        async with router:
+            return await router.ahandle("我想听音乐")
+
+    result = asyncio.run(route()) if asynchronous else router.handle("我想听音乐")
+    error = result.error
+    assert isinstance(error, BackendError)
+    assert (error.url, error.status_code, error.attempts) == (f"{fake.url}/chat/completions", 503, 3)
+    assert len(fake.payloads) == 3
+    unreachable = router_for(OpenAIBackend("http://127.0.0.1:9/v1", model="m", retries=1, timeout=1)).handle("x").error
+    assert isinstance(unreachable, BackendError) and unreachable.status_code is None and unreachable.attempts == 2
+
+
+def test_a_closed_backend_refuses_requests_and_closes_both_pools(fake):
+    backend = OpenAIBackend(fake.url, model="m")
+    router = router_for(backend)
+    assert router.handle("我想听音乐").ok
+    router.close()
+    assert backend._client.is_closed and backend._aclient.is_closed
+    result = router.handle("我想听音乐")
+    assert result.status.value == "backend_error" and "closed" in str(result.error)
+    other = OpenAIBackend(fake.url, model="m")
+
+    async def use() -> None:
+        async with router_for(other) as async_router:
+            assert (await async_router.ahandle("我想听音乐")).ok
+
+    asyncio.run(use())
+    assert other._client.is_closed and other._aclient.is_closed
 
 
 def test_circuit_breaker_fails_fast_then_recovers(fake):

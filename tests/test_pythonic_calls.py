@@ -94,7 +94,12 @@ def test_dict_values_bind_to_typed_handlers() -> None:
     registry = Registry()
 
     def register_user(
-        name: str, age: int, address: Address, role: str | None = None, passed_test: bool = False, aliases: list[str] = []
+        name: str,
+        age: int,
+        address: Address,
+        role: str | None = None,
+        passed_test: bool = False,
+        aliases: list[str] | None = None,
     ) -> None: ...
 
     def do_something_cool(additional_data: dict[str, int] | None = None) -> None: ...
@@ -105,8 +110,6 @@ def test_dict_values_bind_to_typed_handlers() -> None:
     assert bound.arguments["address"] == Address(city="San Francisco", state="CA") and bound.arguments["age"] == 37
     assert parse_calls(bound.render())[0].kwargs["address"] == {"city": "San Francisco", "state": "CA"}
     assert registry.bind(parse_calls("do_something_cool(additional_data={})")[0]).arguments == {"additional_data": {}}
-    assert registry.bind(parse_calls('do_something_cool(additional_data={"n": "3"})')[0]).arguments["additional_data"] == {
-        "n": 3
-    }
+    assert registry.bind(parse_calls('do_something_cool(additional_data={"n": "3"})')[0]).arguments["additional_data"] == {"n": 3}
     schema = registry.get("register_user").openai_tool()["function"]["parameters"]["properties"]["address"]
     assert schema["type"] == "object" and set(schema["properties"]) == {"city", "state"}

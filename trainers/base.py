@@ -76,9 +76,11 @@ def load_base(base: str, *, dtype: Any = None, four_bit_on: str | None = None) -
     return model, _with_pad(tokenizer)
 
 
-def hf_copy(gguf: Path) -> Path:
+def hf_copy(gguf: Path, *, loaded: tuple[Any, Any] | None = None) -> Path:
     """``gguf`` dequantized and saved as an HF directory (bf16 safetensors and its tokenizer) in
-    the cache, built once (atomically) and named by the file's name and size."""
+    the cache, built once (atomically) and named by the file's name and size. ``loaded``: the
+    model and tokenizer already loaded from ``gguf`` (:func:`load_base`), saved as they are
+    instead of dequantizing the file again."""
     import torch
 
     digest = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
@@ -86,7 +88,7 @@ def hf_copy(gguf: Path) -> Path:
     if not path.exists():
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         try:
-            model, tokenizer = load_base(str(gguf), dtype=torch.bfloat16)
+            model, tokenizer = loaded if loaded is not None else load_base(str(gguf), dtype=torch.bfloat16)
             model.save_pretrained(partial)
             tokenizer.save_pretrained(partial)
             partial.replace(path)  # a crash never leaves a half-written copy under the final name

@@ -297,7 +297,7 @@ def validate_records(
 
 def _uncopyable_values(record: Record, registry: Registry | None) -> list[str]:
     """``slot="value"`` for each text value of ``record`` that decoding could not copy from its
-    utterance (:func:`intentkit.decoding.can_copy`); parameters the registry declares
+    utterance (:func:`intentkit.text.can_copy`); parameters the registry declares
     ``from_utterance=False`` are skipped."""
     out = []
     for call in record.calls:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -311,6 +312,9 @@ def _confusion_png(confusion: dict[str, dict[str, int]], path: Path) -> Path | N
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        warnings.warn(
+            f"{path.name} not written: matplotlib is not installed (pip install 'intentkit-router[train]')", stacklevel=3
+        )
         return None
     labels = sorted(set(confusion) | {p for row in confusion.values() for p in row})
     index = {label: i for i, label in enumerate(labels)}

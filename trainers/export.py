@@ -7,6 +7,7 @@ checks the prompt it was trained with and turns away what the model never saw.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,16 +57,24 @@ def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: s
     return out
 
 
-def export_full_gguf(model_dir: str | Path, out_path: str | Path | None = None, *, base: str | Path | None = None) -> Path:
+def export_full_gguf(
+    model_dir: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    base: str | Path | None = None,
+    initial_weights: dict[str, Any] | None = None,
+) -> Path:
     """Write a full fine-tune (``intentkit train --method full``) as one GGUF for llama.cpp;
     returns its path (default ``model.gguf`` inside ``model_dir``).
 
     The base GGUF it was trained from (``base``; default: the one ``intentkit.json`` names) is
     loaded the way training loaded it, and every weight that training changed gets its change
-    added to the GGUF's tensor (:func:`intentkit.gguf_edit.write_updated_gguf`); the file is then
+    added to the GGUF's tensor (:func:`intentkit.backends.llamacpp.gguf.write_updated_gguf`); the file is then
     quantized to 8 bits (Q8_0), like a merged LoRA. Weights training left alone — the token
     embeddings, unless ``train_embeddings`` — keep the base's own values. ``keep_tokens.npy`` in
     ``model_dir`` (``intentkit export --vocabulary-from``) trims the vocabulary in the same pass.
+    ``initial_weights`` (name → array, the base as training loaded it) saves loading the base again
+    when the caller still holds it.
     """
     try:
         import gguf
@@ -77,7 +86,7 @@ def export_full_gguf(model_dir: str | Path, out_path: str | Path | None = None, 
     from .base import load_base
 
     model_dir = Path(model_dir)
-    out = Path(out_path) if out_path else model_dir / "model.gguf"
+    out = Path(out_path) if out_path else model_dir / ModelInfo(method="full").deployed_file
     info = ModelInfo.load(model_dir)
     if not info.is_full:
         raise ExportError(f"{model_dir}: not a full fine-tune ({META_FILE} says method={info.method!r})")
@@ -89,9 +98,14 @@ def export_full_gguf(model_dir: str | Path, out_path: str | Path | None = None, 
     if model_type in PERMUTED_ARCHITECTURES:
         raise ExportError(f"{model_type}: q/k projections are permuted in GGUF; convert with llama.cpp's convert_hf_to_gguf.py")
     arch = gguf_architecture(gguf, model_type)
-    start, _ = load_base(str(base_gguf))
-    initial = {name: tensor.detach().numpy() for name, tensor in start.state_dict().items()}
-    tied = bool(getattr(start.config, "tie_word_embeddings", False))
+    if initial_weights is None:
+        start, _ = load_base(str(base_gguf))
+        initial = {name: tensor.detach().numpy() for name, tensor in start.state_dict().items()}
+        del start
+    else:
+        initial = dict(initial_weights)
+    saved_config = model_dir / "config.json"  # save_pretrained writes it beside the weights
+    tied = saved_config.is_file() and bool(json.loads(saved_config.read_text(encoding="utf-8")).get("tie_word_embeddings"))
     layers = 1 + max((int(part) for name in initial for part in layer_numbers(name)), default=0)
     names = gguf.get_tensor_name_map(arch, layers)
     deltas: dict[str, np.ndarray] = {}
@@ -109,7 +123,7 @@ def export_full_gguf(model_dir: str | Path, out_path: str | Path | None = None, 
             if target is None:
                 raise ExportError(f"{file}: no GGUF name for {name} of {model_type}")
             deltas[f"{target}.{kind}"] = delta
-    del start, initial
+    del initial
     out.parent.mkdir(parents=True, exist_ok=True)
     write_updated_gguf(base_gguf, deltas, out, keep=_keep(model_dir))
     _copy_meta(model_dir, out)

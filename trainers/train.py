@@ -200,7 +200,7 @@ def _wrap(model: Any, config: TrainConfig) -> Any:
 
         lora = LoraConfig(
             r=config.lora_r,
-            lora_alpha=config.lora_alpha,
+            lora_alpha=config.lora_alpha or 2 * config.lora_r,  # always set once validated
             lora_dropout=config.lora_dropout,
             target_modules=config.target_modules,
             task_type="CAUSAL_LM",

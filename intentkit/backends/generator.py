@@ -7,7 +7,6 @@ around it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..calls import NO_INTENT
@@ -33,7 +32,7 @@ class LocalGenerator:
         self,
         model: TokenModel,
         *,
-        trained_prompt: Mapping[str, Any] | None,
+        trained_prompt: dict[str, Any] | None,
         source: str,
         constrained: bool,
         n_ctx: int | None = None,

@@ -212,9 +212,17 @@ class OpenAIBackend(Backend):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            asyncio.run(self._aclient.aclose())
-        else:  # called from async code: close the async pool on this loop
+            loop = None
+        if loop is not None:  # called from async code: close the async pool on this loop
             self._closing = loop.create_task(self._aclient.aclose())
+            return
+        try:
+            asyncio.run(self._aclient.aclose())
+        except RuntimeError:
+            # Its connections belonged to an event loop that has ended (asyncio.run(...ahandle)
+            # without aclose): they cannot be closed gracefully any more. Use aclose() or
+            # `async with` inside the loop to close them there.
+            pass
 
     async def aclose(self) -> None:
         if self._closed:

@@ -166,7 +166,8 @@ class TransformersBackend(LocalBackend):
                 loaded = PeftModel.from_pretrained(loaded, adapter_dir).merge_and_unload()
             info = ModelInfo.load(adapter_dir)
             model_dir = adapter_dir
-        self._install(loaded.to(device).eval(), tokenizer, info, constrained, str(adapter or model), scope, model_dir)
+        model_obj = loaded.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() for dtypes
+        self._install(model_obj, tokenizer, info, constrained, str(adapter or model), scope, model_dir)
 
     @classmethod
     def from_model(

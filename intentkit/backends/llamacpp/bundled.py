@@ -66,11 +66,12 @@ def adapter_gguf(directory: Path, info: ModelInfo | None = None) -> Path:
     weights = directory / "adapter_model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{directory}: neither adapter.gguf nor a PEFT adapter (adapter_model.safetensors)")
-    info = info if info is not None else ModelInfo.load(directory)
-    return build_once(
-        f"{directory.name}.adapter-{digest(weights.read_bytes())}.gguf",
-        lambda out: write_lora_gguf(directory, out, model_type=info.model_type),
-    )
+    model_type = (info if info is not None else ModelInfo.load(directory)).model_type
+
+    def convert(out: Path) -> None:
+        write_lora_gguf(directory, out, model_type=model_type)
+
+    return build_once(f"{directory.name}.adapter-{digest(weights.read_bytes())}.gguf", convert)
 
 
 def bundled_adapter_gguf(name: str = DEFAULT_ADAPTER) -> Path:
