@@ -38,7 +38,7 @@ from ..calls import NO_INTENT
 from ..registry import IntentCatalog, ParamSpec
 from ..text import occurrences, word_boundaries
 
-__all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode"]
+__all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode", "reusable_prefix"]
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
@@ -394,6 +394,17 @@ def _openers(param: ParamSpec) -> list[tuple[str, bool]]:
     if param.kind == "list":
         return [(f'{param.name}="', False), (f'{param.name}=["', True)]
     return [(f'{param.name}="', False)]
+
+
+def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading ``tokens`` a cache holding ``cached`` can keep for a new prompt: their
+    common prefix, short of the last token, which is always evaluated again for its logits."""
+    common = 0
+    for old, new in zip(cached, tokens, strict=False):
+        if old != new:
+            break
+        common += 1
+    return min(common, len(tokens) - 1)
 
 
 def greedy_decode(model: TokenModel, logits: np.ndarray, max_tokens: int) -> tuple[str, int]:

@@ -19,6 +19,7 @@ from ..errors import BackendError, MissingDependencyError
 from ..hf import cache_name, quiet_peft
 from ..model_dir import ModelInfo
 from .base import GenerateRequest, Generation
+from .decoding import reusable_prefix
 from .local import LocalBackend
 
 if TYPE_CHECKING:
@@ -106,12 +107,7 @@ class _HFModel:
         return self._hidden
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
-        common = 0
-        for cached, new in zip(self.tokens, tokens, strict=False):
-            if cached != new:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)
+        common = reusable_prefix(self.tokens, tokens)
         self.rewind(common)
         if len(self.tokens) != common:  # the rebuild fallback may have left nothing cached
             common = len(self.tokens)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendError
+from ..decoding import reusable_prefix
 
 __all__ = ["LlamaModel"]
 
@@ -120,12 +121,7 @@ class LlamaModel:
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Evaluate ``tokens`` reusing the cached common prefix; returns (last logits, tokens reused)."""
-        common = 0
-        for cached, new in zip(self.tokens, tokens, strict=False):
-            if cached != new:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # the last token is always evaluated, for its logits
+        common = reusable_prefix(self.tokens, tokens)
         self.rewind(common)
         if not self.keep_hidden:
             return self.feed(tokens[common:])[-1], common
