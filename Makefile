@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # ggml_backend_amx_mul_mat); build for the AVX2/FMA baseline instead.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install demo test bench lint
+.PHONY: install demo test bench lint ha-venv ha-e2e
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -30,3 +30,23 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check intentkit trainers tests benchmarks examples
 	$(VENV)/bin/mypy
+
+# A real Home Assistant for the end-to-end test, in its own venv: 2025.4.4 is the newest release
+# that runs on Python 3.13.0 (current ones need 3.14). Its integrations' pinned requirements are
+# installed up front (read from its manifests), so that it starts with --skip-pip.
+HA_PYTHON ?= $(HOME)/.pyenv/versions/3.13.0/bin/python3
+HA_VENV ?= .ha-venv
+HA_VERSION ?= 2025.4.4
+
+$(HA_VENV)/.installed: tests/e2e/ha_requirements.py
+	$(HA_PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(HA_VENV)/bin/python -m pip install -q homeassistant==$(HA_VERSION)
+	$(HA_VENV)/bin/python tests/e2e/ha_requirements.py > $(HA_VENV)/requirements.txt
+	$(HA_VENV)/bin/python -m pip install -q -r $(HA_VENV)/requirements.txt
+	touch $@
+
+ha-venv: $(HA_VENV)/.installed
+
+ha-e2e: install ha-venv
+	INTENTKIT_REQUIRE_HA=1 $(PY) -m pytest -q -p no:cacheprovider -m ha_e2e tests/e2e

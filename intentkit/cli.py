@@ -44,6 +44,8 @@ from .router import Router, RouteResult
 app = typer.Typer(help="intentkit: utterance in, validated function call out.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Training data: validate, convert, augment.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+ha_app = typer.Typer(help="Home Assistant: the home file and training data.", no_args_is_help=True)
+app.add_typer(ha_app, name="ha")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +58,9 @@ Adapter = Annotated[
 ]
 IntentsFrom = Annotated[
     Path | None, typer.Option(help="derive the intents from this data file (default: the demo smart-home intents)")
+]
+HomeFile = Annotated[
+    Path | None, typer.Option("--home", help="a home file (YAML/JSON): route to Home Assistant's intents for its names")
 ]
 BackendName = Annotated[str, typer.Option("--backend", help="llamacpp | transformers (hf) | openai")]
 BaseUrl = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL (--backend openai)")]
@@ -107,6 +112,7 @@ def build_router(
     model: Path | None = None,
     adapter: Path | None = None,
     intents_from: Path | None = None,
+    home: Path | None = None,
     backend: str = "llamacpp",
     base_url: str | None = None,
     api_key: str | None = None,
@@ -116,9 +122,15 @@ def build_router(
 ) -> Router:
     """The router the CLI options describe (``extra``: more :class:`RouterConfig` fields): the
     backend from :func:`~intentkit.backends.load_backend`, the intents from ``intents_from`` (a
-    data file) or the demo's handlers."""
+    data file), ``home`` (Home Assistant's intents over a home file) or the demo's handlers."""
     registry = None
-    if intents_from is not None:
+    if intents_from is not None and home is not None:
+        raise ConfigError("give --intents-from or --home, not both")
+    if home is not None:
+        from .homeassistant import Home, registry_for
+
+        registry = registry_for(Home.load(home))
+    elif intents_from is not None:
         from trainers.data import build_registry, load_records
 
         registry = build_registry(load_records(intents_from))
@@ -135,7 +147,7 @@ def build_router(
     return router
 
 
-_ROUTER_OPTIONS = ("model", "adapter", "intents_from", "backend", "base_url", "api_key", "api_model", "threshold")
+_ROUTER_OPTIONS = ("model", "adapter", "intents_from", "home", "backend", "base_url", "api_key", "api_model", "threshold")
 
 
 def router_from(options: dict[str, Any], **extra: Any) -> Router:
@@ -161,6 +173,7 @@ def route(
     model: Model = None,
     adapter: Adapter = None,
     intents_from: IntentsFrom = None,
+    home: HomeFile = None,
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
@@ -185,6 +198,7 @@ def chat(
     model: Model = None,
     adapter: Adapter = None,
     intents_from: IntentsFrom = None,
+    home: HomeFile = None,
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
@@ -216,6 +230,7 @@ def serve(
     model: Model = None,
     adapter: Adapter = None,
     intents_from: IntentsFrom = None,
+    home: HomeFile = None,
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
@@ -375,6 +390,7 @@ def evaluate_command(
     model: Model = None,
     adapter: Adapter = None,
     intents_from: IntentsFrom = None,
+    home: HomeFile = None,
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
@@ -414,6 +430,7 @@ def bench(
     model: Model = None,
     adapter: Adapter = None,
     intents_from: IntentsFrom = None,
+    home: HomeFile = None,
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
@@ -516,6 +533,90 @@ def data_swap(
     extra = swap_values(records, copies=copies, seed=seed)
     export_rows([*records, *extra], out, "jsonl")
     typer.echo(f"wrote {len(records)} rows and {len(extra)} recombined copies to {out}")
+
+
+@ha_app.command("home")
+@_friendly
+def ha_home(
+    url: Annotated[str, typer.Option(help="Home Assistant's URL, e.g. http://homeassistant.local:8123")],
+    token: Annotated[str, typer.Option(envvar="HA_TOKEN", help="a long-lived access token")],
+    out: Annotated[Path, typer.Option(help="the home file to write (.yaml or .json)")] = Path("home.yaml"),
+    language: Annotated[str, typer.Option(help="the language of the home's sentences")] = "zh-CN",
+) -> None:
+    """Write a home file from a running Home Assistant (its area, floor and entity registries)."""
+    from .homeassistant.client import HomeAssistant
+
+    with HomeAssistant(url, token) as ha:
+        home = ha.fetch_home(language)
+    home.save(out)
+    typer.echo(f"wrote {out}: {len(home.areas)} areas, {len(home.floors)} floors, {len(home.entities)} entities")
+
+
+@ha_app.command("data")
+@_friendly
+def ha_data(
+    out: Annotated[Path, typer.Option(help="where to write the training rows (JSONL)")],
+    language: Annotated[str, typer.Option(help="a language of home-assistant-intents")] = "zh-CN",
+    per_intent: Annotated[int, typer.Option(min=1, help="rows per intent")] = 60,
+    dev: Annotated[Path | None, typer.Option(help="also write dev rows (other random walks) here")] = None,
+    dev_per_intent: Annotated[int, typer.Option(min=1)] = 10,
+    seed: int = 0,
+) -> None:
+    """Training data for Home Assistant's intents from its own templates (random walks, varied names)."""
+    from trainers.homeassistant import ha_rows, write_rows
+
+    rows = ha_rows(language, per_intent=per_intent, seed=seed)
+    write_rows(rows, out)
+    typer.echo(f"wrote {len(rows)} rows to {out}")
+    if dev is not None:
+        seen = {r.text for r in rows}
+        held = [r for r in ha_rows(language, per_intent=dev_per_intent, seed=seed + 1) if r.text not in seen]
+        write_rows(held, dev)
+        typer.echo(f"wrote {len(held)} dev rows to {dev}")
+
+
+@app.command()
+@_friendly
+def wyoming(
+    home: Annotated[Path, typer.Option("--home", help="the home file (intentkit ha home writes one)")],
+    uri: Annotated[str, typer.Option(help="where to listen: tcp://HOST:PORT or unix://PATH")] = "tcp://127.0.0.1:10700",
+    mode: Annotated[
+        str, typer.Option(help="intent: answer with the intent for Home Assistant to run | handle: run it here")
+    ] = "intent",
+    language: Annotated[str | None, typer.Option(help="default: the home file's")] = None,
+    model: Model = None,
+    adapter: Adapter = None,
+    ha_url: Annotated[str | None, typer.Option(help="handle mode: the Home Assistant that runs the intents")] = None,
+    ha_token: Annotated[str | None, typer.Option(envvar="HA_TOKEN", help="handle mode: its access token")] = None,
+) -> None:
+    """Serve a Wyoming intent (or handle) service for Home Assistant's wyoming integration."""
+    import asyncio
+
+    from .homeassistant import Home, registry_for
+    from .homeassistant.wyoming import serve_wyoming
+
+    if mode not in ("intent", "handle"):
+        raise ConfigError(f"--mode is intent or handle, not {mode!r}")
+    the_home = Home.load(home)
+    handler = None
+    if mode == "handle":
+        if not ha_url or not ha_token:
+            raise ConfigError("--mode handle runs the intents in Home Assistant: give --ha-url and --ha-token")
+        from .homeassistant.client import HomeAssistant
+
+        handler = HomeAssistant(ha_url, ha_token).handle_intent
+    if model is None and adapter is None:
+        from .backends.llamacpp.bundled import bundled_model_dir
+
+        model = bundled_model_dir("home-assistant")
+    backend = load_backend("llamacpp", model=model, adapter=adapter)
+    router = Router(backend, registry=registry_for(the_home, language=language, handler=handler), fast_path=False)
+    typer.echo(f"wyoming {mode} service on {uri} ({len(router.registry)} intents, {len(the_home.entities)} entities)")
+    with router:
+        try:
+            asyncio.run(serve_wyoming(router, uri, language=language or the_home.language, mode=mode))  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            pass
 
 
 def main() -> None:

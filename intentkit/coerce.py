@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import regex
 from rapidfuzz import fuzz
@@ -108,6 +109,23 @@ def _pinyin(text: str) -> str:
     return " ".join(lazy_pinyin(text))
 
 
+@lru_cache(maxsize=4096)
+def _simplified(text: str) -> str:
+    """``text`` in simplified characters where opencc (the homeassistant extra) is installed;
+    without it, traditional characters still match their simplified names through pinyin."""
+    converter = _t2s()
+    return converter.convert(text) if converter is not None else text
+
+
+@lru_cache(maxsize=1)
+def _t2s() -> Any:
+    try:
+        import opencc
+    except ImportError:
+        return None
+    return opencc.OpenCC("t2s")
+
+
 def _similarity(value: str, choice: str) -> float:
     score = fuzz.ratio(value, choice)
     # Speech recognisers confuse homophones (杭洲/杭州): compare the pinyin as well.
@@ -129,6 +147,10 @@ def match_choice(value: str, choices: Sequence[str], cutoff: float) -> ChoiceMat
     for choice in choices:
         if unicodedata.normalize("NFKC", choice).casefold() == folded:
             return ChoiceMatch(choice, 100.0)
+    if _HAN.search(folded) and (simplified := _simplified(folded)) != folded:  # 客廳 -> 客厅
+        for choice in choices:
+            if _simplified(unicodedata.normalize("NFKC", choice).casefold()) == simplified:
+                return ChoiceMatch(choice, 100.0)
     scored = sorted(
         ((_similarity(folded, unicodedata.normalize("NFKC", c).casefold()), c) for c in choices),
         reverse=True,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 import unicodedata
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import pydantic

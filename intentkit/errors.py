@@ -202,6 +202,12 @@ EXTRAS: dict[str, str] = {
     "prometheus-client": "server",
     "typer": "cli",
     "httpx": "http",
+    "home-assistant-intents": "homeassistant",
+    "hassil": "homeassistant",
+    "wyoming": "homeassistant",
+    "pyyaml": "homeassistant",
+    "opencc": "homeassistant",
+    "websockets": "homeassistant",
 }
 
 

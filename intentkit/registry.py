@@ -51,7 +51,9 @@ _SUPPORTED = "str, int, float, bool, Literal[...], an Enum, list[...] of those, 
 class Param:
     """Extra facts about a parameter, given as ``Annotated[str, Param(...)]``.
 
-    ``choices`` restricts a ``str`` to declared values (near misses are normalised);
+    ``choices`` restricts a ``str`` to declared values (near misses are normalised); a mapping
+    gives each spoken form the value it stands for (``{"台灯": "床头灯", "床头灯": "床头灯"}``:
+    an alias binds as its name);
     ``aliases`` are other argument names the model may use (e.g. ``位置`` for ``room``);
     ``from_utterance`` says the value is text copied from the utterance (a city, a song title),
     which lets constrained decoding restrict it to the utterance's own text — set it to
@@ -59,7 +61,7 @@ class Param:
     """
 
     description: str = ""
-    choices: Sequence[str] = ()
+    choices: Sequence[str] | Mapping[str, str] = ()
     aliases: Sequence[str] = ()
     from_utterance: bool = True
 
@@ -501,6 +503,8 @@ def _kind_of(inner: Any, extra: Param, where: str, annotation: Any) -> tuple[str
         if extra.choices:
             if inner is not str:
                 raise UnsupportedSignatureError(f"{where}: Param(choices=...) needs a str parameter")
+            if isinstance(extra.choices, Mapping):
+                return "choice", dict(extra.choices), None
             return "choice", {c: c for c in extra.choices}, None
         return _SCALARS[inner], {}, None
     raise UnsupportedSignatureError(f"{where}: type {annotation!r} is not supported; use one of {_SUPPORTED}")

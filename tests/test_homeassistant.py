@@ -1,0 +1,266 @@
+"""Home Assistant's intents as a registry, the home file, training data from the templates, and
+the Wyoming service over loopback (the real ``wyoming`` client and raw JSON-lines events)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("hassil")
+pytest.importorskip("home_assistant_intents")
+
+from intentkit import ArgumentError, DataError, Router, parse_calls
+from intentkit.backends import FakeBackend
+from intentkit.homeassistant import Home, language_intents, registry_for, slot_values
+
+HOME = Home(
+    language="zh-CN",
+    areas=["客厅", "卧室", {"name": "厨房", "aliases": ["灶间"]}],
+    floors=["一楼"],
+    entities=[
+        {"name": "床头灯", "domain": "light", "area": "卧室", "aliases": ["台灯"]},
+        {"name": "客厅空调", "domain": "climate", "area": "客厅"},
+        {"name": "窗帘", "domain": "cover", "area": "卧室", "device_class": "curtain"},
+    ],
+)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return registry_for(HOME)
+
+
+def bind(registry, text: str) -> dict[str, Any]:
+    bound = registry.bind(parse_calls(text)[0])
+    return slot_values(bound.name, bound.arguments)
+
+
+def test_the_languages_intents_become_typed_intents(registry) -> None:
+    assert len(registry) == len(language_intents("zh-CN")) == 40
+    turn_on = {p.name: p for p in registry.get("HassTurnOn").params}
+    assert {"name", "area", "floor", "domain", "device_class"} <= set(turn_on)
+    assert "light" in turn_on["domain"].choices and "curtain" in turn_on["device_class"].choices
+    assert not any(p.required for p in turn_on.values())
+    temperature = {p.name: p for p in registry.get("HassClimateSetTemperature").params}["temperature"]
+    assert temperature.required and temperature.kind == "float"
+    assert {p.name: p for p in registry.get("HassBroadcast").params}["message"].from_utterance
+    assert {p.name: p.kind for p in registry.get("HassStartTimer").params}["name"] == "str"  # a timer's name is free text
+
+
+@pytest.mark.parametrize(
+    ("call", "slots"),
+    [
+        ('HassTurnOn(area="客厅", domain="light")', {"area": "客厅", "domain": "light"}),
+        ('HassTurnOn(name="台灯")', {"name": "床头灯"}),  # an alias binds as its name
+        ('HassTurnOn(name="床头等")', {"name": "床头灯"}),  # a speech-recognition homophone
+        ('HassTurnOn(area="客廳")', {"area": "客厅"}),  # traditional characters
+        ('HassTurnOff(area="灶间", domain="light")', {"area": "厨房", "domain": "light"}),
+        ("HassClimateSetTemperature(temperature=24)", {"temperature": 24}),
+        ('HassClimateSetTemperature(temperature="二十四点五")', {"temperature": 24.5}),
+        ('HassSetVolumeRelative(volume_step="up")', {"volume_step": "up"}),
+        ('HassSetVolumeRelative(volume_step="-10")', {"volume_step": -10}),
+        ('HassLightSet(name="床头灯", brightness=50)', {"name": "床头灯", "brightness": 50}),
+    ],
+)
+def test_values_are_what_home_assistant_executes(registry, call: str, slots: dict) -> None:
+    assert bind(registry, call) == slots
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ('HassTurnOn(name="吊灯")', "not one of"),  # a name the home does not have is never invented
+        ('HassTurnOn(domain="toaster")', "not one of"),
+        ("HassClimateSetTemperature(temperature=200)", "less than or equal to 100"),
+        ("HassClimateSetTemperature()", "required argument missing"),
+    ],
+)
+def test_values_outside_the_home_or_the_range_are_rejected(registry, call: str, message: str) -> None:
+    with pytest.raises(ArgumentError, match=message):
+        registry.bind(parse_calls(call)[0])
+
+
+def test_a_home_file_round_trips_and_bad_ones_name_the_file(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")
+    assert Home.load(HOME.save(tmp_path / "home.yaml")) == HOME
+    assert Home.load(HOME.save(tmp_path / "home.json")) == HOME
+    (tmp_path / "bad.yaml").write_text("areas: [客厅\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.yaml: invalid YAML"):
+        Home.load(tmp_path / "bad.yaml")
+    (tmp_path / "stray.json").write_text(json.dumps({"entities": [{"name": "灯", "domain": "light", "area": "阁楼"}]}))
+    with pytest.raises(DataError, match=r"stray\.json: .*area '阁楼', which the home does not list"):
+        Home.load(tmp_path / "stray.json")
+    with pytest.raises(DataError, match="no such file"):
+        Home.load(tmp_path / "none.yaml")
+
+
+def test_training_rows_are_balanced_and_their_calls_are_home_assistants() -> None:
+    from trainers.homeassistant import ha_rows
+
+    rows = ha_rows(per_intent=12, seed=3)
+    intents = language_intents("zh-CN")
+    counts: dict[str | None, int] = {}
+    for row in rows:
+        counts[row.intent] = counts.get(row.intent, 0) + 1
+        assert "的的" not in row.text and not any(c in row.text for c in "壹贰叁肆伍陆柒捌玖拾")
+        if row.intent is not None:
+            assert set(row.slots) <= set(intents[row.intent].slots), row
+            call = parse_calls(row.to_json()["output"])[0]
+            assert call.name == row.intent and dict(call.kwargs) == dict(row.slots)
+    assert counts[None] >= 0.05 * len(rows)
+    assert max(v for k, v in counts.items() if k) == 12 and len([k for k in counts if k]) == 40
+    assert len({r.slots.get("name") for r in rows if r.slots.get("name")}) > 50  # names vary: copied, not memorised
+    assert ha_rows(per_intent=12, seed=3) == rows  # seeded
+
+
+# --------------------------------------------------------------------------- the Wyoming service
+SCRIPT = {
+    "把客厅的灯打开": 'HassTurnOn(area="客厅", domain="light")',
+    "空调调到二十四度": "HassClimateSetTemperature(temperature=24)",
+    "给我讲个笑话": "no_intent()",
+}
+
+
+@pytest.fixture(scope="module")
+def service(registry) -> Iterator[tuple[str, int, Router]]:
+    from intentkit.homeassistant.wyoming import serve_wyoming
+
+    router = Router(FakeBackend(lambda r: SCRIPT.get(r.text, "no_intent()")), registry=registry, fast_path=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    started = asyncio.Event()
+    task = loop.create_task(serve_wyoming(router, f"tcp://127.0.0.1:{port}", language="zh-CN", started=started))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(started.wait(), loop).result(10)
+    yield "127.0.0.1", port, router
+
+    async def shutdown() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+async def _exchange(host: str, port: int, *events: Any) -> list[Any]:
+    from wyoming.client import AsyncTcpClient
+
+    answers = []
+    async with AsyncTcpClient(host, port) as client:
+        for event in events:
+            await client.write_event(event.event())
+            answers.append(await asyncio.wait_for(client.read_event(), 10))
+    return answers
+
+
+def test_describe_names_an_installed_intent_program(service) -> None:
+    from wyoming.info import Describe, Info
+
+    (answer,) = asyncio.run(_exchange(service[0], service[1], Describe()))
+    info = Info.from_event(answer)
+    program = info.intent[0]
+    assert program.installed and set(program.models[0].languages) == {"zh-CN", "zh-Hans"}
+
+
+def test_transcripts_get_intents_or_not_recognized(service) -> None:
+    from wyoming.asr import Transcript
+    from wyoming.intent import Intent, NotRecognized
+
+    on, warm, joke = asyncio.run(
+        _exchange(
+            service[0], service[1], Transcript("把客厅的灯打开"), Transcript("空调调到二十四度"), Transcript("给我讲个笑话")
+        )
+    )
+    intent = Intent.from_event(on)
+    assert intent.name == "HassTurnOn" and {e.name: e.value for e in intent.entities} == {"area": "客厅", "domain": "light"}
+    assert intent.text  # the language's response, for Home Assistant to speak
+    assert {e.name: e.value for e in Intent.from_event(warm).entities} == {"temperature": 24}
+    assert NotRecognized.is_type(joke.type) and NotRecognized.from_event(joke).text == "no_intent"
+
+
+def test_raw_events_malformed_ones_included_never_stop_the_service(service) -> None:
+    host, port, _ = service
+
+    def raw(lines: list[bytes]) -> list[dict]:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            for line in lines:
+                sock.sendall(line)
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        answers, rest = [], data
+        while rest:
+            header, _, rest = rest.partition(b"\n")
+            event = json.loads(header)
+            if event.get("data_length"):
+                event["data"] = json.loads(rest[: event["data_length"]])
+                rest = rest[event["data_length"] :]
+            answers.append(event)
+        return answers
+
+    body = json.dumps({"text": "把客厅的灯打开"}).encode()
+    good = raw([json.dumps({"type": "transcript", "data_length": len(body)}).encode() + b"\n" + body])
+    assert good[0]["type"] == "intent" and good[0]["data"]["name"] == "HassTurnOn"
+    inline = raw([json.dumps({"type": "transcript", "data": {"text": "空调调到二十四度"}}).encode() + b"\n"])
+    assert inline[0]["data"]["name"] == "HassClimateSetTemperature"
+    missing = raw([json.dumps({"type": "transcript", "data": {"txt": "?"}}).encode() + b"\n"])
+    assert missing[0]["type"] == "error" and "intentkit-bad-event" in json.dumps(missing[0])
+    raw([b"this is not json\n"])  # the connection is dropped ...
+    raw([b'{"type": "transcript", "data_length": 99}\n{"te'])  # ... and so is a disconnect mid-event
+    assert (
+        raw(
+            [
+                json.dumps({"type": "ping"}).encode()
+                + b"\n"
+                + json.dumps({"type": "transcript", "data": {"text": "把客厅的灯打开"}}).encode()
+                + b"\n"
+            ]
+        )[0]["type"]
+        == "intent"
+    )
+
+
+def test_handle_mode_runs_the_apps_handlers(registry) -> None:
+    from wyoming.asr import Transcript
+    from wyoming.handle import Handled, NotHandled
+
+    from intentkit.homeassistant.wyoming import serve_wyoming
+
+    done: list[tuple[str, dict]] = []
+    handled = registry_for(HOME, handler=lambda name, slots: done.append((name, slots)) or "好的，已打开客厅的灯")
+    router = Router(FakeBackend(lambda r: SCRIPT.get(r.text, "no_intent()")), registry=handled, fast_path=False)
+
+    async def run() -> list[Any]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        started = asyncio.Event()
+        task = asyncio.create_task(
+            serve_wyoming(router, f"tcp://127.0.0.1:{port}", language="zh-CN", mode="handle", started=started)
+        )
+        await started.wait()
+        try:
+            return await _exchange("127.0.0.1", port, Transcript("把客厅的灯打开"), Transcript("给我讲个笑话"))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    ok, joke = asyncio.run(run())
+    assert Handled.from_event(ok).text == "好的，已打开客厅的灯" and done == [("HassTurnOn", {"area": "客厅", "domain": "light"})]
+    assert NotHandled.is_type(joke.type)

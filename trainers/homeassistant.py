@@ -1,0 +1,273 @@
+"""Training data for Home Assistant's intents, from the templates Home Assistant itself matches.
+
+    intentkit ha data --language zh-CN --out train.jsonl
+
+Each row is one random walk through one template of ``home-assistant-intents`` (not the first N
+expansions, which are near-duplicates): every optional part and alternative is chosen at random,
+every slot list filled with a random value. Slot values are known from the walk itself, so the
+answer is exactly the call Home Assistant executes (``HassTurnOn(area="客厅", domain="light")``).
+What the plain sampler does not do:
+
+- **names vary**: entity, area and floor names come from large pools, composed (``书房台灯``,
+  ``主卧吸顶灯``), so that the model learns to copy a name rather than memorise a home; a template
+  whose ``requires_context`` limits ``name`` to some domains gets a name of such a device;
+- **context**: a slot the template takes from the satellite's context (``这里的灯``: the area) is
+  left out of the answer: the Wyoming server fills it from the request's context;
+- **numbers** are written as digits or as Chinese numerals (``二十四度``), never as financial
+  numerals (壹/伍); malformed expansions (``的的``) are dropped;
+- **how people talk**: fillers and politeness (帮我, 麻烦, 一下, 吧), and speech-recognition slips in
+  names (床头等 for 床头灯), on a share of the rows;
+- **balance**: the same number of rows per intent, plus out-of-scope rows (``output: null``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from intentkit.calls import render_call
+from intentkit.errors import ConfigError
+from intentkit.homeassistant.intents import language_data, language_intents, package_language
+
+__all__ = ["HaRow", "ha_rows", "write_rows"]
+
+_AREAS = (
+    "客厅 卧室 主卧 次卧 厨房 书房 阳台 餐厅 卫生间 浴室 儿童房 车库 花园 走廊 玄关 客房 衣帽间 阁楼 地下室 "
+    "楼梯间 洗衣房 影音室 健身房 茶室 储物间 露台 办公室 会客厅 老人房 婴儿房"
+).split()
+_FLOORS = "一楼 二楼 三楼 四楼 地下一层 顶楼 一层 二层 三层 负一楼".split()
+_DEVICES: dict[str, tuple[str, ...]] = {
+    "light": (
+        "灯",
+        "吸顶灯",
+        "台灯",
+        "落地灯",
+        "筒灯",
+        "射灯",
+        "灯带",
+        "吊灯",
+        "床头灯",
+        "氛围灯",
+        "夜灯",
+        "壁灯",
+        "主灯",
+        "镜前灯",
+    ),
+    "switch": ("插座", "开关", "智能插座", "排插", "电源"),
+    "fan": ("风扇", "吊扇", "落地扇", "塔扇", "排气扇"),
+    "cover": ("窗帘", "纱帘", "卷帘", "百叶窗", "遮光帘", "车库门", "天窗"),
+    "climate": ("空调", "暖气", "地暖", "新风机"),
+    "media_player": ("电视", "音箱", "音响", "投影仪", "智能音箱", "播放器", "小爱音箱", "HomePod"),
+    "lock": ("门锁", "智能锁", "大门锁", "后门锁"),
+    "valve": ("水阀", "燃气阀", "进水阀"),
+    "vacuum": ("扫地机器人", "扫地机", "拖地机器人"),
+    "lawn_mower": ("割草机", "割草机器人"),
+    "input_boolean": ("访客模式", "睡眠模式", "离家模式"),
+    "scene": ("回家", "离家", "观影", "睡眠", "起床", "晚餐", "阅读", "派对"),
+    "script": ("晚安", "早安", "关闭所有设备", "浇花"),
+    "todo": ("购物清单", "待办事项", "采购清单", "待办清单"),
+    "weather": ("家", "上海", "北京", "杭州", "深圳"),
+}
+_WILDCARDS: dict[str, tuple[str, ...]] = {
+    "message": ("吃饭了", "该睡觉了", "快递到了", "出门记得带伞", "客人来了", "开会了", "写完作业了吗", "下雨了收衣服"),
+    "shopping_list_item": ("牛奶", "鸡蛋", "苹果", "面包", "洗衣液", "酸奶", "大米", "西红柿", "纸巾", "咖啡豆"),
+    "todo_list_item": ("交电费", "给妈妈打电话", "取快递", "洗车", "买牛奶", "预约体检", "遛狗", "倒垃圾"),
+    "timer_name": ("泡面", "煮鸡蛋", "披萨", "洗衣", "午睡", "烤箱", "面膜", "跑步"),
+    "timer_command": ("关灯", "关闭电视", "打开空调", "关掉风扇", "提醒我喝水"),
+    "zone": ("家", "公司", "学校", "健身房", "超市"),
+    "search_query": ("周杰伦", "新闻", "轻音乐", "相声"),
+}
+_PREFIXES = ("帮我", "请", "麻烦", "麻烦你", "能不能", "可以帮我", "给我", "我想", "你帮我", "快")
+_SUFFIXES = ("吧", "一下", "呗", "好吗", "谢谢", "啊", "可以吗")
+# Speech recognisers swap characters that sound alike.
+_SLIPS = {"灯": "等", "厅": "听", "帘": "连", "扇": "善", "卧": "握", "厨": "除", "阳": "羊", "台": "抬", "锁": "所", "视": "是"}
+_OUT_OF_SCOPE = (
+    "给我讲个笑话",
+    "你叫什么名字",
+    "今天股市怎么样",
+    "帮我订一张去北京的机票",
+    "推荐一部好看的电影",
+    "一加一等于几",
+    "我有点饿了",
+    "你会唱歌吗",
+    "明天要不要带伞",
+    "附近有什么好吃的",
+    "帮我翻译一下谢谢",
+    "最近有什么新闻",
+    "你喜欢什么颜色",
+    "讲个故事给我听",
+    "我今天心情不好",
+    "帮我写一首诗",
+    "地球有多大",
+    "怎么做红烧肉",
+    "周末去哪里玩",
+    "世界上最高的山是哪座",
+    "你是机器人吗",
+    "帮我打个车",
+    "查一下我的快递",
+    "我想学英语",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HaRow:
+    """One training row: the utterance, the intent and its slots as Home Assistant takes them."""
+
+    text: str
+    intent: str | None
+    slots: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        if self.intent is None:
+            return {"instruction": self.text, "output": None}
+        return {
+            "instruction": self.text,
+            "output": render_call(self.intent, (), dict(self.slots)),
+            "name": self.intent,
+            "args": dict(self.slots),
+        }
+
+
+def ha_rows(
+    language: str = "zh-CN", *, per_intent: int = 60, out_of_scope: float = 0.08, styles: float = 0.35, seed: int = 0
+) -> list[HaRow]:
+    """``per_intent`` rows for each of ``language``'s intents (see the module docstring), plus
+    ``out_of_scope`` × that many out-of-scope rows; ``styles`` is the share given fillers or slips."""
+    language = package_language(language)
+    if not language.startswith("zh"):
+        raise ConfigError(f"training data for {language} needs name pools in that language; zh-CN is the one built in")
+    intents, data, _ = language_data(language)
+    order = language_intents(language)
+    rng = random.Random(seed)
+    rows: list[HaRow] = []
+    for name, intent in intents.intents.items():
+        slots_order = order[name].slots
+        made, seen, tries = 0, set(), 0
+        while made < per_intent and tries < per_intent * 30:
+            tries += 1
+            item = rng.choice(intent.data)
+            sentence = rng.choice(item.sentences)
+            walk = _Walk(rng, intents, {**intents.expansion_rules, **item.expansion_rules}, item)
+            text = walk.text(sentence.expression)
+            if not text or "的的" in text or ("百分之" in text and "%" in text) or text in seen:
+                continue
+            slots = {**{k: v for k, v in item.slots.items()}, **walk.slots}
+            ordered = {k: slots[k] for k in slots_order if k in slots}
+            if rng.random() < styles:
+                text = _style(rng, text, walk.spoken_names)
+            seen.add(text)
+            rows.append(HaRow(text, name, ordered))
+            made += 1
+    for _ in range(round(len(intents.intents) * per_intent * out_of_scope)):
+        text = rng.choice(_OUT_OF_SCOPE)
+        rows.append(HaRow(_style(rng, text, []) if rng.random() < styles else text, None, {}))
+    rng.shuffle(rows)
+    return rows
+
+
+class _Walk:
+    """One random expansion of a template, recording the slot values it chose."""
+
+    def __init__(self, rng: random.Random, intents: Any, rules: Mapping[str, Any], item: Any) -> None:
+        self.rng, self.intents, self.rules, self.item = rng, intents, rules, item
+        self.slots: dict[str, Any] = {}
+        self.spoken_names: list[str] = []
+        self.area = rng.choice(_AREAS)
+        domains = (item.requires_context or {}).get("domain") or list(_DEVICES)
+        self.domains = [domains] if isinstance(domains, str) else [d for d in domains if d in _DEVICES] or ["light"]
+
+    def text(self, expression: Any) -> str:
+        return "".join(self._expand(expression))
+
+    def _expand(self, expression: Any) -> Iterator[str]:
+        from hassil.expression import Alternative, ListReference, Permutation, RuleReference, Sequence, TextChunk
+
+        if isinstance(expression, TextChunk):
+            yield expression.text
+        elif isinstance(expression, Alternative):
+            items = list(expression.items)
+            yield from self._expand(self.rng.choice(items))
+        elif isinstance(expression, Permutation):
+            items = list(expression.items)
+            self.rng.shuffle(items)
+            for item in items:
+                yield from self._expand(item)
+        elif isinstance(expression, Sequence):
+            for item in expression.items:
+                yield from self._expand(item)
+        elif isinstance(expression, RuleReference):
+            yield from self._expand(self.rules[expression.rule_name].expression)
+        elif isinstance(expression, ListReference):
+            yield self._fill(expression.list_name, expression.slot_name)
+
+    def _fill(self, list_name: str, slot: str) -> str:
+        from hassil import RangeSlotList, TextSlotList
+
+        rng = self.rng
+        if list_name == "area":
+            value = spoken = self.area
+        elif list_name == "floor":
+            value = spoken = rng.choice(_FLOORS)
+        elif list_name == "name":
+            domain = rng.choice(self.domains)
+            device = rng.choice(_DEVICES[domain])
+            composed = domain not in ("scene", "script", "todo", "weather", "input_boolean") and rng.random() < 0.6
+            value = spoken = (rng.choice(_AREAS) + device) if composed else device
+            self.spoken_names.append(spoken)
+        else:
+            slot_list = self.intents.slot_lists.get(list_name)
+            if isinstance(slot_list, TextSlotList):
+                choice = rng.choice(slot_list.values)
+                spoken = self.text(choice.text_in) if not isinstance(choice.text_in, str) else choice.text_in
+                value = choice.value_out if choice.value_out is not None else spoken
+            elif isinstance(slot_list, RangeSlotList):
+                value, spoken = _number(rng, slot_list)
+            else:  # a wildcard
+                value = spoken = rng.choice(_WILDCARDS.get(list_name, ("这个",)))
+        self.slots[slot] = value
+        return str(spoken)
+
+
+def _number(rng: random.Random, slot_list: Any) -> tuple[Any, str]:
+    import cn2an
+
+    step = slot_list.step or 1
+    low, high = sorted((slot_list.start, slot_list.stop))
+    if slot_list.type is not None and str(slot_list.type.value) == "temperature":
+        low, high = max(low, 16), min(high, 30)  # what people set a thermostat to
+    number: float = rng.randrange(low, high + 1, step)
+    if slot_list.fraction_type is not None and rng.random() < 0.2:
+        number += 0.5
+    value = number * (slot_list.multiplier or 1)
+    value = int(value) if float(value).is_integer() else value
+    spoken = cn2an.an2cn(str(number)) if rng.random() < 0.5 else f"{number:g}"
+    return value, spoken
+
+
+def _style(rng: random.Random, text: str, names: Sequence[str]) -> str:
+    roll = rng.random()
+    if roll < 0.4:
+        text = rng.choice(_PREFIXES) + text
+    elif roll < 0.7:
+        text = text + rng.choice(_SUFFIXES)
+    elif roll < 0.85:
+        text = rng.choice(_PREFIXES) + text + rng.choice(_SUFFIXES)
+    elif names:
+        name = rng.choice(list(names))
+        slipped = "".join(_SLIPS.get(c, c) if rng.random() < 0.5 else c for c in name)
+        text = text.replace(name, slipped, 1)
+    return text
+
+
+def write_rows(rows: Sequence[HaRow], path: str | Path) -> Path:
+    """The rows as JSON Lines in the datasets format."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+    return path
