@@ -94,7 +94,7 @@ def test_a_routed_intent_runs_in_home_assistant(live_server) -> None:
 
 def test_an_unreachable_home_assistant_is_a_backend_error() -> None:
     with HomeAssistant("http://127.0.0.1:9", TOKEN, timeout=1) as ha:
-        with pytest.raises(BackendError, match="127.0.0.1:9"):
+        with pytest.raises(BackendError, match=r"127\.0\.0\.1:9"):
             ha.handle_intent("HassTurnOn", {})
         with pytest.raises(BackendError, match="api/websocket"):
             ha.fetch_home()
