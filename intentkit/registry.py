@@ -57,13 +57,16 @@ class Param:
     ``aliases`` are other argument names the model may use (e.g. ``位置`` for ``room``);
     ``from_utterance`` says the value is text copied from the utterance (a city, a song title),
     which lets constrained decoding restrict it to the utterance's own text — set it to
-    ``False`` for values the model must normalise or invent (``"明儿"`` → ``"明天"``).
+    ``False`` for values the model must normalise or invent (``"明儿"`` → ``"明天"``);
+    ``numbers`` says a text value may also be a bare number (``volume_step="up"`` or
+    ``volume_step=-20``), which constrained decoding then writes as one.
     """
 
     description: str = ""
     choices: Sequence[str] | Mapping[str, str] = ()
     aliases: Sequence[str] = ()
     from_utterance: bool = True
+    numbers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class ParamSpec:
     aliases: tuple[str, ...] = ()
     positional_only: bool = False
     from_utterance: bool = True
+    numbers: bool = False
 
     def json_schema(self) -> dict[str, Any]:
         """This parameter as a JSON-schema property (OpenAI tool format)."""
@@ -463,6 +467,7 @@ def _param_spec(
         aliases=tuple(extra.aliases),
         positional_only=positional_only,
         from_utterance=extra.from_utterance,
+        numbers=extra.numbers,
     )
 
 

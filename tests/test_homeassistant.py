@@ -264,3 +264,15 @@ def test_handle_mode_runs_the_apps_handlers(registry) -> None:
     ok, joke = asyncio.run(run())
     assert Handled.from_event(ok).text == "好的，已打开客厅的灯" and done == [("HassTurnOn", {"area": "客厅", "domain": "light"})]
     assert NotHandled.is_type(joke.type)
+
+
+def test_taiwan_rows_name_things_in_traditional_characters() -> None:
+    pytest.importorskip("opencc")
+    from trainers.homeassistant import ha_rows
+
+    rows = [r for r in ha_rows("zh-TW", per_intent=6, seed=2) if r.intent and r.slots.get("area")]
+    assert rows and all(r.slots["area"] in r.text for r in rows)
+    simplified_only = set("厅卧灯帘书阳厨台")  # characters that differ in traditional writing
+    assert not any(set(r.slots["area"]) & simplified_only for r in rows)
+    registry = registry_for(HOME, language="zh-TW")
+    assert len(registry) == len(language_intents("zh-TW")) == 41

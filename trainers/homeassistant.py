@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from intentkit.calls import render_call
-from intentkit.errors import ConfigError
+from intentkit.errors import ConfigError, MissingDependencyError
 from intentkit.homeassistant.intents import language_data, language_intents, package_language
 
 __all__ = ["HaRow", "ha_rows", "write_rows"]
@@ -139,10 +139,13 @@ def ha_rows(
     ``out_of_scope`` × that many out-of-scope rows; ``styles`` is the share given fillers or slips."""
     language = package_language(language)
     if not language.startswith("zh"):
-        raise ConfigError(f"training data for {language} needs name pools in that language; zh-CN is the one built in")
-    intents, data, _ = language_data(language)
+        raise ConfigError(
+            f"training data for {language} needs name pools in that language; Chinese (zh-CN, zh-TW, zh-HK) is built in"
+        )
+    intents, _, _ = language_data(language)
     order = language_intents(language)
     rng = random.Random(seed)
+    local = _localiser(language)
     rows: list[HaRow] = []
     for name, intent in intents.intents.items():
         slots_order = order[name].slots
@@ -151,20 +154,20 @@ def ha_rows(
             tries += 1
             item = rng.choice(intent.data)
             sentence = rng.choice(item.sentences)
-            walk = _Walk(rng, intents, {**intents.expansion_rules, **item.expansion_rules}, item)
+            walk = _Walk(rng, intents, {**intents.expansion_rules, **item.expansion_rules}, item, local)
             text = walk.text(sentence.expression)
             if not text or "的的" in text or ("百分之" in text and "%" in text) or text in seen:
                 continue
             slots = {**{k: v for k, v in item.slots.items()}, **walk.slots}
             ordered = {k: slots[k] for k in slots_order if k in slots}
             if rng.random() < styles:
-                text = _style(rng, text, walk.spoken_names)
+                text = _style(rng, text, walk.spoken_names, local)
             seen.add(text)
             rows.append(HaRow(text, name, ordered))
             made += 1
     for _ in range(round(len(intents.intents) * per_intent * out_of_scope)):
-        text = rng.choice(_OUT_OF_SCOPE)
-        rows.append(HaRow(_style(rng, text, []) if rng.random() < styles else text, None, {}))
+        text = local(rng.choice(_OUT_OF_SCOPE))
+        rows.append(HaRow(_style(rng, text, [], local) if rng.random() < styles else text, None, {}))
     rng.shuffle(rows)
     return rows
 
@@ -172,11 +175,13 @@ def ha_rows(
 class _Walk:
     """One random expansion of a template, recording the slot values it chose."""
 
-    def __init__(self, rng: random.Random, intents: Any, rules: Mapping[str, Any], item: Any) -> None:
-        self.rng, self.intents, self.rules, self.item = rng, intents, rules, item
+    def __init__(
+        self, rng: random.Random, intents: Any, rules: Mapping[str, Any], item: Any, local: Callable[[str], str]
+    ) -> None:
+        self.rng, self.intents, self.rules, self.item, self.local = rng, intents, rules, item, local
         self.slots: dict[str, Any] = {}
         self.spoken_names: list[str] = []
-        self.area = rng.choice(_AREAS)
+        self.area = local(rng.choice(_AREAS))
         domains = (item.requires_context or {}).get("domain") or list(_DEVICES)
         self.domains = [domains] if isinstance(domains, str) else [d for d in domains if d in _DEVICES] or ["light"]
 
@@ -211,12 +216,12 @@ class _Walk:
         if list_name == "area":
             value = spoken = self.area
         elif list_name == "floor":
-            value = spoken = rng.choice(_FLOORS)
+            value = spoken = self.local(rng.choice(_FLOORS))
         elif list_name == "name":
             domain = rng.choice(self.domains)
             device = rng.choice(_DEVICES[domain])
             composed = domain not in ("scene", "script", "todo", "weather", "input_boolean") and rng.random() < 0.6
-            value = spoken = (rng.choice(_AREAS) + device) if composed else device
+            value = spoken = self.local((rng.choice(_AREAS) + device) if composed else device)
             self.spoken_names.append(spoken)
         else:
             slot_list = self.intents.slot_lists.get(list_name)
@@ -227,7 +232,7 @@ class _Walk:
             elif isinstance(slot_list, RangeSlotList):
                 value, spoken = _number(rng, slot_list)
             else:  # a wildcard
-                value = spoken = rng.choice(_WILDCARDS.get(list_name, ("这个",)))
+                value = spoken = self.local(rng.choice(_WILDCARDS.get(list_name, ("这个",))))
         self.slots[slot] = value
         return str(spoken)
 
@@ -248,19 +253,32 @@ def _number(rng: random.Random, slot_list: Any) -> tuple[Any, str]:
     return value, spoken
 
 
-def _style(rng: random.Random, text: str, names: Sequence[str]) -> str:
+def _style(rng: random.Random, text: str, names: Sequence[str], local: Callable[[str], str]) -> str:
     roll = rng.random()
     if roll < 0.4:
-        text = rng.choice(_PREFIXES) + text
+        text = local(rng.choice(_PREFIXES)) + text
     elif roll < 0.7:
-        text = text + rng.choice(_SUFFIXES)
+        text = text + local(rng.choice(_SUFFIXES))
     elif roll < 0.85:
-        text = rng.choice(_PREFIXES) + text + rng.choice(_SUFFIXES)
+        text = local(rng.choice(_PREFIXES)) + text + local(rng.choice(_SUFFIXES))
     elif names:
         name = rng.choice(list(names))
         slipped = "".join(_SLIPS.get(c, c) if rng.random() < 0.5 else c for c in name)
         text = text.replace(name, slipped, 1)
     return text
+
+
+def _localiser(language: str) -> Callable[[str], str]:
+    """The pools are written in simplified characters; Taiwan's and Hong Kong's templates get
+    them in traditional ones (opencc), as their homes name things."""
+    if language == "zh-CN":
+        return lambda text: text
+    try:
+        import opencc
+    except ImportError:
+        raise MissingDependencyError("opencc") from None
+    converter = opencc.OpenCC("s2tw" if language == "zh-TW" else "s2hk")
+    return converter.convert
 
 
 def write_rows(rows: Sequence[HaRow], path: str | Path) -> Path:

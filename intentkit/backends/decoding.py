@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+import regex
 
 from ..calls import NO_INTENT
 from ..registry import IntentCatalog, ParamSpec
@@ -42,6 +43,9 @@ __all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode", "reus
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
+# A bare number being written, and a finished one.
+_NUMBER_PREFIX = {"int": regex.compile(r"-?\d*"), "float": regex.compile(r"-?\d*\.?\d*")}
+_NUMBER = {"int": regex.compile(r"-?\d+"), "float": regex.compile(r"-?\d+(?:\.\d+)?")}
 
 
 class TokenModel(Protocol):
@@ -105,6 +109,7 @@ class _Option:
     end: bool = False  # the call is complete after this text
     item: bool = False  # the next value is another item of the same list
     listed: bool = False  # the next value is inside [...] (a list parameter also takes a single value)
+    bare: bool = False  # the next value is a bare number (minutes=10), not quoted text
 
 
 class _Cursor:
@@ -158,6 +163,7 @@ class ConstrainedDecoder:
         self.catalog = catalog
         self._token_cache: dict[str, tuple[int, ...]] = {}
         self._source: _Source | None = None  # the last utterance's
+        self._number_tokens: dict[str, int] | None = None
         self.openers = self._options(self._opening_texts())
 
     # ------------------------------------------------------------------ building
@@ -177,12 +183,13 @@ class ConstrainedDecoder:
             if not any(p.required for p in spec.params):
                 texts.append((f"{spec.name}()", {"intent": spec.name, "end": True}))
             for param in filter(_decodable, spec.params):
-                for opener, listed in _openers(param):
-                    texts.append((f"{spec.name}({opener}", {"intent": spec.name, "param": param, "listed": listed}))
+                for opener, listed, bare in _openers(param):
+                    payload = {"intent": spec.name, "param": param, "listed": listed, "bare": bare}
+                    texts.append((f"{spec.name}({opener}", payload))
         return texts
 
-    def _closers(self, intent: str, param: ParamSpec, used: set[str], listed: bool) -> list[_Option]:
-        quote = '"' if param.kind != "bool" else ""
+    def _closers(self, intent: str, param: ParamSpec, used: set[str], listed: bool, bare: bool = False) -> list[_Option]:
+        quote = "" if param.kind == "bool" or bare else '"'
         texts: list[tuple[str, dict[str, Any]]] = []
         close_list = "]" if listed else ""
         if listed:
@@ -191,8 +198,9 @@ class ConstrainedDecoder:
         spec = next(s for s in self.catalog.intents if s.name == intent)
         for other in filter(_decodable, spec.params):
             if other.name not in used:
-                for opener, other_listed in _openers(other):
-                    texts.append((f"{quote}{close_list}, {opener}", {"intent": intent, "param": other, "listed": other_listed}))
+                for opener, other_listed, other_bare in _openers(other):
+                    payload = {"intent": intent, "param": other, "listed": other_listed, "bare": other_bare}
+                    texts.append((f"{quote}{close_list}, {opener}", payload))
         return self._options(texts)
 
     # ------------------------------------------------------------------ decoding
@@ -214,7 +222,7 @@ class ConstrainedDecoder:
             param = option.param
             assert param is not None
             used.add(param.name)
-            closers = self._closers(option.intent, param, used, option.listed)
+            closers = self._closers(option.intent, param, used, option.listed, option.bare)
             if param.kind in ("choice", "bool"):
                 values = (
                     [json.dumps(v, ensure_ascii=False)[1:-1] for v in param.choices]
@@ -227,7 +235,8 @@ class ConstrainedDecoder:
             else:
                 budget = max_tokens - spent()
                 source = self._copy_source(utterance) if param.from_utterance else None
-                value, p, option = self._value(cursor, closers, source, budget)
+                numeric = (param.kind if param.kind in ("int", "float") else "int") if option.bare else None
+                value, p, option = self._value(cursor, closers, source, budget, numeric=numeric)
                 value_text = value.decode("utf-8", errors="replace") + option.text
             key = param.name
             decoded.argument_confidence[key] = decoded.argument_confidence.get(key, 1.0) * p
@@ -281,7 +290,7 @@ class ConstrainedDecoder:
         return alive[0], prob, prob if intent_prob is None else intent_prob
 
     def _value(
-        self, cursor: _Cursor, closers: list[_Option], source: _Source | None, budget: int
+        self, cursor: _Cursor, closers: list[_Option], source: _Source | None, budget: int, *, numeric: str | None = None
     ) -> tuple[bytes, float, _Option]:
         """Decode a quoted value up to one of ``closers``; returns (value, probability, closer).
         ``source`` is the utterance a copied value comes from (None for a free value)."""
@@ -294,7 +303,10 @@ class ConstrainedDecoder:
         token = closers[0].tokens[0]
         for _ in range(min(_MAX_VALUE_TOKENS, max(1, budget))):
             row = rows.pop(0) if rows else cursor.row()
-            allowed = self._allowed(row, value, source, closer_first)
+            if numeric:
+                allowed = self._numeric(row, value, closer_first, numeric)
+            else:
+                allowed = self._allowed(row, value, source, closer_first)
             probs = _softmax(row[allowed])
             # Stop or go on is decided on the summed probability of each side, then the best token
             # of the winning side is taken: the model's mass for "the value ends here" is spread
@@ -329,6 +341,21 @@ class ConstrainedDecoder:
             token = closers[0].tokens[0]
         option, p, _ = self._walk(cursor, closers, first=token)
         return value, prob * p, option
+
+    def _numeric(self, row: np.ndarray, value: bytes, closer_first: set[int], kind: str) -> np.ndarray:
+        """The tokens that keep ``value`` a number of ``kind`` (``int``: ``-?\\d+``; ``float`` also one
+        ``.``): the single characters, and the model's best tokens that are such pieces; a closer
+        once the value is a number."""
+        if self._number_tokens is None:
+            self._number_tokens = {c: self._tok(c)[0] for c in "0123456789-." if len(self._tok(c)) == 1}
+        top = np.argpartition(row, -16)[-16:]
+        candidates = set(self._number_tokens.values()) | {int(t) for t in top}
+        allowed = [
+            t for t in candidates if _NUMBER_PREFIX[kind].fullmatch((value + self.model.piece(t)).decode("utf-8", "replace"))
+        ]
+        if _NUMBER[kind].fullmatch(value.decode("utf-8", "replace")):
+            allowed += list(closer_first)
+        return np.array(sorted(set(allowed)) or list(closer_first), dtype=np.int64)
 
     def _allowed(self, row: np.ndarray, value: bytes, source: _Source | None, closer_first: set[int]) -> np.ndarray:
         if source is not None:
@@ -386,14 +413,26 @@ def _decodable(param: ParamSpec) -> bool:
     return param.kind != "object" and (param.item is None or param.item.kind != "object")
 
 
-def _openers(param: ParamSpec) -> list[tuple[str, bool]]:
-    """The texts that open a value of ``param``, each with whether the value is a ``[...]`` list.
-    A list parameter takes a single quoted value too (the usual case in the datasets)."""
+def _bare_number(param: ParamSpec) -> bool:
+    """Whether ``param``'s value is written as a bare number (``minutes=10``, as the canonical call
+    text writes numbers): an int or float the model writes itself. A number copied from the
+    utterance stays quoted text (``temperature="二十六"``), coerced when it is bound."""
+    return param.kind in ("int", "float") and not param.from_utterance
+
+
+def _openers(param: ParamSpec) -> list[tuple[str, bool, bool]]:
+    """The texts that open a value of ``param``, each with whether the value is a ``[...]`` list
+    and whether it is a bare number. A list parameter takes a single quoted value too (the usual
+    case in the datasets); a text parameter with ``numbers`` a bare number too."""
     if param.kind == "bool":
-        return [(f"{param.name}=", False)]
+        return [(f"{param.name}=", False, False)]
+    if _bare_number(param):
+        return [(f"{param.name}=", False, True)]
     if param.kind == "list":
-        return [(f'{param.name}="', False), (f'{param.name}=["', True)]
-    return [(f'{param.name}="', False)]
+        return [(f'{param.name}="', False, False), (f'{param.name}=["', True, False)]
+    if param.kind == "str" and param.numbers:
+        return [(f'{param.name}="', False, False), (f"{param.name}=", False, True)]
+    return [(f'{param.name}="', False, False)]
 
 
 def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:

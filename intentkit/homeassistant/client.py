@@ -85,7 +85,8 @@ class HomeAssistant:
             entity_id = entry["entity_id"]
             domain = entity_id.split(".", 1)[0]
             name = entry.get("name") or friendly.get(entity_id) or entry.get("original_name")
-            if domain not in _NAMED_DOMAINS or not name or entry.get("disabled_by") or entry.get("hidden_by"):
+            hidden = entry.get("disabled_by") or entry.get("hidden_by") or entry.get("entity_category")  # diagnostics, settings
+            if domain not in _NAMED_DOMAINS or not name or hidden:
                 continue
             entities.append(
                 {

@@ -177,8 +177,8 @@ def _slot_annotation(slot: str, spec: IntentSlots, home: Home, language: str, re
         fractional = any(r.fraction_type is not None for r in ranges)
         kind: Any = float if fractional else int
         return Annotated[optional(kind), pydantic.Field(ge=low, le=high), Param(description=description, from_utterance=False)]
-    if ranges or numbers:  # words and numbers: the model writes either, slot_values restores numbers
-        return Annotated[optional(str), Param(description=description, from_utterance=False)]  # type: ignore[operator]
+    if ranges or numbers:  # words and numbers (volume_step: "up" or -20): the model writes either
+        return Annotated[optional(str), Param(description=description, from_utterance=False, numbers=True)]  # type: ignore[operator]
     choices = {w: w for w in sorted(words)}
     return Annotated[optional(str), Param(description=description, choices=choices)]  # type: ignore[operator]
 

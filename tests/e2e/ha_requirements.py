@@ -10,7 +10,19 @@ from pathlib import Path
 import homeassistant
 
 COMPONENTS = Path(homeassistant.__file__).parent / "components"
-USED = ["http", "api", "onboarding", "config", "intent", "conversation", "input_boolean", "template", "light", "wyoming"]
+USED = [
+    "frontend",
+    "http",
+    "api",
+    "onboarding",
+    "config",
+    "intent",
+    "conversation",
+    "input_boolean",
+    "template",
+    "light",
+    "wyoming",
+]
 
 
 def requirements(names: list[str]) -> list[str]:
