@@ -130,6 +130,10 @@ def build_router(
         from .homeassistant import Home, registry_for
 
         registry = registry_for(Home.load(home))
+        if backend == "llamacpp" and model is None and adapter is None:  # the model trained on these intents
+            from .backends.llamacpp.bundled import bundled_model_dir
+
+            model = bundled_model_dir("home-assistant")
     elif intents_from is not None:
         from trainers.data import build_registry, load_records
 

@@ -276,3 +276,24 @@ def test_taiwan_rows_name_things_in_traditional_characters() -> None:
     assert not any(set(r.slots["area"]) & simplified_only for r in rows)
     registry = registry_for(HOME, language="zh-TW")
     assert len(registry) == len(language_intents("zh-TW")) == 41
+
+
+def test_the_bundled_model_routes_a_home_from_the_command_line() -> None:
+    """`intentkit route --home`: Home Assistant's intents over the home's names, with the bundled
+    Home Assistant model (the one `intentkit wyoming` serves)."""
+    pytest.importorskip("llama_cpp")
+    from typer.testing import CliRunner
+
+    from intentkit.cli import app
+
+    home = Path(__file__).resolve().parent.parent / "examples" / "homeassistant" / "home.yaml"
+    done = CliRunner().invoke(app, ["route", "把客厅的灯打开", "给我讲个笑话", "--home", str(home), "--json"])
+    assert done.exit_code == 0, done.output
+    on, joke = (json.loads(line) for line in done.output.splitlines() if line.startswith("{"))
+    assert on["calls"] == [
+        {
+            "name": "HassTurnOn",
+            "arguments": {"name": None, "area": "客厅", "floor": None, "domain": "light", "device_class": None},
+        }
+    ]
+    assert joke["status"] == "no_intent"
