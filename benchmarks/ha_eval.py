@@ -68,11 +68,12 @@ def intentkit_predictor(model: Path | None, language: str) -> Predict:
         key = json.dumps(row.get("fixture", {}), sort_keys=True, ensure_ascii=False)
         if key not in routers:
             routers[key] = Router(backend, registry=registry_for(home_of(row.get("fixture", {}), language)), fast_path=False)
-        result = routers[key].handle(row["instruction"], dispatch=False)
+        router = routers[key]
+        result = router.handle(row["instruction"], dispatch=False)
         if not result.ok or not result.calls:
             return None, {}
         call = result.calls[0]
-        slots = slot_values(call.name, call.arguments)
+        slots = slot_values(router.registry.get(call.name), call.arguments)
         for slot, value in (row.get("context") or {}).items():  # what the satellite tells Home Assistant
             slots.setdefault(slot, value)
         return call.name, slots

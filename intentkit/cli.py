@@ -130,10 +130,8 @@ def build_router(
         from .homeassistant import Home, registry_for
 
         registry = registry_for(Home.load(home))
-        if backend == "llamacpp" and model is None and adapter is None:  # the model trained on these intents
-            from .backends.llamacpp.bundled import bundled_model_dir
-
-            model = bundled_model_dir("home-assistant")
+        if backend == "llamacpp":
+            model = _home_assistant_model(model, adapter)
     elif intents_from is not None:
         from trainers.data import build_registry, load_records
 
@@ -149,6 +147,15 @@ def build_router(
         made.close()
         raise
     return router
+
+
+def _home_assistant_model(model: Path | None, adapter: Path | None) -> Path | None:
+    """``model``, or the bundled Home Assistant model when neither a model nor an adapter is given."""
+    if model is not None or adapter is not None:
+        return model
+    from .backends.llamacpp.bundled import bundled_model_dir
+
+    return bundled_model_dir("home-assistant")
 
 
 _ROUTER_OPTIONS = ("model", "adapter", "intents_from", "home", "backend", "base_url", "api_key", "api_model", "threshold")
@@ -595,6 +602,7 @@ def wyoming(
 ) -> None:
     """Serve a Wyoming intent (or handle) service for Home Assistant's wyoming integration."""
     import asyncio
+    import contextlib
 
     from .homeassistant import Home, registry_for
     from .homeassistant.wyoming import serve_wyoming
@@ -602,25 +610,21 @@ def wyoming(
     if mode not in ("intent", "handle"):
         raise ConfigError(f"--mode is intent or handle, not {mode!r}")
     the_home = Home.load(home)
-    handler = None
-    if mode == "handle":
-        if not ha_url or not ha_token:
-            raise ConfigError("--mode handle runs the intents in Home Assistant: give --ha-url and --ha-token")
-        from .homeassistant.client import HomeAssistant
+    with contextlib.ExitStack() as stack:
+        handler = None
+        if mode == "handle":
+            if not ha_url or not ha_token:
+                raise ConfigError("--mode handle runs the intents in Home Assistant: give --ha-url and --ha-token")
+            from .homeassistant.client import HomeAssistant
 
-        handler = HomeAssistant(ha_url, ha_token).handle_intent
-    if model is None and adapter is None:
-        from .backends.llamacpp.bundled import bundled_model_dir
-
-        model = bundled_model_dir("home-assistant")
-    backend = load_backend("llamacpp", model=model, adapter=adapter)
-    router = Router(backend, registry=registry_for(the_home, language=language, handler=handler), fast_path=False)
-    typer.echo(f"wyoming {mode} service on {uri} ({len(router.registry)} intents, {len(the_home.entities)} entities)")
-    with router:
-        try:
+            handler = stack.enter_context(HomeAssistant(ha_url, ha_token)).handle_intent
+        backend = load_backend("llamacpp", model=_home_assistant_model(model, adapter), adapter=adapter)
+        router = stack.enter_context(
+            Router(backend, registry=registry_for(the_home, language=language, handler=handler), fast_path=False)
+        )
+        typer.echo(f"wyoming {mode} service on {uri} ({len(router.registry)} intents, {len(the_home.entities)} entities)")
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_wyoming(router, uri, language=language or the_home.language, mode=mode))  # type: ignore[arg-type]
-        except KeyboardInterrupt:
-            pass
 
 
 def main() -> None:

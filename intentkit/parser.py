@@ -23,6 +23,7 @@ chained calls (``f().g()``) and calls used as values (``f(g(x))``) are rejected.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import regex
@@ -252,50 +253,14 @@ class _Parser:
         return self.text[start + 1 : end]
 
     def list_value(self) -> list[Value]:
-        start = self.pos
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.error(f"values nested deeper than {MAX_DEPTH}", start)
-        self.pos += 1
         items: list[Value] = []
-        self.skip_ws()
-        if self.peek() in _CLOSE_LIST and self.peek():
-            self.pos += 1
-            self.depth -= 1
-            return items
-        while True:
-            items.append(self.value())
-            self.skip_ws()
-            char = self.peek()
-            if char in _COMMAS and char:
-                self.pos += 1
-                self.skip_ws()
-                if self.peek() in _CLOSE_LIST and self.peek():
-                    self.pos += 1
-                    break
-            elif char in _CLOSE_LIST and char:
-                self.pos += 1
-                break
-            elif not char:
-                raise self.error("unterminated list: missing ']'", start)
-            else:
-                raise self.error(f"expected ',' or ']' in list, found {char!r}")
-        self.depth -= 1
+        self._items(_CLOSE_LIST, "list", lambda: items.append(self.value()))
         return items
 
     def dict_value(self) -> dict[str, Value]:
-        start = self.pos
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.error(f"values nested deeper than {MAX_DEPTH}", start)
-        self.pos += 1
         items: dict[str, Value] = {}
-        self.skip_ws()
-        if self.peek() in _CLOSE_DICT and self.peek():
-            self.pos += 1
-            self.depth -= 1
-            return items
-        while True:
+
+        def entry() -> None:
             self.skip_ws()
             key_at = self.pos
             key = self.dict_key()
@@ -306,23 +271,42 @@ class _Parser:
                 raise self.error(f"expected ':' after the key {key!r}")
             self.pos += 1
             items[key] = self.value()
+
+        self._items(_CLOSE_DICT, "dict", entry)
+        return items
+
+    def _items(self, closers: frozenset[str], what: str, item: Callable[[], None]) -> None:
+        """Parse the comma-separated items of a list or dict whose opener is at the cursor, up to
+        one of ``closers`` (a trailing comma allowed); ``item`` parses one."""
+        start = self.pos
+        closer = sorted(closers)[0]
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"values nested deeper than {MAX_DEPTH}", start)
+        self.pos += 1
+        self.skip_ws()
+        if self.peek() in closers and self.peek():
+            self.pos += 1
+            self.depth -= 1
+            return
+        while True:
+            item()
             self.skip_ws()
             char = self.peek()
             if char in _COMMAS and char:
                 self.pos += 1
                 self.skip_ws()
-                if self.peek() in _CLOSE_DICT and self.peek():
+                if self.peek() in closers and self.peek():
                     self.pos += 1
                     break
-            elif char in _CLOSE_DICT and char:
+            elif char in closers and char:
                 self.pos += 1
                 break
             elif not char:
-                raise self.error("unterminated dict: missing '}'", start)
+                raise self.error(f"unterminated {what}: missing '{closer}'", start)
             else:
-                raise self.error(f"expected ',' or '}}' in dict, found {char!r}")
+                raise self.error(f"expected ',' or '{closer}' in {what}, found {char!r}")
         self.depth -= 1
-        return items
 
     def dict_key(self) -> str:
         char = self.peek()

@@ -40,7 +40,7 @@ def registry():
 
 def bind(registry, text: str) -> dict[str, Any]:
     bound = registry.bind(parse_calls(text)[0])
-    return slot_values(bound.name, bound.arguments)
+    return slot_values(registry.get(bound.name), bound.arguments)
 
 
 def test_the_languages_intents_become_typed_intents(registry) -> None:

@@ -58,6 +58,7 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         self._closed = False
         self._worker: ThreadPoolExecutor | None = None
+        self._worker_ident: int | None = None
         self._generator = LocalGenerator(model, trained_prompt=info.prompt, source=source, constrained=constrained, n_ctx=n_ctx)
         self._generator.set_scope(resolve_scope(scope, scope_dir, model.hidden_width))
 
@@ -65,10 +66,6 @@ class LocalBackend(Backend):
     def prompt(self) -> PromptFormat | None:
         """The prompt format the model was trained with, when it recorded one."""
         return self.info.prompt_format
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def scope(self) -> ScopeDetector | None:
@@ -114,7 +111,7 @@ class LocalBackend(Backend):
         self._worker_ident = threading.get_ident()
 
     def _on_worker(self, fn: Any, *args: Any) -> Any:
-        if threading.get_ident() == getattr(self, "_worker_ident", None):  # already there (a nested call)
+        if threading.get_ident() == self._worker_ident:  # already there (a nested call)
             return fn(*args)
         return self._submit(fn, *args).result()
 

@@ -15,7 +15,7 @@ parameter, so that a routed call is exactly what Home Assistant executes::
 - a **wildcard** (a message, a shopping-list item) is text copied from the utterance;
 - ``name`` / ``area`` / ``floor`` are choices of the home's names, aliases binding as their name;
 - a slot fed by both numbers and words (``volume_step``: ``up``, ``down`` or a percentage) is
-  text the model writes, turned back into a number for Home Assistant by :func:`slot_values`.
+  text or a bare number (``Param(numbers=True)``), given to Home Assistant as a number when it is one.
 
 A slot that every sentence of an intent fills is required; the others are optional.
 """
@@ -30,8 +30,9 @@ from typing import Annotated, Any
 
 import pydantic
 
+from ..coerce import to_float, to_int
 from ..errors import ConfigError, MissingDependencyError
-from ..registry import Param, Registry
+from ..registry import IntentSpec, Param, Registry
 from .home import Home
 
 __all__ = [
@@ -214,7 +215,7 @@ def registry_for(
             default = inspect.Parameter.empty if slot in required else None
             parameters.append(inspect.Parameter(slot, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
             annotations[slot] = annotation
-        registry.register(_handler(name, handler, parameters, annotations, language), name=name, description=spec.description)
+        registry.register(_handler(name, handler, parameters, annotations), name=name, description=spec.description)
     return registry
 
 
@@ -223,10 +224,11 @@ def _handler(
     handler: Callable[[str, dict[str, Any]], Any] | None,
     parameters: list[inspect.Parameter],
     annotations: dict[str, Any],
-    language: str,
 ) -> Callable[..., Any]:
+    numeric = frozenset(slot for slot, annotation in annotations.items() if _takes_numbers(annotation))
+
     def run(**slots: Any) -> Any:
-        values = slot_values(name, slots, language=language)
+        values = _ha_slots(slots, numeric)
         return handler(name, values) if handler is not None else values
 
     run.__name__ = run.__qualname__ = name
@@ -235,24 +237,24 @@ def _handler(
     return run
 
 
-def slot_values(intent: str, arguments: Mapping[str, Any], *, language: str = "zh-CN") -> dict[str, Any]:
-    """A call's arguments as Home Assistant's slots: unset ones left out, numbers written as
-    text (``volume_step="10"``) turned back into numbers."""
+def _takes_numbers(annotation: Any) -> bool:
+    return any(isinstance(m, Param) and m.numbers for m in getattr(annotation, "__metadata__", ()))
+
+
+def slot_values(spec: IntentSpec, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A bound call's arguments as Home Assistant's slots: unset ones left out, and a text slot
+    that takes numbers too (``Param(numbers=True)``: ``volume_step="-20"``) given its number."""
+    return _ha_slots(arguments, frozenset(p.name for p in spec.params if p.numbers))
+
+
+def _ha_slots(arguments: Mapping[str, Any], numeric: frozenset[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for slot, value in arguments.items():
         if value is None:
             continue
-        if isinstance(value, str):
-            number = _number(value)
-            if number is not None and slot not in _PLACES and slot not in ("message", "item", "search_query", "name"):
-                value = number
+        if slot in numeric:
+            number: int | float | None = to_int(value)
+            number = to_float(value) if number is None else number
+            value = value if number is None else number
         out[slot] = value
     return out
-
-
-def _number(text: str) -> int | float | None:
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return int(number) if number.is_integer() else number

@@ -125,7 +125,7 @@ class IntentEventHandler(AsyncEventHandler):  # type: ignore[misc]
         if result.status is not Status.OK or not result.calls:
             return NotRecognized(text=_failure(result), context=context)
         call = result.calls[0]
-        slots = slot_values(call.name, call.arguments)
+        slots = slot_values(self.router.registry.get(call.name), call.arguments)
         entities = [Entity(name=k, value=v) for k, v in slots.items()]
         return Intent(name=call.name, entities=entities, text=response_text(self.language, call.name, slots), context=context)
 
