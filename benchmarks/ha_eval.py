@@ -131,7 +131,7 @@ def same(expected: Any, got: Any) -> bool:
     return str(got) == str(expected)
 
 
-def score(rows: list[dict[str, Any]], predict: Predict) -> dict[str, Any]:
+def score(rows: list[dict[str, Any]], predict: Predict, *, examples_kept: int = 40) -> dict[str, Any]:
     latencies, intent_ok, exact_ok = [], 0, 0
     failures: Counter[str] = Counter()
     examples: list[dict[str, Any]] = []
@@ -145,7 +145,7 @@ def score(rows: list[dict[str, Any]], predict: Predict) -> dict[str, Any]:
         exact_ok += exact
         if not exact:
             failures[str(row.get("name"))] += 1
-            if len(examples) < 40:
+            if len(examples) < examples_kept:
                 examples.append({"text": row["instruction"], "expected": row["output"], "got": [name, slots]})
     latencies.sort()
     return {
@@ -167,14 +167,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--only", choices=["intentkit", "hassil"], help="one recognizer only")
     parser.add_argument("--out", type=Path, help="write the report as JSON")
+    parser.add_argument("--examples", type=int, default=40, help="failures kept in the report (default 40)")
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = rows[: args.limit or None]
     report: dict[str, Any] = {}
     if args.only in (None, "hassil"):
-        report["hassil"] = score(rows, hassil_predictor(args.language))
+        report["hassil"] = score(rows, hassil_predictor(args.language), examples_kept=args.examples)
     if args.only in (None, "intentkit"):
-        report["intentkit"] = score(rows, intentkit_predictor(args.model, args.language))
+        report["intentkit"] = score(rows, intentkit_predictor(args.model, args.language), examples_kept=args.examples)
     for name, figures in report.items():
         print(
             f"{name:9s} {figures['rows']} rows: intent {figures['intent_accuracy']:.2%}, exact slots "

@@ -173,6 +173,9 @@ def _show(result: RouteResult) -> None:
     typer.echo(f"   [{result.status.value}, confidence {confidence}, {result.timings.total_ms:.0f} ms, {result.path.value}]")
     for value in result.results:
         typer.echo(f"  → {value}")
+    if result.prompt:
+        missing = f" (missing: {', '.join(result.missing)})" if result.missing else ""
+        typer.secho(f"  ? {result.prompt}{missing}", fg=typer.colors.CYAN)
     for error in result.errors:
         typer.secho(f"  ! {type(error).__name__}: {error}", fg=typer.colors.RED)
 
@@ -216,7 +219,8 @@ def chat(
     api_key: ApiKey = None,
     turns: Annotated[int, typer.Option(help="earlier turns joined with the new one")] = 2,
 ) -> None:
-    """Interactive multi-turn routing (empty line or Ctrl-D to quit)."""
+    """Interactive multi-turn routing (empty line or Ctrl-D to quit): a call missing a value asks
+    for it, a confirm= intent asks for a yes, 算了 / cancel calls off what is pending."""
     with router_from(locals()) as router:
         session = router.session(max_turns=turns)
         typer.echo("say something (empty line to quit)")
@@ -526,6 +530,31 @@ def data_augment(
     )
 
 
+@data_app.command("dialogues")
+@_friendly
+def data_dialogues(
+    data: Path,
+    out: Annotated[Path, typer.Option(help="where to write the rows and the derived dialogue rows (JSONL)")],
+    share: Annotated[float, typer.Option(min=0.0, max=2.0, help="dialogue rows as a share of the single-turn rows")] = 0.25,
+    seed: int = 0,
+) -> None:
+    """Add dialogue rows: requests with a needed value left out (answered by the call without it)
+    and the two-turn dialogues that give it (``["打电话", "张三"]`` → ``call_contact(contact="张三")``)."""
+    from trainers.data import load_records
+    from trainers.dialogues import dialogue_rows, write_dialogue_rows
+
+    records = load_records(data)
+    derived = dialogue_rows(records, share=share, seed=seed)
+    write_dialogue_rows(records, derived, out)
+    intents = sorted({str(r["output"]).split("(")[0] for r in derived.dialogues})
+    single = len(records) + len(derived.incomplete)
+    typer.echo(
+        f"wrote {len(records)} rows, {len(derived.incomplete)} incomplete requests and {len(derived.dialogues)} dialogues "
+        f"({len(derived.dialogues) / max(1, single):.0%} of the single-turn rows) to {out}; "
+        f"intents: {', '.join(intents) or 'none'}"
+    )
+
+
 @data_app.command("swap")
 @_friendly
 def data_swap(
@@ -568,7 +597,10 @@ def ha_home(
 def ha_data(
     out: Annotated[Path, typer.Option(help="where to write the training rows (JSONL)")],
     language: Annotated[str, typer.Option(help="a language of home-assistant-intents")] = "zh-CN",
-    per_intent: Annotated[int, typer.Option(min=1, help="rows per intent")] = 60,
+    per_intent: Annotated[int, typer.Option(min=1, help="rows per intent")] = 40,
+    per_sentence: Annotated[
+        float, typer.Option(min=0, help="more rows per template sentence of an intent (at most 4 x --per-intent)")
+    ] = 1.5,
     dev: Annotated[Path | None, typer.Option(help="also write dev rows (other random walks) here")] = None,
     dev_per_intent: Annotated[int, typer.Option(min=1)] = 10,
     seed: int = 0,
@@ -576,7 +608,7 @@ def ha_data(
     """Training data for Home Assistant's intents from its own templates (random walks, varied names)."""
     from trainers.homeassistant import ha_rows, write_rows
 
-    rows = ha_rows(language, per_intent=per_intent, seed=seed)
+    rows = ha_rows(language, per_intent=per_intent, per_sentence=per_sentence, seed=seed)
     write_rows(rows, out)
     typer.echo(f"wrote {len(rows)} rows to {out}")
     if dev is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import regex
 from rapidfuzz import fuzz
 
-__all__ = ["ChoiceMatch", "match_choice", "prepare_numerals", "to_bool", "to_float", "to_int"]
+__all__ = ["ChoiceMatch", "fold", "match_choice", "pinyin_of", "prepare_numerals", "to_bool", "to_float", "to_int"]
 
 _CN_NUMERAL = regex.compile(r"[负正]?[零〇一二两三四五六七八九十百千万亿点壹贰叁肆伍陆柒捌玖拾佰仟]+")
 _HAN = regex.compile(r"\p{Han}")
@@ -124,6 +124,18 @@ def _t2s() -> Any:
     except ImportError:
         return None
     return opencc.OpenCC("t2s")
+
+
+def fold(text: str) -> str:
+    """``text`` as names are compared: NFKC, case-folded, in simplified characters (客廳 → 客厅)."""
+    folded = unicodedata.normalize("NFKC", text).strip().casefold()
+    return _simplified(folded) if _HAN.search(folded) else folded
+
+
+def pinyin_of(text: str) -> str:
+    """The pinyin of ``text``'s Chinese characters, syllables separated by spaces (how a name
+    sounds: 床头等 and 床头灯 read the same); ``""`` for text without any."""
+    return _pinyin(text) if _HAN.search(text) else ""
 
 
 def _similarity(value: str, choice: str) -> float:

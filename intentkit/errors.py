@@ -122,6 +122,10 @@ class UnknownIntentError(IntentKitError, LookupError):
         return (UnknownIntentError, (self.name, self.valid))
 
 
+#: The message of an :class:`ArgumentProblem` for a required value the call left out.
+MISSING = "required argument missing"
+
+
 @dataclass(frozen=True, slots=True)
 class ArgumentProblem:
     """One argument that failed to bind or validate."""
@@ -143,6 +147,16 @@ class ArgumentError(IntentKitError, ValueError):
         self.problems = list(problems)
         detail = "; ".join(str(p) for p in self.problems)
         super().__init__(f"invalid arguments for {intent}: {detail}")
+
+    @property
+    def missing(self) -> list[str]:
+        """The required parameters the call left out."""
+        return [p.param for p in self.problems if p.message == MISSING and p.param is not None]
+
+    @property
+    def only_missing(self) -> bool:
+        """Whether the call's one problem is required values left out (a question can fix it)."""
+        return bool(self.problems) and all(p.message == MISSING for p in self.problems)
 
     def __reduce__(self):
         return (ArgumentError, (self.intent, self.problems))

@@ -22,6 +22,7 @@ import pydantic
 from .calls import NO_INTENT, Call, Value
 from .coerce import match_choice, prepare_numerals, to_bool, to_float, to_int
 from .errors import (
+    MISSING,
     ArgumentError,
     ArgumentProblem,
     DuplicateIntentError,
@@ -59,7 +60,9 @@ class Param:
     which lets constrained decoding restrict it to the utterance's own text — set it to
     ``False`` for values the model must normalise or invent (``"明儿"`` → ``"明天"``);
     ``numbers`` says a text value may also be a bare number (``volume_step="up"`` or
-    ``volume_step=-20``), which constrained decoding then writes as one.
+    ``volume_step=-20``), which constrained decoding then writes as one;
+    ``ask`` is the question the router asks when a required value is missing
+    (``"您想查哪个城市？"``; default: one made from ``description``).
     """
 
     description: str = ""
@@ -67,6 +70,7 @@ class Param:
     aliases: Sequence[str] = ()
     from_utterance: bool = True
     numbers: bool = False
+    ask: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,7 @@ class ParamSpec:
     positional_only: bool = False
     from_utterance: bool = True
     numbers: bool = False
+    ask: str = ""
 
     def json_schema(self) -> dict[str, Any]:
         """This parameter as a JSON-schema property (OpenAI tool format)."""
@@ -159,6 +164,10 @@ class IntentSpec:
     examples: list[Example] = field(default_factory=list)
     aliases: tuple[str, ...] = ()
     is_async: bool = False
+    confirm: str | bool = False  # ask before running: the question, or True for one made from the description
+    # Called with (validated arguments, utterance) before the call runs; returns the arguments
+    # to use, validated again (a Home Assistant registry grounds names in the home this way).
+    resolve: Callable[[dict[str, Any], str], dict[str, Any]] | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         for spec in self.params:
@@ -194,7 +203,7 @@ class IntentSpec:
         for spec in self.params:
             if spec.name not in given or (given[spec.name] is None and not spec.optional):
                 if spec.required:
-                    problems.append(ArgumentProblem(spec.name, None, "required argument missing"))
+                    problems.append(ArgumentProblem(spec.name, None, MISSING))
                 continue  # pydantic fills the default
             try:
                 values[spec.name] = _coerce(spec, given[spec.name], cutoff)
@@ -294,9 +303,13 @@ class Registry:
         examples: Iterable[ExampleLike] = (),
         aliases: Iterable[str] = (),
         replace: bool = False,
+        confirm: str | bool = False,
+        resolve: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
     ) -> IntentSpec:
         """Record ``handler`` as an intent; raises if the name is taken (unless ``replace``, which
-        swaps the handler of an intent already registered under ``name``) or the signature is unsupported."""
+        swaps the handler of an intent already registered under ``name``) or the signature is unsupported.
+        ``confirm`` (a question, or ``True``) makes the router ask before a complete call runs;
+        ``resolve(arguments, utterance)`` returns the arguments a validated call runs with."""
         name = name or handler.__name__
         aliases = tuple(aliases)
         old = self._specs.get(name) if replace else None
@@ -322,6 +335,8 @@ class Registry:
             arguments_model=_arguments_model(name, params),
             aliases=aliases,
             is_async=inspect.iscoroutinefunction(handler),
+            confirm=confirm,
+            resolve=resolve,
         )
         for example in examples:
             spec.examples.append(self._checked_example(spec, example))
@@ -468,6 +483,7 @@ def _param_spec(
         positional_only=positional_only,
         from_utterance=extra.from_utterance,
         numbers=extra.numbers,
+        ask=extra.ask,
     )
 
 

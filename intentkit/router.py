@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic
 
 from .backends.base import Backend, GenerateRequest, Generation
-from .calls import NO_INTENT
-from .errors import BackendError, HandlerError, InputError, IntentKitError, ParseError
+from .calls import NO_INTENT, Call
+from .dialogue import Pending, ReplyKind, confirmation, question, reply_kind, value_candidates
+from .errors import MISSING as MISSING_VALUE
+from .errors import ArgumentError, BackendError, HandlerError, InputError, IntentKitError, ParseError
 from .fastpath import FastPath
 from .parser import parse_calls_lenient
 from .prompt import PromptFormat
@@ -55,14 +57,19 @@ class Status(StrEnum):
     HANDLER_ERROR = "handler_error"
     LOW_CONFIDENCE = "low_confidence"
     BACKEND_ERROR = "backend_error"
+    NEEDS_INPUT = "needs_input"  # a required value is missing: ``missing``, ``prompt``
+    NEEDS_CONFIRMATION = "needs_confirmation"  # a ``confirm=`` intent waits for a yes: ``prompt``
+    CANCELLED = "cancelled"  # the user called off what was pending; nothing ran
 
 
 class RoutePath(StrEnum):
-    """What answered: an exact or fuzzy example match, the model, or nothing."""
+    """What answered: an exact or fuzzy example match, the model, the dialogue (a yes, a no, a
+    cancel, or a reply read as the missing value), or nothing."""
 
     FAST_EXACT = "fast_exact"
     FAST_FUZZY = "fast_fuzzy"
     MODEL = "model"
+    DIALOGUE = "dialogue"
     NONE = "none"
 
 
@@ -82,6 +89,9 @@ class RouterConfig(pydantic.BaseModel):
     fast_path_margin: float = pydantic.Field(5.0, ge=0, le=100, description="How much the best example must beat other intents'.")
     max_input_chars: int = pydantic.Field(512, gt=0, description="Longer utterances are rejected before the model.")
     max_tokens: int = pydantic.Field(64, gt=0, description="Most tokens a backend may generate for one answer.")
+    max_asks: int = pydantic.Field(
+        2, ge=1, description="Questions asked for one pending call before it is dropped (needs_input / needs_confirmation)."
+    )
 
 
 @dataclass(slots=True)
@@ -105,6 +115,8 @@ class RouteResult:
     (:class:`~intentkit.scope.ScopeVerdict`: ``distance`` to the nearest training utterance,
     ``threshold``, ``nearest_intent``, ``out_of_scope``). ``prompt_tokens`` /
     ``completion_tokens`` are the model's token counts, where the backend reports them.
+    ``missing`` names the required parameters a ``needs_input`` call lacks, and ``prompt`` is the
+    question to put to the user (``needs_input``, ``needs_confirmation``).
     """
 
     text: str
@@ -121,6 +133,8 @@ class RouteResult:
     scope: ScopeVerdict | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    missing: list[str] = field(default_factory=list)
+    prompt: str | None = None
     timings: Timings = field(default_factory=Timings)
 
     @property
@@ -158,14 +172,18 @@ class RouteResult:
             "model_input": self.model_input,
             "scope": self.scope.to_dict() if self.scope is not None else None,
             "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
+            "missing": list(self.missing),
+            "prompt": self.prompt,
             "timings": asdict(self.timings),
         }
 
 
 class Session:
-    """The last ``max_turns`` user turns of one conversation, for multi-turn routing.
+    """One conversation: its last ``max_turns`` user turns, for multi-turn routing, and the call
+    waiting for the user (a missing value or a yes, :class:`~intentkit.dialogue.Pending`).
 
-    Turns older than ``ttl_s`` seconds are forgotten. Safe to share between threads.
+    Turns older than ``ttl_s`` seconds are forgotten, and so is a pending call asked about that
+    long ago. Safe to share between threads.
     """
 
     def __init__(self, max_turns: int = 3, *, ttl_s: float | None = 120.0) -> None:
@@ -175,7 +193,9 @@ class Session:
         self.ttl_s = ttl_s
         self._turns: deque[tuple[float, str]] = deque(maxlen=max_turns)
         self.history: deque[RouteResult] = deque(maxlen=max_turns)
+        self._pending: Pending | None = None
         self._lock = threading.Lock()
+        self.last_used = time.monotonic()
 
     @property
     def turns(self) -> list[str]:
@@ -183,25 +203,53 @@ class Session:
             self._expire(time.monotonic())
             return [text for _, text in self._turns]
 
+    @property
+    def pending(self) -> Pending | None:
+        """The call waiting for the user's answer, if one is (and was asked about within ``ttl_s``)."""
+        with self._lock:
+            self._expire(time.monotonic())
+            return self._pending
+
     def with_turn(self, text: str) -> list[str]:
         """The turns the model should see if ``text`` is said now (not yet recorded)."""
         previous = self.turns  # one read: expiry and the lock happen once
         keep = self.max_turns - 1
         return [*previous[len(previous) - keep :], text] if keep else [text]
 
-    def record(self, text: str, result: RouteResult) -> None:
+    def record(self, text: str, result: RouteResult, *, pending: Pending | None = None) -> None:
+        """Remember ``text`` and its result; ``pending`` is what now waits for the user (``None``: nothing)."""
         with self._lock:
-            self._turns.append((time.monotonic(), text))
+            now = time.monotonic()
+            self._turns.append((now, text))
             self.history.append(result)
+            self._pending = pending
+            self.last_used = now
 
     def reset(self) -> None:
         with self._lock:
             self._turns.clear()
             self.history.clear()
+            self._pending = None
 
     def _expire(self, now: float) -> None:
         while self.ttl_s is not None and self._turns and now - self._turns[0][0] > self.ttl_s:
             self._turns.popleft()
+        if self.ttl_s is not None and self._pending is not None and now - self._pending.since > self.ttl_s:
+            self._pending = None
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One request on its way through the router: the result being built, the model request (if
+    the model is needed), the session's pending call at the start, the model's incomplete call
+    (intent, arguments as written, what is missing), and what waits for the user afterwards."""
+
+    result: RouteResult
+    request: GenerateRequest | None = None
+    pending: Pending | None = None
+    partial: tuple[str, dict[str, Any], list[str]] | None = None
+    after: Pending | None = None
+    decided: bool = False  # a yes, a no or a cancel answered the pending call without the model
 
 
 class Router:
@@ -255,13 +303,22 @@ class Router:
         examples: Iterable[ExampleLike] = (),
         aliases: Iterable[str] = (),
         replace: bool = False,
+        confirm: str | bool = False,
     ) -> Any:
         """Register a handler: ``@router.intent`` or ``@router.intent(description=..., examples=[...])``;
-        ``replace=True`` swaps the handler of an intent that is already registered (e.g. a demo one)."""
+        ``replace=True`` swaps the handler of an intent that is already registered (e.g. a demo one);
+        ``confirm="确定要打开大门吗？"`` (or ``True``: a question made from the description) asks
+        before a complete call runs (``needs_confirmation``; a yes in the session runs it)."""
 
         def register(handler: F) -> F:
             self.registry.register(
-                handler, name=name, description=description, examples=examples, aliases=aliases, replace=replace
+                handler,
+                name=name,
+                description=description,
+                examples=examples,
+                aliases=aliases,
+                replace=replace,
+                confirm=confirm,
             )
             self._fast_dirty = True
             return handler
@@ -284,44 +341,50 @@ class Router:
     # ----------------------------------------------------------------- routing
     def handle(self, text: str, *, session: Session | None = None, dispatch: bool = True) -> RouteResult:
         """Route one utterance and run its handlers (``dispatch=False``: only predict and validate
-        the calls). Never raises for model or handler failures."""
+        the calls). With a ``session``, a call missing a required value or waiting for a yes is
+        kept, and the next turn completes, confirms or cancels it. Never raises for model or
+        handler failures."""
         start = time.perf_counter()
-        result, request = self._begin(text, session)
-        if request is not None:
+        turn = self._begin(text, session)
+        result = turn.result
+        if turn.request is not None:
             assert self.backend is not None
             t = time.perf_counter()
             generation: Generation | BackendError
             try:
-                generation = self.backend.generate(request)
+                generation = self.backend.generate(turn.request)
             except Exception as exc:  # a broken backend must not take the router down
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
-            self._interpret(result, generation)
+            turn.partial = self._interpret(result, generation)
+        self._converse(turn, text, session)
         if dispatch and result.status is Status.OK:
             self._dispatch(result)
         elif dispatch and result.status is Status.NO_INTENT and self._fallback is not None:
             self._run_fallback(result)
-        return self._finish(result, start, text, session)
+        return self._finish(turn, start, text, session)
 
     async def ahandle(self, text: str, *, session: Session | None = None, dispatch: bool = True) -> RouteResult:
         """Async :meth:`handle`: async handlers are awaited, sync ones run in a worker thread."""
         start = time.perf_counter()
-        result, request = self._begin(text, session)
-        if request is not None:
+        turn = self._begin(text, session)
+        result = turn.result
+        if turn.request is not None:
             assert self.backend is not None
             t = time.perf_counter()
             generation: Generation | BackendError
             try:
-                generation = await self.backend.agenerate(request)
+                generation = await self.backend.agenerate(turn.request)
             except Exception as exc:
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
-            self._interpret(result, generation)
+            turn.partial = self._interpret(result, generation)
+        self._converse(turn, text, session)
         if dispatch and result.status is Status.OK:
             await self._adispatch(result)
         elif dispatch and result.status is Status.NO_INTENT and self._fallback is not None:
             await asyncio.to_thread(self._run_fallback, result)
-        return self._finish(result, start, text, session)
+        return self._finish(turn, start, text, session)
 
     def close(self) -> None:
         """Close the backend (its model, its connections). Safe to call twice."""
@@ -346,18 +409,31 @@ class Router:
         await self.aclose()
 
     # ----------------------------------------------------------------- stages
-    def _begin(self, text: str, session: Session | None) -> tuple[RouteResult, GenerateRequest | None]:
-        """Check the input and try the fast path; return the request for the model, if one is needed."""
+    def _begin(self, text: str, session: Session | None) -> _Turn:
+        """Check the input, answer a yes / no / cancel to what is pending, try the fast path; the
+        turn carries the request for the model, if one is needed."""
         if not isinstance(text, str):
             raise TypeError(f"handle() expects str, got {type(text).__name__}")
-        result = RouteResult(text=text, status=Status.NO_INTENT, path=RoutePath.NONE)
+        turn = _Turn(RouteResult(text=text, status=Status.NO_INTENT, path=RoutePath.NONE))
+        result = turn.result
         problem = input_problem(text, self.config.max_input_chars)
         if problem is not None:
             result.status = Status.INVALID
             result.errors.append(InputError(problem))
-            return result, None
+            turn.after = session.pending if session else None  # a garbled turn does not end the dialogue
+            return turn
         if not text.strip():
-            return result, None
+            return turn
+        pending = turn.pending = session.pending if session is not None else None
+        if pending is not None:
+            kind = reply_kind(text)
+            if kind is ReplyKind.CANCEL or kind is ReplyKind.NO:
+                result.status, result.path, turn.decided = Status.CANCELLED, RoutePath.DIALOGUE, True
+                return turn
+            if kind is ReplyKind.YES and pending.call is not None:
+                result.status, result.path, turn.decided = Status.OK, RoutePath.DIALOGUE, True
+                result.calls.append(pending.call)
+                return turn
         if self.config.fast_path:
             match = self._fast_index().lookup(text)
             if match is not None:
@@ -365,20 +441,29 @@ class Router:
                 result.path = RoutePath.FAST_EXACT if match.exact else RoutePath.FAST_FUZZY
                 result.calls.append(match.bound)
                 result.confidence = match.score / 100
-                return result, None
+                return turn
         if self.backend is None:
-            return result, None
-        model_input = self.prompt.join_turns(session.with_turn(text)) if session else text
+            return turn
+        if pending is not None and pending.call is None:  # the reply to a question: with the dialogue's turns
+            model_input = self.prompt.join_turns([*pending.turns, text])
+        elif session is not None and pending is None:
+            model_input = self.prompt.join_turns(session.with_turn(text))
+        else:
+            model_input = text
         result.model_input = model_input
         result.path = RoutePath.MODEL
-        return result, GenerateRequest(model_input, self.registry.catalog, self.prompt, self.config.max_tokens)
+        turn.request = GenerateRequest(model_input, self.registry.catalog, self.prompt, self.config.max_tokens)
+        return turn
 
-    def _interpret(self, result: RouteResult, generation: Generation | BackendError) -> None:
-        """Parse and validate the model's answer into ``result``."""
+    def _interpret(
+        self, result: RouteResult, generation: Generation | BackendError
+    ) -> tuple[str, dict[str, Any], list[str]] | None:
+        """Parse and validate the model's answer into ``result``; a single call that lacks only
+        required values comes back as (intent, arguments as written, missing) with ``needs_input``."""
         if isinstance(generation, BackendError):
             result.status = Status.BACKEND_ERROR
             result.errors.append(generation)
-            return
+            return None
         result.raw_output = generation.text
         result.confidence = generation.confidence
         result.intent_scores = generation.intent_scores
@@ -395,23 +480,154 @@ class Router:
             errors.append(ParseError(f"{NO_INTENT}() combined with other calls", text=generation.text, position=0))
         for call in calls:
             try:
-                result.calls.append(self.registry.bind(call, cutoff=self.config.choice_cutoff))
+                result.calls.append(self._resolved(self.registry.bind(call, cutoff=self.config.choice_cutoff), result.text))
             except IntentKitError as exc:  # UnknownIntentError, ArgumentError
                 errors.append(exc)
         result.timings.validate_ms = _ms(t)
+        low = (
+            self.config.confidence_threshold is not None
+            and generation.confidence is not None
+            and generation.confidence < self.config.confidence_threshold
+        )
+        if len(calls) == 1 and len(errors) == 1 and isinstance(errors[0], ArgumentError) and errors[0].only_missing:
+            if low:
+                result.status = Status.LOW_CONFIDENCE
+                return None
+            result.status = Status.NEEDS_INPUT
+            result.missing = errors[0].missing
+            intent = self.registry.get(calls[0].name)
+            return intent.name, _named_arguments(intent, calls[0]), errors[0].missing
         if errors:
             result.status = Status.INVALID
             result.errors.extend(errors)
         elif not calls:
             result.status = Status.NO_INTENT
-        elif (
-            self.config.confidence_threshold is not None
-            and generation.confidence is not None
-            and generation.confidence < self.config.confidence_threshold
-        ):
+        elif low:
             result.status = Status.LOW_CONFIDENCE
         else:
             result.status = Status.OK
+        return None
+
+    def _resolved(self, bound: BoundCall, text: str) -> BoundCall:
+        """``bound`` after its intent's ``resolve`` step (validated again), if it has one; a resolve
+        step that fails or answers what does not validate leaves the call as the model gave it."""
+        spec = self.registry.get(bound.name)
+        if spec.resolve is None:
+            return bound
+        try:
+            arguments = spec.resolve(dict(bound.arguments), text)
+            plain = {k: v for k, v in arguments.items() if v is not None}
+            return spec.bind(Call(spec.name, (), plain), cutoff=self.config.choice_cutoff)
+        except Exception as exc:  # the app's resolve step must not take the router down
+            logger.warning(
+                "resolve step of %s failed (%s: %s); the call stands as the model gave it", spec.name, type(exc).__name__, exc
+            )
+            return bound
+
+    def _converse(self, turn: _Turn, text: str, session: Session | None) -> None:
+        """The dialogue step, after the model. With a question pending: a new request (complete,
+        or incomplete, for another intent) replaces it; else the reply completes it (the model's
+        call of that intent merged with the values given before, or the reply read as the missing
+        value); else the question is asked again, up to ``max_asks`` times, then dropped. Then a
+        call that lacks a required value asks for it, and a complete ``confirm=`` call for a yes."""
+        result, pending = turn.result, turn.pending
+        if turn.decided or (turn.request is None and result.status is Status.INVALID):
+            return  # a yes / no / cancel, or input that never reached the model
+        if pending is not None:
+            switched = (result.status is Status.OK and any(c.name != pending.intent for c in result.calls)) or (
+                turn.partial is not None and turn.partial[0] != pending.intent
+            )
+            if pending.call is not None:
+                switched = switched or result.status is Status.OK or turn.partial is not None
+            if switched or (pending.call is None and self._fill(turn, text, pending)):
+                pass
+            elif result.status is Status.BACKEND_ERROR:
+                turn.after = pending  # the model failed, not the user: the question stands
+                return
+            elif pending.asks < self.config.max_asks:
+                self._ask_again(turn, pending)
+                return
+            else:
+                return  # asked max_asks times: the pending call is dropped; this turn stands as routed
+        if turn.partial is not None and result.status is Status.NEEDS_INPUT:
+            intent, arguments, missing = turn.partial
+            spec = self.registry.get(intent)
+            param = spec.param(missing[0])
+            assert param is not None
+            result.missing, result.prompt = list(missing), question(spec, param, text)
+            earlier = pending.turns if pending is not None and pending.intent == intent and pending.call is None else []
+            turn.after = Pending(intent, arguments, list(missing), turns=[*earlier, text], prompt=result.prompt)
+            return
+        if result.status is Status.OK and len(result.calls) == 1:
+            spec = self.registry.get(result.calls[0].name)
+            if spec.confirm:
+                result.status = Status.NEEDS_CONFIRMATION
+                result.prompt = confirmation(spec, result.calls[0], text)
+                turn.after = Pending(spec.name, call=result.calls[0], turns=[text], prompt=result.prompt)
+
+    def _fill(self, turn: _Turn, text: str, pending: Pending) -> bool:
+        """Complete ``pending`` with this reply: the model's call of the same intent (merged over
+        the values given before), else the reply read as the value asked for. On success the
+        result holds the call (``ok``) or what is still missing (``needs_input``)."""
+        result = turn.result
+        spec = self.registry.get(pending.intent)
+        merged = dict(pending.arguments)
+        if turn.partial is not None and turn.partial[0] == pending.intent:
+            merged.update({k: v for k, v in turn.partial[1].items() if v is not None})
+        elif result.status is Status.OK and len(result.calls) == 1 and result.calls[0].name == pending.intent:
+            merged.update({k: v for k, v in _named_arguments(spec, result.calls[0].call).items() if v is not None})
+        bound, missing = self._bind(spec, merged)
+        progressed = bound is not None or set(missing) < set(pending.missing)
+        if not progressed and pending.missing:
+            asked = pending.missing[0]
+            for candidate in value_candidates(text):
+                if any(candidate in earlier for earlier in pending.turns):
+                    continue  # the request said again ("查天气" → "天气"), not a value
+                attempt, still = self._bind(spec, {**merged, asked: candidate})
+                if attempt is not None or asked not in still:
+                    merged[asked], bound, missing, progressed = candidate, attempt, still, True
+                    result.path = RoutePath.DIALOGUE
+                    break
+        if not progressed:
+            return False
+        result.calls.clear()
+        result.errors.clear()
+        if bound is not None:
+            result.status, result.missing = Status.OK, []
+            result.calls.append(self._resolved(bound, text))
+            turn.partial = None
+        else:
+            result.status, result.missing = Status.NEEDS_INPUT, list(missing)
+            turn.partial = (pending.intent, merged, list(missing))
+        return True
+
+    def _bind(self, spec: IntentSpec, arguments: dict[str, Any]) -> tuple[BoundCall | None, list[str]]:
+        """(the bound call, []) or (None, the required values still missing). A value that does
+        not fit its parameter counts as not given (an optional one is left out)."""
+        try:
+            return spec.bind(Call(spec.name, (), arguments), cutoff=self.config.choice_cutoff), []
+        except ArgumentError as exc:
+            wrong = {p.param for p in exc.problems if p.param is not None and p.message != MISSING_VALUE}
+        kept = {k: v for k, v in arguments.items() if k not in wrong}
+        try:
+            return spec.bind(Call(spec.name, (), kept), cutoff=self.config.choice_cutoff), []
+        except ArgumentError as exc:
+            return None, exc.missing or [p.name for p in spec.params if p.required and p.name not in kept]
+
+    def _ask_again(self, turn: _Turn, pending: Pending) -> None:
+        result = turn.result
+        result.calls.clear()
+        result.status = Status.NEEDS_CONFIRMATION if pending.call is not None else Status.NEEDS_INPUT
+        result.missing, result.prompt = list(pending.missing), pending.prompt
+        turn.after = Pending(
+            pending.intent,
+            dict(pending.arguments),
+            list(pending.missing),
+            call=pending.call,
+            turns=[*pending.turns, result.text] if pending.call is None else pending.turns,
+            asks=pending.asks + 1,
+            prompt=pending.prompt,
+        )
 
     def _dispatch(self, result: RouteResult) -> None:
         t = time.perf_counter()
@@ -458,10 +674,11 @@ class Router:
             result.status = Status.HANDLER_ERROR
         result.timings.handler_ms = _ms(t)
 
-    def _finish(self, result: RouteResult, start: float, text: str, session: Session | None) -> RouteResult:
+    def _finish(self, turn: _Turn, start: float, text: str, session: Session | None) -> RouteResult:
+        result = turn.result
         result.timings.total_ms = _ms(start)
         if session is not None:
-            session.record(text, result)
+            session.record(text, result, pending=turn.after)
         logger.debug("routed %r -> %s %s", text, result.status.value, [c.name for c in result.calls])
         return result
 
@@ -484,6 +701,16 @@ def input_problem(text: str, max_chars: int) -> str | None:
     except UnicodeEncodeError as exc:
         return f"utterance is not valid Unicode text: {exc.reason} at character {exc.start} ({text[exc.start]!r})"
     return None
+
+
+def _named_arguments(spec: IntentSpec, call: Call) -> dict[str, Any]:
+    """A parsed call's values by parameter name (positional ones in declaration order, aliases
+    resolved), as the model wrote them."""
+    named: dict[str, Any] = {p.name: v for p, v in zip(spec.params, call.args, strict=False)}
+    for key, value in call.kwargs.items():
+        param = spec.param(key)
+        named[param.name if param is not None else key] = value
+    return named
 
 
 def _jsonable(value: Any) -> Any:

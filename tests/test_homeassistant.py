@@ -117,8 +117,53 @@ def test_training_rows_are_balanced_and_their_calls_are_home_assistants() -> Non
             assert call.name == row.intent and dict(call.kwargs) == dict(row.slots)
     assert counts[None] >= 0.05 * len(rows)
     assert max(v for k, v in counts.items() if k) == 12 and len([k for k in counts if k]) == 40
+    assert not any(f + c in r.text for r in rows for f in ("二楼", "一层") for c in "楼层")  # no 二楼层
+    more = ha_rows(per_intent=12, per_sentence=1.0, seed=3)  # intents with more templates get more rows
+    per = {k: sum(1 for r in more if r.intent == k) for k in ("HassGetState", "HassGetCurrentDate")}
+    assert per["HassGetState"] == 48 and per["HassGetCurrentDate"] == 12 + 5
     assert len({r.slots.get("name") for r in rows if r.slots.get("name")}) > 50  # names vary: copied, not memorised
     assert ha_rows(per_intent=12, seed=3) == rows  # seeded
+
+
+GROUNDED = Home(
+    language="zh-CN",
+    areas=["客厅", "厨房", "卧室"],
+    entities=[
+        {"name": "吊扇", "domain": "fan", "area": "客厅"},
+        {"name": "左侧窗帘", "domain": "cover", "area": "客厅", "device_class": "curtain"},
+        {"name": "主阀门", "domain": "valve"},
+        {"name": "前门", "domain": "lock"},
+        {"name": "天窗", "domain": "binary_sensor", "device_class": "window", "area": "卧室"},
+        {"name": "床头灯", "domain": "light", "area": "卧室"},
+        {"name": "窗户", "domain": "cover", "device_class": "window"},
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "grounded"),
+    [
+        ("打开吊扇", 'HassTurnOn(domain="fan")', {"name": "吊扇"}),  # the home's fan is called 吊扇
+        ("关闭客厅吊扇", 'HassTurnOff(area="客厅", domain="fan")', {"area": "客厅", "name": "吊扇"}),
+        ("关闭主阀门", 'HassTurnOff(name="左侧窗帘")', {"name": "主阀门"}),  # the name the utterance says
+        ("把前门锁上", 'HassTurnOn(domain="cover", device_class="gate")', {"name": "前门"}),
+        # no curtain of the kitchen is called 厨房窗帘: the area and the kind of device, as hassil reads it
+        ("打开厨房窗帘", 'HassTurnOn(name="左侧窗帘")', {"area": "厨房", "domain": "cover", "device_class": "curtain"}),
+        ("打开床头等", 'HassTurnOn(name="床头灯")', {"name": "床头灯"}),  # a homophone is the name said
+        ("打开所有厨房的风扇", 'HassTurnOn(area="厨房", domain="fan")', {"area": "厨房", "domain": "fan"}),
+        ("所有窗户都是关着的吗", 'HassGetState(domain="cover", device_class="window", state="closing")', None),
+        ("天窗是打开的吗", 'HassGetState(name="天窗", state="open")', {"name": "天窗", "state": "on"}),  # a sensor
+        ("所有门都锁着吗", 'HassGetState(domain="lock", state="closed")', {"domain": "lock", "state": "locked"}),
+        ("有灯开着吗", 'HassGetState(domain="light", state="on")', {"domain": "light", "state": "on"}),
+    ],
+)
+def test_calls_are_grounded_in_the_home(text: str, answer: str, grounded: dict | None) -> None:
+    router = Router(FakeBackend(answer), registry=registry_for(GROUNDED), fast_path=False)
+    result = router.handle(text, dispatch=False)
+    assert result.ok, result.errors
+    slots = slot_values(router.registry.get(result.intent), result.calls[0].arguments)
+    expected = grounded or {"domain": "cover", "device_class": "window", "state": "closed"}
+    assert slots == expected
 
 
 # --------------------------------------------------------------------------- the Wyoming service

@@ -25,6 +25,7 @@ SCRIPT = {
     "坏掉的处理器": "explode()",
     "讲个笑话": "no_intent()",
     "乱说": "rm -rf /",
+    "查天气": "weather_search()",
 }
 
 
@@ -78,6 +79,36 @@ def test_handler_error_is_a_structured_response(client):
 def test_model_text_is_never_executed(client):
     body = client.post("/v1/route", json={"text": "乱说"}).json()
     assert body["status"] == "invalid" and body["results"] == []
+
+
+def test_a_dialogue_is_kept_server_side_by_session_id(client):
+    first = client.post("/v1/route", json={"text": "查天气", "session_id": "d1"}).json()
+    assert first["status"] == "needs_input" and first["missing"] == ["city"] and first["prompt"] == "请告诉我city。"
+    other = client.post("/v1/route", json={"text": "杭州"}).json()  # no session: nothing pending
+    assert other["status"] == "no_intent"
+    done = client.post("/v1/route", json={"text": "就杭州吧", "session_id": "d1"}).json()
+    assert done["status"] == "ok" and done["results"] == ["杭州: 晴"] and done["path"] == "dialogue"
+    client.post("/v1/route", json={"text": "查天气", "session_id": "d2"})
+    assert client.post("/v1/route", json={"text": "算了", "session_id": "d2"}).json()["status"] == "cancelled"
+
+
+def test_sessions_are_bounded_least_recently_used_first(live_server):
+    with live_server(create_app(make_router(), max_sessions=2)) as url, httpx.Client(base_url=url, timeout=10) as c:
+        c.post("/v1/route", json={"text": "查天气", "session_id": "a"})
+        c.post("/v1/route", json={"text": "查天气", "session_id": "b"})
+        c.post("/v1/route", json={"text": "查天气", "session_id": "a"})  # a is used again: b is now the oldest
+        c.post("/v1/route", json={"text": "查天气", "session_id": "c"})  # evicts b
+        assert c.post("/v1/route", json={"text": "北京", "session_id": "a"}).json()["status"] == "ok"
+        assert c.post("/v1/route", json={"text": "北京", "session_id": "b"}).json()["status"] == "no_intent"
+
+
+def test_sessions_expire_after_their_ttl(live_server):
+    import time
+
+    with live_server(create_app(make_router(), session_ttl_s=0.2)) as url, httpx.Client(base_url=url, timeout=10) as c:
+        c.post("/v1/route", json={"text": "查天气", "session_id": "t"})
+        time.sleep(0.4)
+        assert c.post("/v1/route", json={"text": "北京", "session_id": "t"}).json()["status"] == "no_intent"
 
 
 def test_sessions_join_turns(client):

@@ -9,7 +9,8 @@ answer is exactly the call Home Assistant executes (``HassTurnOn(area="客厅", 
 What the plain sampler does not do:
 
 - **names vary**: entity, area and floor names come from large pools, composed (``书房台灯``,
-  ``主卧吸顶灯``), so that the model learns to copy a name rather than memorise a home; a template
+  ``易来吸顶灯``, ``左侧窗帘``), people's names for ``person`` and sensors' for ``sensor``, so
+  that the model learns to copy a name rather than memorise a home; a template
   whose ``requires_context`` limits ``name`` to some domains gets a name of such a device;
 - **context**: a slot the template takes from the satellite's context (``这里的灯``: the area) is
   left out of the answer: the Wyoming server fills it from the request's context;
@@ -17,7 +18,8 @@ What the plain sampler does not do:
   numerals (壹/伍); malformed expansions (``的的``) are dropped;
 - **how people talk**: fillers and politeness (帮我, 麻烦, 一下, 吧), and speech-recognition slips in
   names (床头等 for 床头灯), on a share of the rows;
-- **balance**: the same number of rows per intent, plus out-of-scope rows (``output: null``).
+- **balance**: the same number of rows per intent, plus more for intents with many templates
+  (``per_sentence``), plus out-of-scope rows (``output: null``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _AREAS = (
     "客厅 卧室 主卧 次卧 厨房 书房 阳台 餐厅 卫生间 浴室 儿童房 车库 花园 走廊 玄关 客房 衣帽间 阁楼 地下室 "
     "楼梯间 洗衣房 影音室 健身房 茶室 储物间 露台 办公室 会客厅 老人房 婴儿房"
 ).split()
-_FLOORS = "一楼 二楼 三楼 四楼 地下一层 顶楼 一层 二层 三层 负一楼".split()
+_FLOORS = "一楼 二楼 三楼 四楼 地下一层 顶楼 一层 二层 三层 负一楼 一 二 三 负一".split()
 _DEVICES: dict[str, tuple[str, ...]] = {
     "light": (
         "灯",
@@ -71,7 +73,28 @@ _DEVICES: dict[str, tuple[str, ...]] = {
     "script": ("晚安", "早安", "关闭所有设备", "浇花"),
     "todo": ("购物清单", "待办事项", "采购清单", "待办清单"),
     "weather": ("家", "上海", "北京", "杭州", "深圳"),
+    "person": (
+        "张伟",
+        "王芳",
+        "李娜",
+        "刘洋",
+        "小明",
+        "小红",
+        "爸爸",
+        "妈妈",
+        "爷爷",
+        "奶奶",
+        "老婆",
+        "老公",
+        "儿子",
+        "女儿",
+        "陈静",
+    ),
+    "binary_sensor": ("运动传感器", "人体传感器", "门窗传感器", "门磁", "烟雾报警器", "漏水传感器", "人在传感器", "窗户传感器"),
+    "sensor": ("室外温度", "室内温度", "室内湿度", "空气质量", "用电量", "温度传感器", "湿度计", "PM2.5", "二氧化碳浓度"),
 }
+# Devices people name by brand or position rather than by room.
+_NAME_PREFIXES = ("左侧", "右侧", "主", "小", "米家", "易来", "飞利浦", "智能", "新", "大")
 _WILDCARDS: dict[str, tuple[str, ...]] = {
     "message": ("吃饭了", "该睡觉了", "快递到了", "出门记得带伞", "客人来了", "开会了", "写完作业了吗", "下雨了收衣服"),
     "shopping_list_item": ("牛奶", "鸡蛋", "苹果", "面包", "洗衣液", "酸奶", "大米", "西红柿", "纸巾", "咖啡豆"),
@@ -133,10 +156,19 @@ class HaRow:
 
 
 def ha_rows(
-    language: str = "zh-CN", *, per_intent: int = 60, out_of_scope: float = 0.08, styles: float = 0.35, seed: int = 0
+    language: str = "zh-CN",
+    *,
+    per_intent: int = 60,
+    per_sentence: float = 0.0,
+    out_of_scope: float = 0.08,
+    styles: float = 0.35,
+    seed: int = 0,
 ) -> list[HaRow]:
     """``per_intent`` rows for each of ``language``'s intents (see the module docstring), plus
-    ``out_of_scope`` × that many out-of-scope rows; ``styles`` is the share given fillers or slips."""
+    ``per_sentence`` more for each of its template sentences (``HassGetState`` has 113 templates
+    over eleven domains, ``HassGetCurrentDate`` 5), at most four times ``per_intent``; plus
+    ``out_of_scope`` × ``per_intent`` × intents out-of-scope rows. ``styles`` is the share given
+    fillers or slips."""
     language = package_language(language)
     if not language.startswith("zh"):
         raise ConfigError(
@@ -149,14 +181,16 @@ def ha_rows(
     rows: list[HaRow] = []
     for name, intent in intents.intents.items():
         slots_order = order[name].slots
+        sentences = sum(len(item.sentences) for item in intent.data)
+        wanted = min(4 * per_intent, per_intent + round(per_sentence * sentences))
         made, seen, tries = 0, set(), 0
-        while made < per_intent and tries < per_intent * 30:
+        while made < wanted and tries < wanted * 30:
             tries += 1
             item = rng.choice(intent.data)
             sentence = rng.choice(item.sentences)
             walk = _Walk(rng, intents, {**intents.expansion_rules, **item.expansion_rules}, item, local)
             text = walk.text(sentence.expression)
-            if not text or "的的" in text or ("百分之" in text and "%" in text) or text in seen:
+            if not text or "的的" in text or ("百分之" in text and "%" in text) or text in seen or walk.doubled(text):
                 continue
             slots = {**{k: v for k, v in item.slots.items()}, **walk.slots}
             ordered = {k: slots[k] for k in slots_order if k in slots}
@@ -187,6 +221,11 @@ class _Walk:
 
     def text(self, expression: Any) -> str:
         return "".join(self._expand(expression))
+
+    def doubled(self, text: str) -> bool:
+        """Whether a floor named with its own 楼/层 got the template's too (二楼层)."""
+        floor = str(self.slots.get("floor", ""))
+        return floor[-1:] in ("楼", "层", "樓", "層") and any(floor + c in text for c in "楼层樓層")
 
     def _expand(self, expression: Any) -> Iterator[str]:
         from hassil.expression import Alternative, ListReference, Permutation, RuleReference, Sequence, TextChunk
@@ -220,8 +259,12 @@ class _Walk:
         elif list_name == "name":
             domain = rng.choice(self.domains)
             device = rng.choice(_DEVICES[domain])
-            composed = domain not in ("scene", "script", "todo", "weather", "input_boolean") and rng.random() < 0.6
-            value = spoken = self.local((rng.choice(_AREAS) + device) if composed else device)
+            roll = rng.random() if domain not in ("scene", "script", "todo", "weather", "input_boolean", "person") else 1.0
+            if roll < 0.45:  # 书房台灯
+                device = rng.choice(_AREAS) + device
+            elif roll < 0.65:  # 左侧窗帘, 易来吸顶灯
+                device = rng.choice(_NAME_PREFIXES) + device
+            value = spoken = self.local(device)
             self.spoken_names.append(spoken)
         else:
             slot_list = self.intents.slot_lists.get(list_name)

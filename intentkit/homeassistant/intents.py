@@ -17,12 +17,13 @@ parameter, so that a routed call is exactly what Home Assistant executes::
 - a slot fed by both numbers and words (``volume_step``: ``up``, ``down`` or a percentage) is
   text or a bare number (``Param(numbers=True)``), given to Home Assistant as a number when it is one.
 
-A slot that every sentence of an intent fills is required; the others are optional.
+A slot that every sentence of an intent fills is required; the others are optional. Every call
+is grounded in the home before it runs (:mod:`.grounding`: the device the utterance names, the
+area and kind of device where it names none of the home's, the state in the device's own words).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,9 +32,13 @@ from typing import Annotated, Any
 import pydantic
 
 from ..coerce import to_float, to_int
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError
 from ..registry import IntentSpec, Param, Registry
+from .grounding import grounder
 from .home import Home
+from .package import HA_LANGUAGES, _list_references, ha_language, language_data, package_language
+
+_PLACES = {"name": "entity_names", "area": "area_names", "floor": "floor_names"}
 
 __all__ = [
     "HA_LANGUAGES",
@@ -45,38 +50,6 @@ __all__ = [
     "registry_for",
     "slot_values",
 ]
-
-#: Home Assistant's own language codes for the intents package's Chinese ones (core uses zh-Hans).
-HA_LANGUAGES = {"zh-CN": "zh-Hans", "zh-TW": "zh-Hant", "zh-HK": "zh-HK"}
-_PLACES = {"name": "entity_names", "area": "area_names", "floor": "floor_names"}
-
-
-def ha_language(language: str) -> str:
-    """The code Home Assistant's conversation API uses for an intents-package language."""
-    return HA_LANGUAGES.get(language, language)
-
-
-def package_language(language: str) -> str:
-    """The intents package's code for a language as Home Assistant or a user writes it."""
-    for package, core in HA_LANGUAGES.items():
-        if language.lower() in (package.lower(), core.lower()):
-            return package
-    return language
-
-
-@functools.cache
-def language_data(language: str) -> Any:
-    """(hassil Intents, the raw language data, the intent descriptions) of an intents-package
-    language, loaded once."""
-    try:
-        import home_assistant_intents as hai
-        from hassil import Intents
-    except ImportError as exc:
-        raise MissingDependencyError("hassil" if "hassil" in str(exc) else "home-assistant-intents") from None
-    data = hai.get_intents(language)
-    if data is None:
-        raise ConfigError(f"home-assistant-intents has no language {language!r}; languages: {', '.join(hai.get_languages())}")
-    return Intents.from_dict(data), data, hai.get_intent_info() or {}
 
 
 @dataclass
@@ -131,19 +104,6 @@ def language_intents(language: str) -> dict[str, IntentSlots]:
                 slots.response[str((item.metadata or {}).get("slot_combination", ""))] = item.response
         found[name] = slots
     return found
-
-
-def _list_references(expression: Any, rules: Mapping[str, Any], seen: set[str]) -> Iterator[Any]:
-    from hassil.expression import Group, ListReference, RuleReference
-
-    if isinstance(expression, ListReference):
-        yield expression
-    elif isinstance(expression, RuleReference):
-        if expression.rule_name in rules and expression.rule_name not in seen:
-            yield from _list_references(rules[expression.rule_name].expression, rules, seen | {expression.rule_name})
-    elif isinstance(expression, Group):
-        for item in expression.items:
-            yield from _list_references(item, rules, seen)
 
 
 def _slot_annotation(slot: str, spec: IntentSlots, home: Home, language: str, required: bool) -> Any:
@@ -215,7 +175,12 @@ def registry_for(
             default = inspect.Parameter.empty if slot in required else None
             parameters.append(inspect.Parameter(slot, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
             annotations[slot] = annotation
-        registry.register(_handler(name, handler, parameters, annotations), name=name, description=spec.description)
+        registry.register(
+            _handler(name, handler, parameters, annotations),
+            name=name,
+            description=spec.description,
+            resolve=grounder(home, language, name, set(annotations)),
+        )
     return registry
 
 

@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,11 +125,14 @@ def create_app(
     model_name: str = "intentkit",
     max_body_bytes: int = 64 * 1024,
     max_sessions: int = 10_000,
+    session_ttl_s: float = 300.0,
 ) -> FastAPI:
-    """A FastAPI app serving ``router``. ``token`` enables bearer auth on ``/v1``."""
+    """A FastAPI app serving ``router``. ``token`` enables bearer auth on ``/v1``. Dialogues
+    (``session_id``) are kept server-side: at most ``max_sessions``, the least recently used
+    evicted first, each forgotten ``session_ttl_s`` seconds after its last turn."""
     app = FastAPI(title="intentkit", version="1", summary="Intent routing: utterance in, validated function call out.")
     metrics = Metrics()
-    sessions: dict[str, Session] = {}
+    sessions: OrderedDict[str, Session] = OrderedDict()
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -140,9 +144,20 @@ def create_app(
     def session_for(session_id: str | None) -> Session | None:
         if session_id is None:
             return None
-        if session_id not in sessions and len(sessions) >= max_sessions:
-            sessions.pop(next(iter(sessions)))  # forget the oldest session: memory stays bounded
-        return sessions.setdefault(session_id, router.session())
+        now = time.monotonic()
+        while sessions:  # the least recently used first: drop the ones past their TTL
+            oldest = next(iter(sessions.values()))
+            if now - oldest.last_used <= session_ttl_s:
+                break
+            sessions.popitem(last=False)
+        session = sessions.get(session_id)
+        if session is None:
+            if len(sessions) >= max_sessions:
+                sessions.popitem(last=False)  # memory stays bounded: the least recently used goes
+            session = sessions[session_id] = router.session(ttl_s=session_ttl_s)
+        sessions.move_to_end(session_id)
+        session.last_used = now
+        return session
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
