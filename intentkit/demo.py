@@ -75,7 +75,7 @@ class SmartHome:
             return home._set(paused=False, reply="⏭ 下一首")
 
         @router.intent(description="播放指定歌曲")
-        def music_query_player(song: Annotated[str, Param(description="歌名")]) -> str:
+        def music_query_player(song: Annotated[str, Param(description="歌名", ask="您想听哪首歌？")]) -> str:
             return home._set(playing=song, paused=False, reply=f"▶ 播放《{song}》")
 
         @router.intent(description="调大音量")
@@ -102,7 +102,9 @@ class SmartHome:
             return home._lights(room, False)
 
         @router.intent(description="调节灯光亮度")
-        def light_brightness(level: Annotated[str, Param(description="亮度，如 50、一半、最亮")]) -> str:
+        def light_brightness(
+            level: Annotated[str, Param(description="亮度，如 50、一半、最亮", ask="亮度调到多少？")],
+        ) -> str:
             return home._set(brightness=level, reply=f"💡 亮度 {level}")
 
         @router.intent(description="打开空调")
@@ -114,21 +116,25 @@ class SmartHome:
             return home._set(ac_on=False, reply="空调已关闭")
 
         @router.intent(description="设置空调温度")
-        def ac_set_temperature(temperature: Annotated[int, pydantic.Field(ge=16, le=32)]) -> str:
+        def ac_set_temperature(
+            temperature: Annotated[int, pydantic.Field(ge=16, le=32), Param(description="温度", ask="空调调到多少度？")],
+        ) -> str:
             return home._set(ac_on=True, ac_temperature=temperature, reply=f"🌡 空调 {temperature}℃")
 
         @router.intent(description="切换空调模式")
-        def ac_set_mode(mode: AcMode) -> str:
+        def ac_set_mode(
+            mode: Annotated[AcMode, Param(description="模式", ask="切换到哪个模式？制冷、制热、除湿、送风还是自动？")],
+        ) -> str:
             return home._set(ac_on=True, ac_mode=mode, reply=f"空调切换到{mode}模式")
 
         @router.intent(description="设置闹钟")
-        def set_alarm(time: Annotated[str, Param(description="时间")]) -> str:
+        def set_alarm(time: Annotated[str, Param(description="时间", ask="闹钟定在几点？")]) -> str:
             with home._lock:
                 home.alarms.append(time)
             return f"⏰ 闹钟：{time}"
 
         @router.intent(description="打电话")
-        def call_contact(contact: Annotated[str, Param(description="联系人")]) -> str:
+        def call_contact(contact: Annotated[str, Param(description="联系人", ask="您要打给谁？")]) -> str:
             return f"📞 正在呼叫{contact}"
 
         @router.intent(description="报时")

@@ -325,6 +325,11 @@ class Router:
 
         return register(fn) if fn is not None else register
 
+    def require_confirmation(self, intent: str, question: str | bool = True) -> None:
+        """Ask before ``intent`` runs (as ``@router.intent(confirm=...)`` does), e.g. for an intent
+        registered elsewhere (a demo one); ``False`` stops asking."""
+        self.registry.get(intent).confirm = question
+
     def add_example(self, intent: str, example: ExampleLike) -> None:
         """Teach the fast path one more utterance of ``intent``."""
         self.registry.add_example(intent, example)

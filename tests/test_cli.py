@@ -109,3 +109,13 @@ def test_user_mistakes_are_one_line(tmp_path, monkeypatch, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert "hint:" in result.output
+
+
+def test_data_dialogues_writes_a_training_file(tmp_path: Path) -> None:
+    out = tmp_path / "multi.jsonl"
+    result = runner.invoke(app, ["data", "dialogues", str(DEMO / "train.jsonl"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "408 dialogues" in result.output and "call_contact" in result.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sum(isinstance(r["instruction"], list) for r in rows) == 408
+    assert out.read_text(encoding="utf-8") == (DEMO / "train-dialogues.jsonl").read_text(encoding="utf-8")  # as bundled

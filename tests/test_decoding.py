@@ -121,6 +121,9 @@ def decode(catalog, answer: str, utterance: str, **kwargs):
         ('weather_search(date="明天", city="杭州")', "明天杭州冷不冷"),
         ('ac_set_mode(mode="制冷")', "空调开制冷"),
         ('set_alarm(time="明天早上六点半")', "明天早上六点半叫我"),
+        # a required value the user did not say: the empty call, for the router to ask for it
+        ("set_alarm()", "帮我定个闹钟"),
+        ("ac_set_mode()", "换个空调模式"),
         ('match_query(name=["恒大", "鲁能"])', "恒大对鲁能谁赢了"),
         # a list parameter also takes one plain value, and a list may be followed by another parameter
         ('match_query(name="恒大")', "恒大昨天赢了吗"),

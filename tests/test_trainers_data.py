@@ -255,3 +255,38 @@ def test_out_of_scope_and_single_argument_records_are_left_alone(tmp_path: Path)
         )
     )
     assert [in_utterance_order(r) for r in records] == records
+
+
+def test_dialogue_rows_leave_out_a_needed_value_and_give_it_in_a_reply(tmp_path: Path) -> None:
+    from trainers.dialogues import dialogue_rows, remove_value
+
+    assert remove_value("打电话给张三", "张三") == "打电话"  # the dangling 给 goes with it
+    assert remove_value("把空调调成制冷模式吧", "制冷") == "把空调调吧"
+    assert remove_value("wake me up at 7am", "7am") == "wake me up"
+    assert remove_value("张三", "张三") is None  # nothing left to be a request
+    rows = [
+        {"instruction": f"打电话给{name}", "output": f'call_contact(contact="{name}")'}
+        for name in ("张三", "李四", "王五", "赵六")
+    ] + [
+        {"instruction": "打开客厅的灯", "output": 'light_on(room="客厅")'},
+        {"instruction": "开灯", "output": "light_on()"},  # room is not always given: not asked for
+        {"instruction": "给我讲个笑话", "output": None},
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    records = load_records(path)
+    derived = dialogue_rows(records, share=0.5, incomplete=1.0, seed=1)
+    assert len(derived.dialogues) == round(0.5 * len(records))
+    for row in derived.dialogues:
+        first, reply = row["instruction"]
+        assert first == "打电话" and row["output"].startswith("call_contact(contact=")
+        value = row["output"].split('"')[1]
+        assert value in reply
+    assert derived.incomplete == [{"instruction": "打电话", "output": "call_contact()"}]  # once, not per dialogue
+    out = tmp_path / "multi.jsonl"
+    from trainers.dialogues import write_dialogue_rows
+
+    write_dialogue_rows(records, derived, out)
+    again = load_records(out)
+    assert len(again) == len(records) + len(derived.rows)
+    assert any(r.instruction.startswith("打电话。") for r in again)  # joined as a session's turns

@@ -75,7 +75,7 @@ def remove_value(utterance: str, value: str) -> str | None:
             after = after[len(word) :]
             break
     if _CLOSING.fullmatch(after):
-        before = _DANGLING.sub("", before)
+        before = _DANGLING.sub("", before.rstrip())
     text = regex.sub(r"\s{2,}", " ", (before + after)).strip(" ，,")
     core = _FILLERS.sub("", text)
     if value in text or len(regex.sub(r"[\p{P}\s]", "", core)) < (3 if _CJK.search(text) else 6):
@@ -119,6 +119,7 @@ def dialogue_rows(records: Sequence[Record], *, share: float = 0.25, incomplete:
             # else e.g. "打开空调(制冷模式)" is ac_on's "打开空调": not an incomplete ac_set_mode
     # Round robin over the intents, so that each gets its share and the ones with more
     # candidates make up for the ones with fewer; a request is used at most twice (two replies).
+    asked: set[str] = set()
     for _ in range(2):
         pools = {intent: rng.sample(usable[intent], len(usable[intent])) for intent in intents}
         while len(dialogues) < wanted and any(pools.values()):
@@ -130,7 +131,8 @@ def dialogue_rows(records: Sequence[Record], *, share: float = 0.25, incomplete:
                 rest = {k: v for k, v in call.kwargs.items() if k != name}
                 styles = _REPLIES_ZH if _CJK.search(record.instruction) else _REPLIES_EN
                 reply = rng.choice(styles).format(v=call.kwargs[name])
-                if rng.random() < incomplete:
+                if rng.random() < incomplete and request not in asked:
+                    asked.add(request)  # one row per incomplete request: its dialogues vary the reply
                     incomplete_rows.append({"instruction": request, "output": render_call(intent, (), rest)})
                 dialogues.append({"instruction": [request, reply], "output": render_call(intent, (), dict(call.kwargs))})
     return DialogueRows(incomplete_rows, dialogues)

@@ -180,8 +180,9 @@ class ConstrainedDecoder:
         for spec in self.catalog.intents:
             if any(p.required and not _decodable(p) for p in spec.params):
                 continue  # a mapping argument is written by unconstrained models only
-            if not any(p.required for p in spec.params):
-                texts.append((f"{spec.name}()", {"intent": spec.name, "end": True}))
+            # An empty call even where values are required: a model trained on dialogue data
+            # answers a request without them so (call_contact()), and the router asks for them.
+            texts.append((f"{spec.name}()", {"intent": spec.name, "end": True}))
             for param in filter(_decodable, spec.params):
                 for opener, listed, bare in _openers(param):
                     payload = {"intent": spec.name, "param": param, "listed": listed, "bare": bare}
