@@ -216,11 +216,16 @@ class Session:
         keep = self.max_turns - 1
         return [*previous[len(previous) - keep :], text] if keep else [text]
 
-    def record(self, text: str, result: RouteResult, *, pending: Pending | None = None) -> None:
-        """Remember ``text`` and its result; ``pending`` is what now waits for the user (``None``: nothing)."""
+    def record(self, text: str, result: RouteResult, *, pending: Pending | None = None, closes: bool = False) -> None:
+        """Remember ``text`` and its result; ``pending`` is what now waits for the user (``None``:
+        nothing). ``closes``: this turn ended a dialogue (completed or called off), whose turns
+        are then no context for the next request."""
         with self._lock:
             now = time.monotonic()
-            self._turns.append((now, text))
+            if closes:
+                self._turns.clear()
+            else:
+                self._turns.append((now, text))
             self.history.append(result)
             self._pending = pending
             self.last_used = now
@@ -683,7 +688,7 @@ class Router:
         result = turn.result
         result.timings.total_ms = _ms(start)
         if session is not None:
-            session.record(text, result, pending=turn.after)
+            session.record(text, result, pending=turn.after, closes=turn.pending is not None and turn.after is None)
         logger.debug("routed %r -> %s %s", text, result.status.value, [c.name for c in result.calls])
         return result
 
