@@ -103,6 +103,38 @@ class PromptFormat:
             return turns[0] if turns else ""
         return "".join(t if t.endswith(_SENTENCE_END) else t + self.turn_separator for t in turns)
 
+    def chat_template(self, catalog: IntentCatalog | None = None) -> str:
+        """A Jinja chat template (``tokenizer.chat_template``, as Hugging Face and llama.cpp read
+        it) that renders exactly :meth:`render`'s text: the system message (this format's system
+        prompt, or the intents listed for ``catalog``, where the messages bring none), the user
+        turns joined as :meth:`join_turns` joins them, and the generation prompt. Assistant turns
+        are left out: the model was trained on the user's turns alone. Every GGUF intentkit writes
+        carries it, so that a third-party server renders the prompt the model was trained on."""
+        start, end = TEMPLATES[self.template][0].split("{user}")
+        head, between = start.split("{system}")
+        answer_start = end.split(self.answer_end, 1)[1]
+        default_system = self.system(catalog)
+        ends = "".join(_SENTENCE_END)
+
+        def literal(text: str) -> str:
+            return json.dumps(text, ensure_ascii=False)
+
+        return (
+            "{%- set ns = namespace(system=" + literal(default_system) + ", users=[]) -%}"
+            "{%- for message in messages -%}"
+            "{%- if message['role'] == 'system' -%}{%- set ns.system = message['content'] -%}"
+            "{%- elif message['role'] == 'user' and message['content'] | trim -%}"
+            "{%- set ns.users = ns.users + [message['content'] | trim] -%}"
+            "{%- endif -%}{%- endfor -%}"
+            "{{- " + literal(head) + " + ns.system + " + literal(between) + " -}}"
+            "{%- if ns.users | length == 1 -%}{{- ns.users[0] -}}"
+            "{%- else -%}{%- for turn in ns.users -%}{{- turn -}}"
+            "{%- if turn[-1:] not in " + literal(ends) + " -%}{{- " + literal(self.turn_separator) + " -}}{%- endif -%}"
+            "{%- endfor -%}{%- endif -%}"
+            "{{- " + literal(self.answer_end) + " -}}"
+            "{%- if add_generation_prompt -%}{{- " + literal(answer_start) + " -}}{%- endif -%}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "version": PROMPT_VERSION, "fingerprint": self.fingerprint}
 

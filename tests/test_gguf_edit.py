@@ -133,3 +133,24 @@ def test_adapters_that_do_not_fit_are_rejected_by_name(tmp_path, tensors, option
         write_merged_gguf(_base(tmp_path / "base.gguf"), adapter, tmp_path / "m.gguf", quantize=False)
     assert "lora.gguf" in str(caught.value)
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_written_files_describe_the_prompt(tmp_path):
+    from intentkit import PromptFormat
+
+    writer = gguf.GGUFWriter(str(tmp_path / "base.gguf"), "gemma3")
+    writer.add_token_list(["<pad>", "<bos>", "a", "<end_of_turn>", "b"])
+    writer.add_token_scores([0.0] * 5)
+    writer.add_token_types([3, 3, 1, 3, 1])
+    writer.add_string("tokenizer.chat_template", "{{ 'someone else' }}")
+    writer.add_tensor("token_embd.weight", EMBED)
+    _close(writer)
+    prompt = PromptFormat()
+    write_trimmed_gguf(tmp_path / "base.gguf", tmp_path / "t.gguf", [0, 1, 3], prompt=prompt)
+    reader = gguf.GGUFReader(str(tmp_path / "t.gguf"))
+    assert reader.fields["tokenizer.chat_template"].contents() == prompt.chat_template()
+    assert reader.fields["tokenizer.ggml.eot_token_id"].contents() == 2  # <end_of_turn>, after trimming
+    write_trimmed_gguf(tmp_path / "base.gguf", tmp_path / "plain.gguf", [0, 1, 3])  # no prompt: copied as it was
+    plain = gguf.GGUFReader(str(tmp_path / "plain.gguf"))
+    assert plain.fields["tokenizer.chat_template"].contents() == "{{ 'someone else' }}"
+    assert "tokenizer.ggml.eot_token_id" not in plain.fields

@@ -58,3 +58,25 @@ def test_listing_intents_for_zero_shot_models() -> None:
     assert '- weather_search(city: str, date: str = "今天")：查询天气' in system
     assert "no_intent()" in system
     assert PromptFormat().system(registry.catalog) == DEFAULT_SYSTEM_PROMPT
+
+
+@pytest.mark.parametrize("template", ["gemma", "chatml"])
+@pytest.mark.parametrize(
+    "turns", [["我想听音乐"], ["我想听音乐", "给我放个周杰伦的音乐吧"], ["今天天气怎么样？", "杭州"], ["  开灯 ", "", "客厅"]]
+)
+def test_the_chat_template_renders_the_prompt_byte_for_byte(template: str, turns: list[str]) -> None:
+    pytest.importorskip("jinja2")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    fmt = PromptFormat(template=template)
+    expected = fmt.render(fmt.join_turns(turns))
+    users = [{"role": "user", "content": t} for t in turns]
+    for environment in (ImmutableSandboxedEnvironment(), ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)):
+        rendered = environment.from_string(fmt.chat_template())
+        with_system = rendered.render(messages=[{"role": "system", "content": fmt.system()}, *users], add_generation_prompt=True)
+        assert with_system == expected
+        assert rendered.render(messages=users, add_generation_prompt=True) == expected  # the trained system prompt
+        assistant = [*users[:1], {"role": "assistant", "content": "play_music()"}, *users[1:]]
+        assert rendered.render(messages=assistant, add_generation_prompt=True) == expected  # the model sees user turns
+        without = rendered.render(messages=users, add_generation_prompt=False)
+        assert without == expected[: expected.rindex(fmt.answer_end)] + fmt.answer_end

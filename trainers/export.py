@@ -17,6 +17,7 @@ import numpy as np
 
 from intentkit.errors import ExportError, MissingDependencyError
 from intentkit.model_dir import KEEP_FILE, META_FILE, ModelInfo
+from intentkit.prompt import PromptFormat
 from intentkit.scope import SCOPE_FILE
 
 from .card import write_model_card
@@ -52,7 +53,8 @@ def export_merged_gguf(adapter_dir: str | Path, out_path: str | Path, *, base: s
     if not adapter.exists():
         export_gguf_lora(adapter_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_merged_gguf(Path(base) if base else (info.base_gguf or base_model_path()), adapter, out, keep=_keep(adapter_dir))
+    source = Path(base) if base else (info.base_gguf or base_model_path())
+    write_merged_gguf(source, adapter, out, keep=_keep(adapter_dir), prompt=info.prompt_format or PromptFormat())
     _copy_meta(adapter_dir, out)
     return out
 
@@ -125,7 +127,7 @@ def export_full_gguf(
             deltas[f"{target}.{kind}"] = delta
     del initial
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_updated_gguf(base_gguf, deltas, out, keep=_keep(model_dir))
+    write_updated_gguf(base_gguf, deltas, out, keep=_keep(model_dir), prompt=info.prompt_format or PromptFormat())
     _copy_meta(model_dir, out)
     return out
 
@@ -168,7 +170,6 @@ def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str
     then runs on a base trimmed to those tokens (:func:`intentkit.backends.llamacpp.deployment_base`)."""
     from intentkit.backends.llamacpp.bundled import base_model_path
     from intentkit.backends.llamacpp.gguf import domain_vocabulary
-    from intentkit.prompt import PromptFormat
 
     model_dir = Path(model_dir)
     info = ModelInfo.load(model_dir)

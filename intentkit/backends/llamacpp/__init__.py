@@ -97,16 +97,22 @@ class LlamaCppBackend(LocalBackend):
                 raise FileNotFoundError(f"{what} not found: {p}")
         init_backend(lc, verbose)
         merged = merge_adapter and adapter_path is not None
-        #: The GGUF actually loaded: ``model_path``, or its merged copy with ``merge_adapter``.
-        self.loaded_path = merged_model_path(path, adapter_path, scale=adapter_scale) if merged and adapter_path else path
+        home = Path(model_dir) if model_dir is not None else (adapter_path or path).parent
+        info = info if info is not None else ModelInfo.load(home)
+        #: The GGUF actually loaded: ``model_path``, or its merged copy with ``merge_adapter``
+        #: (which describes the trained prompt, for third-party servers).
+        self.loaded_path = (
+            merged_model_path(path, adapter_path, scale=adapter_scale, prompt=info.prompt_format)
+            if merged and adapter_path
+            else path
+        )
         threads = n_threads or os.cpu_count() or 1
         model = LlamaModel(self.loaded_path, None if merged else adapter_path, n_ctx, n_batch, threads, adapter_scale)
         self.model_path, self.adapter_path = path, adapter_path
-        home = Path(model_dir) if model_dir is not None else (adapter_path or path).parent
         try:
             self._start(
                 model,
-                info=info if info is not None else ModelInfo.load(home),
+                info=info,
                 source=str(adapter_path or path),
                 constrained=constrained,
                 n_ctx=n_ctx,

@@ -14,6 +14,7 @@ from pathlib import Path
 from ...cache import build_once, digest
 from ...errors import MissingDependencyError
 from ...model_dir import KEEP_FILE, ModelInfo
+from ...prompt import PromptFormat
 from .gguf import write_lora_gguf, write_merged_gguf, write_trimmed_gguf
 
 __all__ = [
@@ -86,24 +87,34 @@ def deployment_base(model_dir: Path, info: ModelInfo | None = None, *, trim_voca
     info = info if info is not None else ModelInfo.load(model_dir)
     base = info.base_gguf or base_model_path()
     keep = model_dir / KEEP_FILE
-    return trimmed_model_path(keep, base) if trim_vocabulary and keep.is_file() else base
+    return trimmed_model_path(keep, base, prompt=info.prompt_format) if trim_vocabulary and keep.is_file() else base
 
 
-def trimmed_model_path(keep_file: Path, base: Path | None = None) -> Path:
+def trimmed_model_path(keep_file: Path, base: Path | None = None, *, prompt: PromptFormat | None = None) -> Path:
     """The base GGUF with its vocabulary cut to the token ids in ``keep_file`` (a ``.npy`` written by
-    :func:`~intentkit.backends.llamacpp.gguf.domain_vocabulary`), built once into the cache."""
+    :func:`~intentkit.backends.llamacpp.gguf.domain_vocabulary`), built once into the cache; with
+    ``prompt``, describing it (chat template, end-of-turn token)."""
     import numpy as np
 
     base = base or base_model_path()
-    key = digest(keep_file.read_bytes(), _identity(base))
-    return build_once(f"{base.stem}.trim-{key}.gguf", lambda out: write_trimmed_gguf(base, out, np.load(keep_file)))
+    key = digest(keep_file.read_bytes(), _identity(base), _described(prompt))
+    return build_once(
+        f"{base.stem}.trim-{key}.gguf", lambda out: write_trimmed_gguf(base, out, np.load(keep_file), prompt=prompt)
+    )
 
 
-def merged_model_path(base: Path, adapter: Path, *, scale: float = 1.0) -> Path:
+def merged_model_path(base: Path, adapter: Path, *, scale: float = 1.0, prompt: PromptFormat | None = None) -> Path:
     """``base`` with the GGUF LoRA ``adapter`` merged into its weights (8-bit), built once into the
-    cache: the same model without the adapter's two extra matrix products per weight and token."""
-    key = digest(adapter.read_bytes(), repr(scale).encode(), _identity(base))
-    return build_once(f"{base.stem}.merged-q8-{key}.gguf", lambda out: write_merged_gguf(base, adapter, out, scale=scale))
+    cache: the same model without the adapter's two extra matrix products per weight and token.
+    With ``prompt``, the file describes it, so that a third-party server renders it."""
+    key = digest(adapter.read_bytes(), repr(scale).encode(), _identity(base), _described(prompt))
+    return build_once(
+        f"{base.stem}.merged-q8-{key}.gguf", lambda out: write_merged_gguf(base, adapter, out, scale=scale, prompt=prompt)
+    )
+
+
+def _described(prompt: PromptFormat | None) -> bytes:
+    return b"" if prompt is None else f"chat-template-1:{prompt.fingerprint}".encode()
 
 
 def _identity(base: Path) -> bytes:

@@ -31,10 +31,13 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendError, ExportError, MissingDependencyError
 from .logs import quiet_llama_cpp
+
+if TYPE_CHECKING:
+    from ...prompt import PromptFormat
 
 __all__ = [
     "PERMUTED_ARCHITECTURES",
@@ -136,11 +139,12 @@ def layer_numbers(name: str) -> list[str]:
     return [parts[i + 1] for i, part in enumerate(parts[:-1]) if part == "layers" and parts[i + 1].isdigit()]
 
 
-def write_trimmed_gguf(source: Path, target: Path, keep: Any) -> None:
+def write_trimmed_gguf(source: Path, target: Path, keep: Any, *, prompt: PromptFormat | None = None) -> None:
     """Copy ``source`` keeping only the token ids in ``keep``: tokenizer arrays, special-token ids
-    and the rows of ``token_embd.weight``; every other tensor is copied as is."""
+    and the rows of ``token_embd.weight``; every other tensor is copied as is. With ``prompt``,
+    the file describes it (``tokenizer.chat_template`` and the end-of-turn token)."""
     gguf, _ = _imports()
-    _rewrite(gguf, gguf.GGUFReader(str(source)), target, keep=keep, deltas={})
+    _rewrite(gguf, gguf.GGUFReader(str(source)), target, keep=keep, deltas={}, prompt=prompt)
 
 
 #: llama.cpp's ``LLAMA_FTYPE_MOSTLY_Q8_0``.
@@ -156,6 +160,7 @@ def write_merged_gguf(
     keep: Any = None,
     quantize: bool = True,
     file_type: int = Q8_0,
+    prompt: PromptFormat | None = None,
 ) -> None:
     """Write ``source`` with the GGUF LoRA ``adapter`` merged in, quantized to ``file_type``
     (a llama.cpp ``LLAMA_FTYPE_*``; default Q8_0, see the module docstring for why not 4 bits).
@@ -168,7 +173,7 @@ def write_merged_gguf(
     gguf, np = _imports()
     reader = gguf.GGUFReader(str(source))
     deltas = _lora_factors(gguf, np, reader, Path(adapter), scale)
-    _write_updated(gguf, reader, target, keep=keep, deltas=deltas, quantize=quantize, file_type=file_type)
+    _write_updated(gguf, reader, target, keep=keep, deltas=deltas, quantize=quantize, file_type=file_type, prompt=prompt)
 
 
 def write_updated_gguf(
@@ -179,6 +184,7 @@ def write_updated_gguf(
     keep: Any = None,
     quantize: bool = True,
     file_type: int = Q8_0,
+    prompt: PromptFormat | None = None,
 ) -> None:
     """Write ``source`` with dense updates added to its tensors, quantized as in
     :func:`write_merged_gguf`: ``deltas`` maps GGUF tensor names (``blk.0.attn_q.weight``) to
@@ -195,18 +201,26 @@ def write_updated_gguf(
         if array.shape != shapes[name]:
             raise BackendError(f"{source}: {name} is {shapes[name]}, the update is {array.shape}")
         checked[name] = array
-    _write_updated(gguf, reader, target, keep=keep, deltas=checked, quantize=quantize, file_type=file_type)
+    _write_updated(gguf, reader, target, keep=keep, deltas=checked, quantize=quantize, file_type=file_type, prompt=prompt)
 
 
 def _write_updated(
-    gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: Mapping[str, Any], quantize: bool, file_type: int
+    gguf: Any,
+    reader: Any,
+    target: Path,
+    *,
+    keep: Any,
+    deltas: Mapping[str, Any],
+    quantize: bool,
+    file_type: int,
+    prompt: PromptFormat | None = None,
 ) -> None:
     if not quantize:
-        _rewrite(gguf, reader, target, keep=keep, deltas=deltas)
+        _rewrite(gguf, reader, target, keep=keep, deltas=deltas, prompt=prompt)
         return
     unquantized = target.with_name(target.name + ".f32")
     try:
-        _rewrite(gguf, reader, unquantized, keep=keep, deltas=deltas)
+        _rewrite(gguf, reader, unquantized, keep=keep, deltas=deltas, prompt=prompt)
         _quantize(unquantized, target, file_type)
     finally:
         unquantized.unlink(missing_ok=True)
@@ -265,13 +279,21 @@ class _LowRank:
         return self.factor * (self.b @ self.a)
 
 
-def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: Mapping[str, Any]) -> None:
+#: The GGUF keys of the prompt an exported model describes (:func:`_prompt_fields`).
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
+EOT_KEY = "tokenizer.ggml.eot_token_id"
+
+
+def _rewrite(
+    gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: Mapping[str, Any], prompt: PromptFormat | None = None
+) -> None:
     _, np = _imports()
     kept = np.unique(np.asarray(keep, dtype=np.int64)) if keep is not None else None
     remap = {int(old): new for new, old in enumerate(kept)} if kept is not None else None
     writer = gguf.GGUFWriter(str(target), str(reader.fields["general.architecture"].contents()))
+    described = _prompt_fields(reader, kept, prompt) if prompt is not None else {}
     for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
+        if name.startswith("GGUF.") or name == "general.architecture" or name in described:
             continue
         sub_type = field.types[1] if len(field.types) > 1 else None
         if kept is not None and name in _TOKEN_ARRAYS:
@@ -287,6 +309,10 @@ def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: Mapping
         if remap is not None and name.startswith("tokenizer.ggml.") and name.endswith("_token_id"):
             value = remap[int(value)]
         writer.add_key_value(name, value, field.types[0], sub_type)
+    if CHAT_TEMPLATE_KEY in described:
+        writer.add_string(CHAT_TEMPLATE_KEY, described[CHAT_TEMPLATE_KEY])
+    if EOT_KEY in described:
+        writer.add_uint32(EOT_KEY, described[EOT_KEY])
     for tensor in reader.tensors:
         trim = tensor.name == "token_embd.weight" and kept is not None
         if tensor.name in deltas:
@@ -301,6 +327,22 @@ def _rewrite(gguf: Any, reader: Any, target: Path, *, keep: Any, deltas: Mapping
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _prompt_fields(reader: Any, kept: Any, prompt: PromptFormat) -> dict[str, Any]:
+    """The chat template rendering ``prompt``'s text, and the id (after trimming) of the token that
+    ends an answer, as an end-of-turn token: what llama.cpp's and other servers need to render the
+    trained prompt and stop where the model stops."""
+    fields: dict[str, Any] = {CHAT_TEMPLATE_KEY: prompt.chat_template()}
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        ids = kept if kept is not None else range(len(tokens.data))
+        end = prompt.answer_end
+        for new, old in enumerate(ids):
+            if bytes(tokens.parts[tokens.data[int(old)]]).decode("utf-8", "surrogateescape") == end:
+                fields[EOT_KEY] = new
+                break
+    return fields
 
 
 def _quantize(source: Path, target: Path, file_type: int) -> None:
