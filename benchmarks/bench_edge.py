@@ -48,18 +48,10 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def _gbnf(registry: Any) -> str:
-    """A GBNF grammar of the registered calls (keyword arguments, JSON-quoted values)."""
-    value = r'"\"" [^"\\]* "\""'
-    rules = [f'value ::= {value} | "[" {value} (", " {value})* "]"']
-    alternatives = ['"no_intent()"']
-    for i, spec in enumerate(registry.catalog.intents):
-        if spec.params:
-            params = " | ".join(f'"{p.name}=" value' for p in spec.params)
-            rules.append(f"p{i} ::= {params}")
-            alternatives.append(f'"{spec.name}(" (p{i} (", " p{i})*)? ")"')
-        else:
-            alternatives.append(f'"{spec.name}()"')
-    return "\n".join([f"root ::= {' | '.join(alternatives)}", *rules])
+    """A GBNF grammar of the registered calls (the one ``OpenAIBackend(structured="grammar")`` sends)."""
+    from intentkit.backends.openai import call_gbnf
+
+    return call_gbnf(registry.catalog)
 
 
 def _model_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:

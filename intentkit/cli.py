@@ -66,6 +66,9 @@ BackendName = Annotated[str, typer.Option("--backend", help="llamacpp | transfor
 BaseUrl = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL (--backend openai)")]
 ApiModel = Annotated[str | None, typer.Option(help="model name on the OpenAI-compatible server")]
 ApiKey = Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", help="API key of the OpenAI-compatible server")]
+ApiMode = Annotated[
+    str, typer.Option(help="chat (/chat/completions) | completions (/completions with intentkit's own rendered prompt)")
+]
 Threshold = Annotated[float | None, typer.Option(help="confidence threshold (low_confidence below it)")]
 
 #: What to do about each kind of user mistake; the most specific class that matches wins.
@@ -117,6 +120,7 @@ def build_router(
     base_url: str | None = None,
     api_key: str | None = None,
     api_model: str | None = None,
+    api_mode: str = "chat",
     threshold: float | None = None,
     **extra: Any,
 ) -> Router:
@@ -136,7 +140,8 @@ def build_router(
         from trainers.data import build_registry, load_records
 
         registry = build_registry(load_records(intents_from))
-    made = load_backend(backend, model=model, adapter=adapter, base_url=base_url, api_key=api_key, api_model=api_model)
+    options: dict[str, Any] = {"mode": api_mode} if backend == "openai" else {}
+    made = load_backend(backend, model=model, adapter=adapter, base_url=base_url, api_key=api_key, api_model=api_model, **options)
     try:
         router = Router(made, registry=registry, confidence_threshold=threshold, **extra)
         if registry is None:
@@ -158,7 +163,18 @@ def _home_assistant_model(model: Path | None, adapter: Path | None) -> Path | No
     return bundled_model_dir("home-assistant")
 
 
-_ROUTER_OPTIONS = ("model", "adapter", "intents_from", "home", "backend", "base_url", "api_key", "api_model", "threshold")
+_ROUTER_OPTIONS = (
+    "model",
+    "adapter",
+    "intents_from",
+    "home",
+    "backend",
+    "base_url",
+    "api_key",
+    "api_model",
+    "api_mode",
+    "threshold",
+)
 
 
 def router_from(options: dict[str, Any], **extra: Any) -> Router:
@@ -191,6 +207,7 @@ def route(
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_mode: ApiMode = "chat",
     api_key: ApiKey = None,
     threshold: Threshold = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the RouteResult as JSON")] = False,
@@ -216,6 +233,7 @@ def chat(
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_mode: ApiMode = "chat",
     api_key: ApiKey = None,
     turns: Annotated[int, typer.Option(help="earlier turns joined with the new one")] = 2,
 ) -> None:
@@ -249,6 +267,7 @@ def serve(
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_mode: ApiMode = "chat",
     api_key: ApiKey = None,
     threshold: Threshold = None,
 ) -> None:
@@ -409,6 +428,7 @@ def evaluate_command(
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_mode: ApiMode = "chat",
     api_key: ApiKey = None,
     out: Annotated[Path | None, typer.Option(help="write report.json / report.md / confusion.png here")] = None,
     limit: Annotated[int, typer.Option(min=0, help="first N records only (0: all)")] = 0,
@@ -449,6 +469,7 @@ def bench(
     backend: BackendName = "llamacpp",
     base_url: BaseUrl = None,
     api_model: ApiModel = None,
+    api_mode: ApiMode = "chat",
     api_key: ApiKey = None,
     limit: Annotated[int, typer.Option(min=0, help="first N utterances only (0: all)")] = 200,
 ) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import math
+from typing import Any, Literal
 
 import pytest
 
@@ -14,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from intentkit import BackendError, Router
-from intentkit.backends.openai import OpenAIBackend, call_regex
+from intentkit.backends.openai import OpenAIBackend, call_gbnf, call_regex, intent_probability
 from intentkit.server import create_app
 from intentkit.testing import FakeBackend
 
@@ -34,6 +35,15 @@ class FakeServer:
                 self.failures -= 1
                 return JSONResponse({"error": "busy"}, status_code=self.status)
             return JSONResponse({"choices": [{"message": {"role": "assistant", "content": self.answer}}]})
+
+        @self.app.post("/v1/completions")
+        async def completions(request: Request) -> JSONResponse:
+            payload = await request.json()
+            self.payloads.append(payload)
+            # like llama.cpp's server: token logprobs, and the answer cut at the stop text
+            tokens = ["play", "_music", "()"]
+            logprobs = {"tokens": tokens, "token_logprobs": [-0.1, -0.2, -0.01], "top_logprobs": None}
+            return JSONResponse({"choices": [{"text": self.answer.split(payload["stop"][0])[0], "logprobs": logprobs}]})
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +212,43 @@ def test_against_intentkit_serve(live_server):
         assert result.ok and result.results == ["playing"]
         wrong = router_for(OpenAIBackend(f"{url}/v1", model="router", api_key="bad", retries=0)).handle("我想听音乐")
         assert wrong.status.value == "backend_error" and "401" in str(wrong.error)
+
+
+def test_completions_mode_sends_the_rendered_prompt_and_reads_the_intent_probability(fake) -> None:
+    fake.answer = "play_music()<end_of_turn>\nmore text"
+    backend = OpenAIBackend(fake.url, model="m", mode="completions", structured="grammar")
+    router = router_for(backend)
+    result = router.handle("放首歌")
+    assert result.status == "ok" and result.raw_output == "play_music()"
+    payload = fake.payloads[-1]
+    assert payload["prompt"] == router.prompt.render("放首歌") and payload["stop"] == ["<end_of_turn>"]
+    assert payload["logprobs"] == 1 and "root ::=" in payload["grammar"] and "messages" not in payload
+    assert result.confidence == pytest.approx(math.exp(-0.31))  # the tokens up to the one with "(" name the intent
+
+
+def test_chat_logprobs_give_a_confidence_and_their_absence_none(fake) -> None:
+    assert intent_probability([("weather", -0.5), ("_search", -0.1), ("(", 0.0), ("city", -3.0)]) == pytest.approx(math.exp(-0.6))
+    assert intent_probability(None) is None and intent_probability([]) is None
+    router = router_for(OpenAIBackend(fake.url, model="m", logprobs=False))
+    result = router.handle("放首歌")
+    assert result.ok and result.confidence is None and "logprobs" not in fake.payloads[-1]
+    router_for(OpenAIBackend(fake.url, model="m")).handle("放首歌")
+    assert fake.payloads[-1]["logprobs"] is True
+
+
+def test_the_grammar_takes_each_value_as_its_parameter_does() -> None:
+    router = Router()
+
+    @router.intent
+    def ac_set_mode(mode: Literal["制冷", "制热"], temperature: int | None = None) -> None: ...
+
+    grammar = call_gbnf(router.registry.catalog)
+    assert '"ac_set_mode(" (a0 (", " a0)*)? ")"' in grammar
+    assert 'v0x0 ::= "\\"制冷\\"" | "\\"制热\\""' in grammar and "v0x1 ::= number | text" in grammar
+    llama_cpp = pytest.importorskip("llama_cpp")
+    assert llama_cpp.LlamaGrammar.from_string(grammar, verbose=False) is not None  # llama.cpp parses it
+
+
+def test_bad_modes_are_refused() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        OpenAIBackend("http://127.0.0.1:9/v1", model="m", mode="stream")  # type: ignore[arg-type]
