@@ -1,9 +1,11 @@
-"""Voice assistant: multi-turn routing with a session, a confidence threshold and a fallback.
+"""Voice assistant: a dialogue that asks for what is missing, confirms, and lets the user cancel.
 
-A session joins the user's last turns the way the training data joins multi-turn records, so a
-follow-up like "稻香" after "我想听歌" reaches the model with its context. Answers below the
-confidence threshold are not executed (``low_confidence``): the assistant asks again instead
-of guessing. Out-of-scope turns go to the fallback handler. ``python examples/voice_assistant.py``
+A session holds the conversation. A request missing a value (``帮我定个闹钟``) is not run: the
+router answers ``needs_input`` with the question to say (``闹钟定在几点？``), and the next turn
+fills it. Calling someone waits for a yes (``needs_confirmation``). "算了" calls off what is
+pending. Answers below the confidence threshold are not executed (``low_confidence``: ask again
+rather than guess), and out-of-scope turns go to the fallback handler. A follow-up like "那放稻香吧"
+after "我想听歌" reaches the model with its context. ``python examples/voice_assistant.py``
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ DIALOGUE = [
     "太吵了，把声音开小一点",
     "我想听歌",
     "那放稻香吧",
-    "暂停一下",
-    "继续",
-    "帮我查下明天上海的天气",
+    "帮我定个闹钟",
+    "明天早上七点",
+    "给妈妈打个电话",
+    "好的",
+    "把空调温度调一下",
+    "算了",
     "今天心情不好",
 ]
 
 
 def main() -> None:
     with Router.default(confidence_threshold=0.5, fast_path=False) as router:
+        router.require_confirmation("call_contact")  # ask before calling anyone
 
         @router.fallback
         def chit_chat(text: str) -> str:
@@ -32,7 +38,11 @@ def main() -> None:
         session = router.session(max_turns=2, ttl_s=60)
         for turn in DIALOGUE:
             result = router.handle(turn, session=session)
-            if result.status is Status.LOW_CONFIDENCE:
+            if result.prompt:  # needs_input / needs_confirmation: the question to say
+                reply = result.prompt
+            elif result.status is Status.CANCELLED:
+                reply = "好的，不做了。"
+            elif result.status is Status.LOW_CONFIDENCE:
                 reply = f"没听清，你是想 {result.call_text} 吗？"
             elif result.results:
                 reply = str(result.results[0])
