@@ -194,7 +194,8 @@ def confirmation(spec: IntentSpec, call: BoundCall, utterance: str = "") -> str:
     if isinstance(spec.confirm, str) and spec.confirm:
         return spec.confirm
     what = spec.description or spec.name
-    shown = "，".join(f"{k}={v}" for k, v in call.arguments.items() if v is not None)
+    shown = "，".join(str(getattr(v, "value", v)) for v in call.arguments.values() if v is not None)
     if _chinese(spec.description, utterance):
         return f"确定要{what}{f'（{shown}）' if shown else ''}吗？"
+    shown = ", ".join(str(getattr(v, "value", v)) for v in call.arguments.values() if v is not None)
     return f"Do you want to {what}{f' ({shown})' if shown else ''}?"

@@ -134,7 +134,7 @@ def test_confirm_true_makes_the_question_from_the_description_and_the_call() -> 
     router, log = make_router({"给妈妈打电话": 'call_contact(contact="妈妈")'})
     session = router.session()
     result = router.handle("给妈妈打电话", session=session)
-    assert result.status == "needs_confirmation" and result.prompt == "确定要打电话给联系人（contact=妈妈）吗？"
+    assert result.status == "needs_confirmation" and result.prompt == "确定要打电话给联系人（妈妈）吗？"
     assert router.handle("好", session=session).ok and log == [("call_contact", "妈妈")]
 
 

@@ -47,7 +47,7 @@ def test_voice_assistant_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert "模型输入: 我想听歌。那放稻香吧。" in out  # the session joined the turns
     assert "(needs_input)  助手: 闹钟定在几点？" in out  # asked for the missing value
     assert 'set_alarm(time="明天早上七点") (ok)' in out  # and the reply filled it
-    assert "(needs_confirmation)  助手: 确定要打电话给联系人（contact=妈妈）吗？" in out
+    assert "(needs_confirmation)  助手: 确定要打电话（妈妈）吗？" in out
     assert 'call_contact(contact="妈妈") (ok)' in out
     assert "(cancelled)  助手: 好的，不做了。" in out
 
