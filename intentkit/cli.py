@@ -362,6 +362,10 @@ def train(
 def export(
     model_dir: Annotated[Path, typer.Argument(help="a trained model directory (intentkit train --out)")],
     merged: Annotated[Path | None, typer.Option(help="also write one GGUF with the adapter merged in (8-bit)")] = None,
+    hf_merged: Annotated[
+        Path | None, typer.Option(help="also write a merged Hugging Face checkpoint here (vLLM, TGI: safetensors, chat template)")
+    ] = None,
+    ollama: Annotated[Path | None, typer.Option(help="also write model.gguf and a Modelfile for Ollama here")] = None,
     base: Annotated[Path | None, typer.Option(help="base GGUF (default: the one the model was trained from)")] = None,
     vocabulary_from: Annotated[
         Path | None, typer.Option(help="training data: write keep_tokens.npy, the vocabulary the deployment is trimmed to")
@@ -384,7 +388,8 @@ def export(
     ] = 0.5,
 ) -> None:
     """Export a trained model for llama.cpp: adapter.gguf (or model.gguf), and optionally a merged,
-    quantized GGUF, a trimmed vocabulary and an out-of-scope detector."""
+    quantized GGUF, a merged Hugging Face checkpoint, an Ollama model, a trimmed vocabulary and an
+    out-of-scope detector. Every file describes the trained prompt (chat template, end of turn)."""
     from trainers.data import load_records
     from trainers.export import export_full_gguf, export_gguf_lora, export_merged_gguf, write_vocabulary
     from trainers.pipeline import fit_model_scope
@@ -415,6 +420,15 @@ def export(
         )
     if merged is not None:
         typer.echo(f"merged model: {export_merged_gguf(model_dir, merged, base=base)}")
+    if hf_merged is not None:
+        from trainers.export import export_hf_merged
+
+        typer.echo(f"Hugging Face checkpoint: {export_hf_merged(model_dir, hf_merged, base=base)}")
+    if ollama is not None:
+        from trainers.export import write_ollama_modelfile
+
+        modelfile = write_ollama_modelfile(model_dir, ollama, base=base)
+        typer.echo(f"Ollama: {modelfile} (ollama create NAME -f {modelfile})")
 
 
 @app.command("eval")

@@ -11,13 +11,13 @@ import pytest
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server] (the dev extra)")
 pytest.importorskip("httpx")
 
-from intentkit import Router  # noqa: E402
-from intentkit.backends.llamacpp import LlamaCppBackend  # noqa: E402
-from intentkit.backends.openai import OpenAIBackend  # noqa: E402
-from intentkit.demo import SmartHome  # noqa: E402
-from intentkit.testing import llama_cpp_server  # noqa: E402
-from trainers.data import load_records  # noqa: E402
-from trainers.evaluate import backend_predictor, evaluate  # noqa: E402
+from intentkit import Router
+from intentkit.backends.llamacpp import LlamaCppBackend
+from intentkit.backends.openai import OpenAIBackend
+from intentkit.demo import SmartHome
+from intentkit.testing import llama_cpp_server
+from trainers.data import load_records
+from trainers.evaluate import backend_predictor, evaluate
 
 DEV = Path(__file__).resolve().parent.parent / "examples" / "demo" / "dev.jsonl"
 ROWS = 60

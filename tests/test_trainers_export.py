@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,54 @@ def test_full_export_refuses_an_adapter_directory(adapter_dir):
 
     with pytest.raises(ExportError, match="not a full fine-tune"):
         export_full_gguf(adapter_dir)
+
+
+@pytest.fixture
+def demo_dir(tmp_path):
+    """A copy of the bundled demo model directory (exports write into the directory)."""
+    import shutil
+
+    from intentkit.backends.llamacpp.bundled import bundled_model_dir
+
+    return Path(shutil.copytree(bundled_model_dir(), tmp_path / "smart-home"))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
+def test_hf_merged_checkpoint_renders_and_stops_as_trained(demo_dir, fresh_base, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from intentkit.model_dir import ModelInfo
+    from trainers.export import export_hf_merged
+
+    out = export_hf_merged(demo_dir, tmp_path / "hf", loaded=fresh_base)
+    assert (out / "model.safetensors").is_file() and (out / "intentkit.json").is_file()
+    prompt = ModelInfo.load(demo_dir).prompt_format
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    messages = [{"role": "system", "content": prompt.system()}, {"role": "user", "content": "帮我查一下杭州明天的天气"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == prompt.render("帮我查一下杭州明天的天气")  # what vLLM and TGI render
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in model.generation_config.eos_token_id
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    answer = model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1] :]
+    assert tokenizer.decode(answer, skip_special_tokens=True).strip() == 'weather_search(city="杭州", date="明天")'
+
+
+@pytest.mark.slow
+def test_ollama_export_writes_the_trained_prompt(demo_dir, tmp_path):
+    from trainers.export import write_ollama_modelfile
+
+    modelfile = write_ollama_modelfile(demo_dir, tmp_path / "ollama")
+    text = modelfile.read_text(encoding="utf-8")
+    assert "FROM ./model.gguf" in text and 'PARAMETER stop "<end_of_turn>"' in text
+    template = text.split('TEMPLATE """')[1].split('"""')[0]
+    system = text.split('SYSTEM """')[1].split('"""')[0]
+    from intentkit.model_dir import ModelInfo
+
+    prompt = ModelInfo.load(demo_dir).prompt_format
+    rendered = template.replace("{{ .System }}", system).replace("{{ .Prompt }}", "开灯")
+    assert rendered == prompt.render("开灯")  # Ollama's Go template, filled as Ollama fills it
+    reader = gguf.GGUFReader(str(tmp_path / "ollama" / "model.gguf"))
+    assert reader.fields["tokenizer.chat_template"].contents() == prompt.chat_template()

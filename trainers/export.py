@@ -182,3 +182,71 @@ def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str
     np.save(path, keep)
     write_model_card(model_dir)
     return path
+
+
+def export_hf_merged(
+    model_dir: str | Path, out_dir: str | Path, *, base: str | Path | None = None, loaded: tuple[Any, Any] | None = None
+) -> Path:
+    """Write ``model_dir`` as one Hugging Face checkpoint that vLLM and TGI load: the adapter
+    merged into the base weights (a full fine-tune as it is), bf16 safetensors, the tokenizer with
+    ``chat_template`` rendering the trained prompt, generation stopping at the end-of-turn token,
+    and ``intentkit.json``. ``loaded``: the base model and tokenizer already loaded (modified)."""
+    import torch
+
+    from .base import load_base
+
+    model_dir, out = Path(model_dir), Path(out_dir)
+    info = ModelInfo.load(model_dir)
+    prompt = info.prompt_format or PromptFormat()
+    if info.is_full:
+        model, tokenizer = load_base(str(model_dir), dtype=torch.bfloat16)
+    else:
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise MissingDependencyError("peft") from None
+        model, tokenizer = loaded if loaded is not None else load_base(str(base or info.base))
+        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+    model = model.to(torch.bfloat16)
+    end = tokenizer.convert_tokens_to_ids(prompt.answer_end)
+    tokenizer.chat_template = prompt.chat_template()
+    if isinstance(end, int) and end != tokenizer.unk_token_id:
+        stops = [t for t in (model.generation_config.eos_token_id, end) if t is not None]
+        flat = sorted({int(x) for t in stops for x in (t if isinstance(t, list) else [t])})
+        model.generation_config.eos_token_id = flat
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    shutil.copy(model_dir / META_FILE, out / META_FILE)
+    return out
+
+
+def write_ollama_modelfile(model_dir: str | Path, out_dir: str | Path, *, base: str | Path | None = None) -> Path:
+    """An Ollama model in ``out_dir``: ``model.gguf`` (the merged model; a full fine-tune's own
+    GGUF) and a ``Modelfile`` whose ``TEMPLATE`` and ``SYSTEM`` render the trained prompt, stopping
+    at the end-of-turn text, greedy. ``ollama create NAME -f out_dir/Modelfile`` imports it; send
+    the user's turns joined into one message (``OpenAIBackend`` does). Returns the Modelfile."""
+    model_dir, out = Path(model_dir), Path(out_dir)
+    info = ModelInfo.load(model_dir)
+    prompt = info.prompt_format or PromptFormat()
+    out.mkdir(parents=True, exist_ok=True)
+    gguf = out / "model.gguf"
+    if info.is_full:
+        shutil.copy(export_full_gguf(model_dir, base=base), gguf)
+    else:
+        export_merged_gguf(model_dir, gguf, base=base)
+    start, end = prompt.render("\x00").split("\x00")  # the text around the utterance
+    head, tail = start.split(prompt.system_prompt, 1) if prompt.system_prompt in start else (start, "")
+    template = head + "{{ .System }}" + tail + "{{ .Prompt }}" + end
+    lines = [
+        "# Written by intentkit export --ollama: the prompt this model was trained with.",
+        "FROM ./model.gguf",
+        f'TEMPLATE """{template}"""',
+        f'SYSTEM """{prompt.system()}"""',
+        f"PARAMETER stop {json.dumps(prompt.answer_end)}",
+        "PARAMETER temperature 0",
+        "PARAMETER num_ctx 1024",
+    ]
+    modelfile = out / "Modelfile"
+    modelfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return modelfile
