@@ -342,3 +342,19 @@ def test_the_bundled_model_routes_a_home_from_the_command_line() -> None:
         }
     ]
     assert joke["status"] == "no_intent"
+
+
+def test_english_rows_come_from_the_english_templates_with_english_names() -> None:
+    from trainers.homeassistant import ha_rows
+
+    rows = ha_rows("en", per_intent=4, seed=5)
+    intents = language_intents("en")
+    named = [r for r in rows if r.intent is not None]
+    assert {r.intent for r in named} == set(intents)
+    for row in named:
+        assert set(row.slots) <= set(intents[row.intent].slots), row
+        assert not any("\u4e00" <= c <= "\u9fff" for c in row.text), row  # no Chinese names in English rows
+        assert "  " not in row.text
+    assert any(r.intent is None for r in rows)
+    with pytest.raises(Exception, match="built in: zh-CN, zh-TW, zh-HK and en"):
+        ha_rows("de", per_intent=1)

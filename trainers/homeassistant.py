@@ -136,6 +136,117 @@ _OUT_OF_SCOPE = (
 )
 
 
+@dataclass(frozen=True)
+class _Pools:
+    """The names, fillers and slips of one language's training rows."""
+
+    areas: Sequence[str]
+    floors: Sequence[str]
+    devices: Mapping[str, Sequence[str]]
+    name_prefixes: Sequence[str]
+    wildcards: Mapping[str, Sequence[str]]
+    prefixes: Sequence[str]
+    suffixes: Sequence[str]
+    slips: Mapping[str, str]  # what a speech recogniser hears instead (a character, or a word)
+    out_of_scope: Sequence[str]
+    space: str = ""  # between words: "" in Chinese, " " in English
+
+    def join(self, *words: str) -> str:
+        return self.space.join(w for w in words if w)
+
+
+_ZH = _Pools(_AREAS, _FLOORS, _DEVICES, _NAME_PREFIXES, _WILDCARDS, _PREFIXES, _SUFFIXES, _SLIPS, _OUT_OF_SCOPE)
+_EN = _Pools(
+    areas=(
+        "living room",
+        "kitchen",
+        "bedroom",
+        "master bedroom",
+        "guest room",
+        "office",
+        "study",
+        "bathroom",
+        "garage",
+        "garden",
+        "hallway",
+        "dining room",
+        "basement",
+        "attic",
+        "laundry room",
+        "nursery",
+        "kids room",
+        "porch",
+        "patio",
+        "den",
+    ),
+    floors=("first floor", "second floor", "ground floor", "upstairs", "downstairs", "top floor", "basement level"),
+    devices={
+        "light": (
+            "light",
+            "lamp",
+            "ceiling light",
+            "floor lamp",
+            "desk lamp",
+            "light strip",
+            "spotlights",
+            "chandelier",
+            "night light",
+        ),
+        "switch": ("plug", "outlet", "smart plug", "switch", "power strip"),
+        "fan": ("fan", "ceiling fan", "tower fan", "exhaust fan"),
+        "cover": ("curtains", "blinds", "shades", "garage door", "shutters", "skylight"),
+        "climate": ("thermostat", "air conditioner", "heater", "heat pump"),
+        "media_player": ("tv", "speaker", "soundbar", "stereo", "projector", "sonos", "homepod"),
+        "lock": ("front door lock", "back door lock", "lock", "smart lock"),
+        "valve": ("water valve", "gas valve", "main valve"),
+        "vacuum": ("robot vacuum", "roomba", "vacuum"),
+        "lawn_mower": ("lawn mower", "mower"),
+        "input_boolean": ("guest mode", "sleep mode", "away mode"),
+        "scene": ("movie night", "good morning", "dinner", "reading", "party", "relax"),
+        "script": ("good night", "leaving home", "water the plants"),
+        "todo": ("shopping list", "to do list", "grocery list", "chores"),
+        "weather": ("home", "london", "new york", "tokyo", "paris"),
+        "person": ("alice", "bob", "mom", "dad", "emma", "james", "grandma", "sarah"),
+        "binary_sensor": ("motion sensor", "door sensor", "window sensor", "smoke detector", "leak sensor"),
+        "sensor": ("outdoor temperature", "indoor humidity", "air quality", "power usage", "temperature sensor"),
+    },
+    name_prefixes=("left", "right", "main", "small", "big", "hue", "ikea", "smart", "new", "corner"),
+    wildcards={
+        "message": ("dinner is ready", "time for bed", "the package is here", "we are leaving", "guests are here"),
+        "shopping_list_item": ("milk", "eggs", "apples", "bread", "coffee", "paper towels", "yogurt", "rice"),
+        "todo_list_item": ("pay the bills", "call mom", "pick up the package", "wash the car", "walk the dog"),
+        "timer_name": ("pasta", "eggs", "pizza", "laundry", "nap", "oven", "tea"),
+        "timer_command": ("turn off the lights", "turn off the tv", "turn on the fan"),
+        "zone": ("home", "work", "school", "the gym", "the store"),
+        "search_query": ("jazz", "the news", "taylor swift", "podcasts"),
+    },
+    prefixes=("please", "hey,", "could you", "can you", "would you", "i want to", "quickly"),
+    suffixes=("please", "thanks", "now", "for me", "right now"),
+    slips={"light": "lite", "lights": "lice", "lamp": "lamb", "fan": "van", "kitchen": "chicken", "blinds": "blends"},
+    out_of_scope=(
+        "tell me a joke",
+        "what's your name",
+        "how is the stock market today",
+        "book a flight to paris",
+        "recommend a good movie",
+        "what is one plus one",
+        "i'm hungry",
+        "can you sing",
+        "what's the capital of france",
+        "translate thank you into spanish",
+        "what's in the news",
+        "write me a poem",
+        "how do i make pancakes",
+        "where should we go this weekend",
+        "are you a robot",
+        "order me a taxi",
+        "track my package",
+        "i want to learn french",
+    ),
+    space=" ",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class HaRow:
     """One training row: the utterance, the intent and its slots as Home Assistant takes them."""
@@ -170,10 +281,7 @@ def ha_rows(
     ``out_of_scope`` × ``per_intent`` × intents out-of-scope rows. ``styles`` is the share given
     fillers or slips."""
     language = package_language(language)
-    if not language.startswith("zh"):
-        raise ConfigError(
-            f"training data for {language} needs name pools in that language; Chinese (zh-CN, zh-TW, zh-HK) is built in"
-        )
+    pools = _pools(language)
     intents, _, _ = language_data(language)
     order = language_intents(language)
     rng = random.Random(seed)
@@ -188,20 +296,21 @@ def ha_rows(
             tries += 1
             item = rng.choice(intent.data)
             sentence = rng.choice(item.sentences)
-            walk = _Walk(rng, intents, {**intents.expansion_rules, **item.expansion_rules}, item, local)
+            walk = _Walk(rng, intents, {**intents.expansion_rules, **item.expansion_rules}, item, local, pools)
             text = walk.text(sentence.expression)
             if not text or "的的" in text or ("百分之" in text and "%" in text) or text in seen or walk.doubled(text):
                 continue
             slots = {**{k: v for k, v in item.slots.items()}, **walk.slots}
             ordered = {k: slots[k] for k in slots_order if k in slots}
+            text = " ".join(text.split()) if pools.space else text
             if rng.random() < styles:
-                text = _style(rng, text, walk.spoken_names, local)
+                text = _style(rng, text, walk.spoken_names, local, pools)
             seen.add(text)
             rows.append(HaRow(text, name, ordered))
             made += 1
     for _ in range(round(len(intents.intents) * per_intent * out_of_scope)):
-        text = local(rng.choice(_OUT_OF_SCOPE))
-        rows.append(HaRow(_style(rng, text, [], local) if rng.random() < styles else text, None, {}))
+        text = local(rng.choice(pools.out_of_scope))
+        rows.append(HaRow(_style(rng, text, [], local, pools) if rng.random() < styles else text, None, {}))
     rng.shuffle(rows)
     return rows
 
@@ -210,14 +319,21 @@ class _Walk:
     """One random expansion of a template, recording the slot values it chose."""
 
     def __init__(
-        self, rng: random.Random, intents: Any, rules: Mapping[str, Any], item: Any, local: Callable[[str], str]
+        self,
+        rng: random.Random,
+        intents: Any,
+        rules: Mapping[str, Any],
+        item: Any,
+        local: Callable[[str], str],
+        pools: _Pools,
     ) -> None:
-        self.rng, self.intents, self.rules, self.item, self.local = rng, intents, rules, item, local
+        self.rng, self.intents, self.rules, self.item, self.local, self.pools = rng, intents, rules, item, local, pools
         self.slots: dict[str, Any] = {}
         self.spoken_names: list[str] = []
-        self.area = local(rng.choice(_AREAS))
-        domains = (item.requires_context or {}).get("domain") or list(_DEVICES)
-        self.domains = [domains] if isinstance(domains, str) else [d for d in domains if d in _DEVICES] or ["light"]
+        self.area = local(rng.choice(pools.areas))
+        devices = pools.devices
+        domains = (item.requires_context or {}).get("domain") or list(devices)
+        self.domains = [domains] if isinstance(domains, str) else [d for d in domains if d in devices] or ["light"]
 
     def text(self, expression: Any) -> str:
         return "".join(self._expand(expression))
@@ -255,15 +371,16 @@ class _Walk:
         if list_name == "area":
             value = spoken = self.area
         elif list_name == "floor":
-            value = spoken = self.local(rng.choice(_FLOORS))
+            value = spoken = self.local(rng.choice(self.pools.floors))
         elif list_name == "name":
+            pools = self.pools
             domain = rng.choice(self.domains)
-            device = rng.choice(_DEVICES[domain])
+            device = rng.choice(pools.devices.get(domain) or pools.devices["light"])
             roll = rng.random() if domain not in ("scene", "script", "todo", "weather", "input_boolean", "person") else 1.0
-            if roll < 0.45:  # 书房台灯
-                device = rng.choice(_AREAS) + device
-            elif roll < 0.65:  # 左侧窗帘, 易来吸顶灯
-                device = rng.choice(_NAME_PREFIXES) + device
+            if roll < 0.45:  # 书房台灯, kitchen lamp
+                device = pools.join(rng.choice(pools.areas), device)
+            elif roll < 0.65:  # 左侧窗帘, 易来吸顶灯, hue lamp
+                device = pools.join(rng.choice(pools.name_prefixes), device)
             value = spoken = self.local(device)
             self.spoken_names.append(spoken)
         else:
@@ -273,14 +390,16 @@ class _Walk:
                 spoken = self.text(choice.text_in) if not isinstance(choice.text_in, str) else choice.text_in
                 value = choice.value_out if choice.value_out is not None else spoken
             elif isinstance(slot_list, RangeSlotList):
-                value, spoken = _number(rng, slot_list)
+                value, spoken = _number(rng, slot_list, chinese=not self.pools.space)
             else:  # a wildcard
-                value = spoken = self.local(rng.choice(_WILDCARDS.get(list_name, ("这个",))))
+                value = spoken = self.local(
+                    rng.choice(self.pools.wildcards.get(list_name, ("这个" if not self.pools.space else "it",)))
+                )
         self.slots[slot] = value
         return str(spoken)
 
 
-def _number(rng: random.Random, slot_list: Any) -> tuple[Any, str]:
+def _number(rng: random.Random, slot_list: Any, *, chinese: bool = True) -> tuple[Any, str]:
     import cn2an
 
     step = slot_list.step or 1
@@ -292,29 +411,41 @@ def _number(rng: random.Random, slot_list: Any) -> tuple[Any, str]:
         number += 0.5
     value = number * (slot_list.multiplier or 1)
     value = int(value) if float(value).is_integer() else value
-    spoken = cn2an.an2cn(str(number)) if rng.random() < 0.5 else f"{number:g}"
+    spoken = cn2an.an2cn(str(number)) if chinese and rng.random() < 0.5 else f"{number:g}"
     return value, spoken
 
 
-def _style(rng: random.Random, text: str, names: Sequence[str], local: Callable[[str], str]) -> str:
+def _style(rng: random.Random, text: str, names: Sequence[str], local: Callable[[str], str], pools: _Pools) -> str:
     roll = rng.random()
     if roll < 0.4:
-        text = local(rng.choice(_PREFIXES)) + text
+        text = pools.join(local(rng.choice(pools.prefixes)), text)
     elif roll < 0.7:
-        text = text + local(rng.choice(_SUFFIXES))
+        text = pools.join(text, local(rng.choice(pools.suffixes)))
     elif roll < 0.85:
-        text = local(rng.choice(_PREFIXES)) + text + local(rng.choice(_SUFFIXES))
+        text = pools.join(local(rng.choice(pools.prefixes)), text, local(rng.choice(pools.suffixes)))
     elif names:
         name = rng.choice(list(names))
-        slipped = "".join(_SLIPS.get(c, c) if rng.random() < 0.5 else c for c in name)
+        if pools.space:  # a word the recogniser heard as another
+            slipped = " ".join(pools.slips.get(w, w) if rng.random() < 0.6 else w for w in name.split())
+        else:
+            slipped = "".join(pools.slips.get(c, c) if rng.random() < 0.5 else c for c in name)
         text = text.replace(name, slipped, 1)
     return text
 
 
+def _pools(language: str) -> _Pools:
+    """The pools for an intents-package language: Chinese (zh-CN, zh-TW, zh-HK), English (en)."""
+    if language.startswith("zh"):
+        return _ZH
+    if language.split("-")[0] == "en":
+        return _EN
+    raise ConfigError(f"training data for {language} needs name pools in that language; built in: zh-CN, zh-TW, zh-HK and en")
+
+
 def _localiser(language: str) -> Callable[[str], str]:
-    """The pools are written in simplified characters; Taiwan's and Hong Kong's templates get
-    them in traditional ones (opencc), as their homes name things."""
-    if language == "zh-CN":
+    """The Chinese pools are written in simplified characters; Taiwan's and Hong Kong's templates
+    get them in traditional ones (opencc), as their homes name things."""
+    if not language.startswith("zh") or language == "zh-CN":
         return lambda text: text
     try:
         import opencc
