@@ -131,6 +131,8 @@ class IntentEventHandler(AsyncEventHandler):  # type: ignore[misc]
 
 
 def _failure(result: RouteResult) -> str:
+    if result.prompt:  # needs_input / needs_confirmation: the question is what to say
+        return result.prompt
     if result.status is Status.NO_INTENT:
         return "no_intent"
     return f"{result.status.value}: {result.error}" if result.error else result.status.value
