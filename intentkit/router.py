@@ -500,13 +500,19 @@ class Router:
             and generation.confidence < self.config.confidence_threshold
         )
         if len(calls) == 1 and len(errors) == 1 and isinstance(errors[0], ArgumentError) and errors[0].only_missing:
-            if low:
+            intent = self.registry.get(calls[0].name)
+            arguments = _named_arguments(intent, calls[0])
+            completed = self._resolved_partial(intent, arguments, result.text)
+            if completed is not None:  # the intent's resolve step found what was missing
+                result.calls.append(completed)
+                errors = []
+            elif low:
                 result.status = Status.LOW_CONFIDENCE
                 return None
-            result.status = Status.NEEDS_INPUT
-            result.missing = errors[0].missing
-            intent = self.registry.get(calls[0].name)
-            return intent.name, _named_arguments(intent, calls[0]), errors[0].missing
+            else:
+                result.status = Status.NEEDS_INPUT
+                result.missing = errors[0].missing
+                return intent.name, arguments, errors[0].missing
         if errors:
             result.status = Status.INVALID
             result.errors.extend(errors)
@@ -533,6 +539,17 @@ class Router:
                 "resolve step of %s failed (%s: %s); the call stands as the model gave it", spec.name, type(exc).__name__, exc
             )
             return bound
+
+    def _resolved_partial(self, spec: IntentSpec, arguments: dict[str, Any], text: str) -> BoundCall | None:
+        """The call ``arguments`` (missing a required value) make after the intent's resolve step,
+        if that step fills what is missing (a Home Assistant name the utterance says); else None."""
+        if spec.resolve is None:
+            return None
+        try:
+            filled = {k: v for k, v in spec.resolve(dict(arguments), text).items() if v is not None}
+            return spec.bind(Call(spec.name, (), filled), cutoff=self.config.choice_cutoff)
+        except Exception:  # still missing, or a resolve step that fails: ask for it
+            return None
 
     def _converse(self, turn: _Turn, text: str, session: Session | None) -> None:
         """The dialogue step, after the model. With a question pending: a new request (complete,

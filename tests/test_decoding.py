@@ -14,7 +14,8 @@ from intentkit.backends.decoding import ConstrainedDecoder, greedy_decode
 from intentkit.parser import parse_calls
 from intentkit.text import can_copy, word_boundaries
 
-MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather", "Nothing", " Fancy"]
+# "=-" is one token, as in gemma's vocabulary: a negative bare number opens with it.
+MERGED = ["()", '="', '")', '",', ", ", '", "', '"]', "_", "杭州", "明天", "六点", "music", "weather", "Nothing", " Fancy", "=-"]
 END = 0
 
 
@@ -28,7 +29,7 @@ class ScriptedModel:
         self.tokens: list[int] = []
         self.prompt_len = 0
         self.fed_batches: list[int] = []
-        for text in (answer, runner_up or ""):
+        for text in (answer, runner_up or "", "0123456789-."):
             self.tokenize(text)  # every token the script can prefer exists before any logits row
 
     @property
@@ -93,12 +94,13 @@ def set_alarm(time: str) -> None: ...
 def normalise_date(date: Annotated[str, Param(from_utterance=False)]) -> None: ...
 def match_query(name: list[str]) -> None: ...
 def listen(singer: list[str] | None = None, song: str | None = None) -> None: ...
+def volume(step: Annotated[int, Param(from_utterance=False)]) -> None: ...
 
 
 @pytest.fixture
 def catalog():
     registry = Registry()
-    for fn in (play_music, music_exit, weather_search, ac_set_mode, set_alarm, normalise_date, match_query, listen):
+    for fn in (play_music, music_exit, weather_search, ac_set_mode, set_alarm, normalise_date, match_query, listen, volume):
         registry.register(fn)
     return registry.catalog
 
@@ -124,6 +126,9 @@ def decode(catalog, answer: str, utterance: str, **kwargs):
         # a required value the user did not say: the empty call, for the router to ask for it
         ("set_alarm()", "帮我定个闹钟"),
         ("ac_set_mode()", "换个空调模式"),
+        # bare numbers, negative ones too (their minus may be merged into the "=" token)
+        ("volume(step=20)", "音量调高20"),
+        ("volume(step=-20)", "音量调低20"),
         ('match_query(name=["恒大", "鲁能"])', "恒大对鲁能谁赢了"),
         # a list parameter also takes one plain value, and a list may be followed by another parameter
         ('match_query(name="恒大")', "恒大昨天赢了吗"),

@@ -136,6 +136,8 @@ GROUNDED = Home(
         {"name": "天窗", "domain": "binary_sensor", "device_class": "window", "area": "卧室"},
         {"name": "床头灯", "domain": "light", "area": "卧室"},
         {"name": "窗户", "domain": "cover", "device_class": "window"},
+        {"name": "厨房灯", "domain": "light", "area": "厨房"},
+        {"name": "待办清单", "domain": "todo"},
     ],
 )
 
@@ -155,6 +157,14 @@ GROUNDED = Home(
         ("天窗是打开的吗", 'HassGetState(name="天窗", state="open")', {"name": "天窗", "state": "on"}),  # a sensor
         ("所有门都锁着吗", 'HassGetState(domain="lock", state="closed")', {"domain": "lock", "state": "locked"}),
         ("有灯开着吗", 'HassGetState(domain="light", state="on")', {"domain": "light", "state": "on"}),
+        # "are there any": a kind and an area, even where a device is called 厨房灯
+        (
+            "厨房灯有没有开着的",
+            'HassGetState(area="厨房", domain="light", state="on")',
+            {"area": "厨房", "domain": "light", "state": "on"},
+        ),
+        # a required name the model left out, which the utterance says: filled, not asked for
+        ("把苹果加到待办清单", 'HassListAddItem(item="苹果")', {"item": "苹果", "name": "待办清单"}),
     ],
 )
 def test_calls_are_grounded_in_the_home(text: str, answer: str, grounded: dict | None) -> None:

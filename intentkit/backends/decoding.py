@@ -44,8 +44,18 @@ __all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode", "reus
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
 # A bare number being written, and a finished one.
-_NUMBER_PREFIX = {"int": regex.compile(r"-?\d*"), "float": regex.compile(r"-?\d*\.?\d*")}
-_NUMBER = {"int": regex.compile(r"-?\d+"), "float": regex.compile(r"-?\d+(?:\.\d+)?")}
+_NUMBER_PREFIX = {
+    "int": regex.compile(r"-?\d*"),
+    "float": regex.compile(r"-?\d*\.?\d*"),
+    "-int": regex.compile(r"\d*"),  # after an opener that wrote the minus ("=-")
+    "-float": regex.compile(r"\d*\.?\d*"),
+}
+_NUMBER = {
+    "int": regex.compile(r"-?\d+"),
+    "float": regex.compile(r"-?\d+(?:\.\d+)?"),
+    "-int": regex.compile(r"\d+"),
+    "-float": regex.compile(r"\d+(?:\.\d+)?"),
+}
 
 
 class TokenModel(Protocol):
@@ -237,6 +247,8 @@ class ConstrainedDecoder:
                 budget = max_tokens - spent()
                 source = self._copy_source(utterance) if param.from_utterance else None
                 numeric = (param.kind if param.kind in ("int", "float") else "int") if option.bare else None
+                if numeric is not None and option.text.endswith("-"):
+                    numeric = "-" + numeric
                 value, p, option = self._value(cursor, closers, source, budget, numeric=numeric)
                 value_text = value.decode("utf-8", errors="replace") + option.text
             key = param.name
@@ -427,12 +439,14 @@ def _openers(param: ParamSpec) -> list[tuple[str, bool, bool]]:
     case in the datasets); a text parameter with ``numbers`` a bare number too."""
     if param.kind == "bool":
         return [(f"{param.name}=", False, False)]
+    # A negative number opens with "=-": tokenizers merge the two (gemma's "=-" is one token), so
+    # "=" followed by "-" is a spelling the model never saw and would not write.
     if _bare_number(param):
-        return [(f"{param.name}=", False, True)]
+        return [(f"{param.name}=", False, True), (f"{param.name}=-", False, True)]
     if param.kind == "list":
         return [(f'{param.name}="', False, False), (f'{param.name}=["', True, False)]
     if param.kind == "str" and param.numbers:
-        return [(f'{param.name}="', False, False), (f"{param.name}=", False, True)]
+        return [(f'{param.name}="', False, False), (f"{param.name}=", False, True), (f"{param.name}=-", False, True)]
     return [(f'{param.name}="', False, False)]
 
 

@@ -41,7 +41,9 @@ _DOMAIN_WORDS: dict[str, tuple[str, ...]] = {
     "valve": ("阀门", "水阀"),
     "vacuum": ("扫地机器人", "扫地机"),
 }
-_EVERY = ("所有", "全部", "全屋", "每个", "每一个", "都")
+# Words that make a request about every device of a kind, or ask whether there is any: the
+# devices the utterance names are then a kind and an area ("厨房灯有没有开着的"), not one device.
+_EVERY = ("所有", "全部", "全屋", "每个", "每一个", "都", "有没有", "哪些", "哪个", "多少", "几个", "有几")
 Resolve = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
