@@ -15,7 +15,17 @@ from typing import Any
 import regex
 from rapidfuzz import fuzz
 
-__all__ = ["ChoiceMatch", "fold", "match_choice", "pinyin_of", "prepare_numerals", "to_bool", "to_float", "to_int"]
+__all__ = [
+    "ChoiceMatch",
+    "fold",
+    "match_choice",
+    "pinyin_of",
+    "prepare_numerals",
+    "script_variants",
+    "to_bool",
+    "to_float",
+    "to_int",
+]
 
 _CN_NUMERAL = regex.compile(r"[负正]?[零〇一二两三四五六七八九十百千万亿点壹贰叁肆伍陆柒捌玖拾佰仟]+")
 _HAN = regex.compile(r"\p{Han}")
@@ -126,6 +136,31 @@ def _t2s() -> Any:
     return opencc.OpenCC("t2s")
 
 
+@lru_cache(maxsize=1)
+def _to_traditional() -> tuple[Any, ...]:
+    """opencc's converters to traditional characters: generic, Taiwan's and Hong Kong's forms."""
+    try:
+        import opencc
+    except ImportError:
+        return ()
+    return tuple(opencc.OpenCC(config) for config in ("s2t", "s2tw", "s2hk"))
+
+
+def script_variants(text: str) -> list[str]:
+    """``text`` in simplified and in traditional characters (客厅, 客廳), where they differ and
+    opencc is installed: the forms a name may be written in, e.g. for a trie of choices that a
+    model copies from an utterance in either script."""
+    if not _HAN.search(text):
+        return []
+    found = []
+    for converter in (_t2s(), *_to_traditional()):
+        if converter is not None:
+            other = converter.convert(text)
+            if other != text and other not in found:
+                found.append(other)
+    return found
+
+
 def fold(text: str) -> str:
     """``text`` as names are compared: NFKC, case-folded, in simplified characters (客廳 → 客厅)."""
     folded = unicodedata.normalize("NFKC", text).strip().casefold()
@@ -170,7 +205,9 @@ def match_choice(value: str, choices: Sequence[str], cutoff: float) -> ChoiceMat
     if not scored:
         return ChoiceMatch(None, 0.0)
     best_score, best = scored[0]
-    runner_up = scored[1] if len(scored) > 1 else None
+    # Script variants of one name (床头灯, 床頭燈) are the same choice, not a tie.
+    others = [(score, c) for score, c in scored[1:] if _simplified(c.casefold()) != _simplified(best.casefold())]
+    runner_up = others[0] if others else None
     if best_score < cutoff or (runner_up is not None and runner_up[0] == best_score):
         return ChoiceMatch(None, best_score, best)
     return ChoiceMatch(best, best_score, runner_up[1] if runner_up else None)

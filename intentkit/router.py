@@ -499,7 +499,8 @@ class Router:
             and generation.confidence is not None
             and generation.confidence < self.config.confidence_threshold
         )
-        if len(calls) == 1 and len(errors) == 1 and isinstance(errors[0], ArgumentError) and errors[0].only_missing:
+        lacking = errors[0] if len(calls) == 1 and len(errors) == 1 else None
+        if isinstance(lacking, ArgumentError) and lacking.only_missing:
             intent = self.registry.get(calls[0].name)
             arguments = _named_arguments(intent, calls[0])
             completed = self._resolved_partial(intent, arguments, result.text)
@@ -511,8 +512,8 @@ class Router:
                 return None
             else:
                 result.status = Status.NEEDS_INPUT
-                result.missing = errors[0].missing
-                return intent.name, arguments, errors[0].missing
+                result.missing = lacking.missing
+                return intent.name, arguments, lacking.missing
         if errors:
             result.status = Status.INVALID
             result.errors.extend(errors)

@@ -368,3 +368,9 @@ def test_english_rows_come_from_the_english_templates_with_english_names() -> No
     assert any(r.intent is None for r in rows)
     with pytest.raises(Exception, match="built in: zh-CN, zh-TW, zh-HK and en"):
         ha_rows("de", per_intent=1)
+
+
+def test_names_match_in_either_script() -> None:
+    home = Home(areas=["客厅"], entities=[{"name": "床头灯", "domain": "light", "area": "客厅"}])
+    assert home.area_names["客廳"] == "客厅" and home.entity_names["床頭燈"] == "床头灯"
+    assert home.area_names["客厅"] == "客厅"  # the names themselves stay first

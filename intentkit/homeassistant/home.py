@@ -141,11 +141,20 @@ class Home(pydantic.BaseModel):
         return path
 
     def name_choices(self, items: Iterable[_Named]) -> dict[str, str]:
-        """Spoken form → canonical name, for a slot's choices (aliases map to their name)."""
+        """Spoken form → canonical name, for a slot's choices: aliases map to their name, and so do
+        a Chinese name's simplified and traditional forms (客廳 → 客厅), which a model copies from
+        the utterance as written."""
+        from ..coerce import script_variants
+
+        items = list(items)
         choices: dict[str, str] = {}
         for item in items:
             for spoken in item.spoken:
                 choices.setdefault(spoken, item.name)
+        for item in items:  # after every real name, so that a variant never shadows one
+            for spoken in item.spoken:
+                for variant in script_variants(spoken):
+                    choices.setdefault(variant, item.name)
         return choices
 
     @property
