@@ -75,6 +75,7 @@ _CANCELS = ("算了", "取消", "不用了", "算了吧", "never mind")
 _CONFIRM = ("给舅舅打个电话", "打电话给赵老师", "帮我呼叫小李", "给表哥打电话", "打给孙阿姨")
 _CONFIRMED = ("舅舅", "赵老师", "小李", "表哥", "孙阿姨")
 _YES = ("好的", "是的", "确认", "可以", "对")
+_CONFIRMED_INTENTS = {"call_contact"}  # the benchmark's router asks before calling anyone
 _NO = ("不用了", "不要", "取消")
 
 
@@ -86,7 +87,8 @@ def dialogues() -> list[Dialogue]:
             value = values[i % len(values)]
             reply = _REPLIES[(i + len(intent)) % len(_REPLIES)].format(v=value)
             expected = call.format(v=value, n=_NUMBERS.get(value, value))
-            out.append(Dialogue("ask+answer", (requests[i % len(requests)], reply), (expected,)))
+            yes = (_YES[i % len(_YES)],) if intent in _CONFIRMED_INTENTS else ()  # it then asks for a yes
+            out.append(Dialogue("ask+answer", (requests[i % len(requests)], reply, *yes), (expected,)))
         out.append(Dialogue("ask+cancel", (requests[1], _CANCELS[len(out) % len(_CANCELS)]), ()))
         out.append(Dialogue("ask+cancel", (requests[2], _CANCELS[(len(out) + 2) % len(_CANCELS)]), ()))
         for j in range(2):
@@ -94,7 +96,8 @@ def dialogues() -> list[Dialogue]:
             out.append(Dialogue("ask+switch", (requests[3 - j], text), (switched,)))
         value = values[3]
         expected = call.format(v=value, n=_NUMBERS.get(value, value))
-        out.append(Dialogue("ask+unclear+answer", (requests[0], "嗯", value), (expected,)))
+        yes = ("好的",) if intent in _CONFIRMED_INTENTS else ()
+        out.append(Dialogue("ask+unclear+answer", (requests[0], "嗯", value, *yes), (expected,)))
     for i, (text, contact) in enumerate(zip(_CONFIRM, _CONFIRMED, strict=True)):
         out.append(Dialogue("confirm+yes", (text, _YES[i]), (f'call_contact(contact="{contact}")',)))
         out.append(Dialogue("confirm+yes", (text, _YES[(i + 2) % len(_YES)]), (f'call_contact(contact="{contact}")',)))

@@ -367,6 +367,14 @@ class Router:
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
             turn.partial = self._interpret(result, generation)
+            alone = self._alone_request(turn)
+            if alone is not None:  # the reply said nothing for the question: is it a new request?
+                assert self.backend is not None
+                try:
+                    generation = self.backend.generate(alone)
+                except Exception as exc:
+                    generation = _backend_failure(exc)
+                self._interpret_alone(turn, generation)
         self._converse(turn, text, session)
         if dispatch and result.status is Status.OK:
             self._dispatch(result)
@@ -389,6 +397,13 @@ class Router:
                 generation = _backend_failure(exc)
             result.timings.model_ms = _ms(t)
             turn.partial = self._interpret(result, generation)
+            alone = self._alone_request(turn)
+            if alone is not None:
+                try:
+                    generation = await self.backend.agenerate(alone)
+                except Exception as exc:
+                    generation = _backend_failure(exc)
+                self._interpret_alone(turn, generation)
         self._converse(turn, text, session)
         if dispatch and result.status is Status.OK:
             await self._adispatch(result)
@@ -540,6 +555,39 @@ class Router:
                 "resolve step of %s failed (%s: %s); the call stands as the model gave it", spec.name, type(exc).__name__, exc
             )
             return bound
+
+    def _alone_request(self, turn: _Turn) -> GenerateRequest | None:
+        """The reply to a question on its own, for the model, when the model given the dialogue's
+        turns neither completed the pending call (nor moved it on) nor switched to another
+        request: the user may have changed the subject ("下一首" while asked for a time)."""
+        pending, result = turn.pending, turn.result
+        if pending is None or pending.call is not None or turn.request is None:
+            return None
+        if result.status is Status.OK or result.status is Status.BACKEND_ERROR:
+            return None
+        if turn.partial is not None and (
+            turn.partial[0] != pending.intent
+            or any(k not in pending.arguments for k, v in turn.partial[1].items() if v is not None)
+        ):
+            return None
+        return GenerateRequest(result.text, self.registry.catalog, self.prompt, self.config.max_tokens)
+
+    def _interpret_alone(self, turn: _Turn, generation: Generation | BackendError) -> None:
+        """Take the reply-on-its-own answer when it is a request for another intent (complete, or
+        incomplete): that request replaces the pending one."""
+        assert turn.pending is not None
+        alone = RouteResult(text=turn.result.text, status=Status.NO_INTENT, path=RoutePath.MODEL)
+        partial = self._interpret(alone, generation)
+        other = (alone.status is Status.OK and all(c.name != turn.pending.intent for c in alone.calls)) or (
+            partial is not None and partial[0] != turn.pending.intent
+        )
+        if not other:
+            return
+        result = turn.result
+        result.status, result.calls, result.errors, result.missing = alone.status, alone.calls, alone.errors, alone.missing
+        result.raw_output, result.confidence, result.intent_scores = alone.raw_output, alone.confidence, alone.intent_scores
+        result.argument_confidence, result.scope, result.model_input = alone.argument_confidence, alone.scope, result.text
+        turn.partial = partial
 
     def _resolved_partial(self, spec: IntentSpec, arguments: dict[str, Any], text: str) -> BoundCall | None:
         """The call ``arguments`` (missing a required value) make after the intent's resolve step,

@@ -166,6 +166,18 @@ def test_a_new_complete_request_replaces_the_pending_one_and_runs() -> None:
     assert session.pending is None
 
 
+def test_a_new_request_the_model_only_sees_on_its_own_replaces_the_pending_one() -> None:
+    # with the dialogue's turns the model still answers the pending intent; the reply alone is
+    # another request, and it is not read as the missing value ("放首歌" is no city)
+    script = {"查天气": "weather_search()", "查天气。放首歌。": "weather_search()", "放首歌": "play_music()"}
+    router, log = make_router(script)
+    session = router.session()
+    router.handle("查天气", session=session)
+    result = router.handle("放首歌", session=session)
+    assert result.status == "ok" and result.intent == "play_music" and log == [("play_music",)]
+    assert session.pending is None
+
+
 def test_a_new_incomplete_request_replaces_the_pending_one() -> None:
     router, _ = make_router({"查天气": "weather_search()", "查天气。开空调。": "ac_set()"})
     session = router.session()
