@@ -108,8 +108,10 @@ class PromptFormat:
         it) that renders exactly :meth:`render`'s text: the system message (this format's system
         prompt, or the intents listed for ``catalog``, where the messages bring none), the user
         turns joined as :meth:`join_turns` joins them, and the generation prompt. Assistant turns
-        are left out: the model was trained on the user's turns alone. Every GGUF intentkit writes
-        carries it, so that a third-party server renders the prompt the model was trained on."""
+        are left out: the model was trained on the user's turns alone. The text opens with the
+        renderer's ``bos_token``, as Hugging Face templates do, for the servers that tokenize a
+        rendered chat without adding it (llama-cpp-python). Every GGUF intentkit writes carries
+        it, so that a third-party server renders the prompt the model was trained on."""
         start, end = TEMPLATES[self.template][0].split("{user}")
         head, between = start.split("{system}")
         answer_start = end.split(self.answer_end, 1)[1]
@@ -126,6 +128,7 @@ class PromptFormat:
             "{%- elif message['role'] == 'user' and message['content'] | trim -%}"
             "{%- set ns.users = ns.users + [message['content'] | trim] -%}"
             "{%- endif -%}{%- endfor -%}"
+            "{{- bos_token if bos_token is defined else '' -}}"
             "{{- " + literal(head) + " + ns.system + " + literal(between) + " -}}"
             "{%- if ns.users | length == 1 -%}{{- ns.users[0] -}}"
             "{%- else -%}{%- for turn in ns.users -%}{{- turn -}}"

@@ -80,3 +80,5 @@ def test_the_chat_template_renders_the_prompt_byte_for_byte(template: str, turns
         assert rendered.render(messages=assistant, add_generation_prompt=True) == expected  # the model sees user turns
         without = rendered.render(messages=users, add_generation_prompt=False)
         assert without == expected[: expected.rindex(fmt.answer_end)] + fmt.answer_end
+        # the renderer's BOS text first, as HF templates write it (the trainer's tokenizer adds the token)
+        assert rendered.render(messages=users, add_generation_prompt=True, bos_token="<bos>") == "<bos>" + expected

@@ -141,7 +141,7 @@ def test_hf_merged_checkpoint_renders_and_stops_as_trained(demo_dir, fresh_base,
     tokenizer = AutoTokenizer.from_pretrained(out)
     messages = [{"role": "system", "content": prompt.system()}, {"role": "user", "content": "帮我查一下杭州明天的天气"}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == prompt.render("帮我查一下杭州明天的天气")  # what vLLM and TGI render
+    assert text == tokenizer.bos_token + prompt.render("帮我查一下杭州明天的天气")  # what vLLM and TGI render
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in model.generation_config.eos_token_id
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids

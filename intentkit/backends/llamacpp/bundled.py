@@ -114,7 +114,7 @@ def merged_model_path(base: Path, adapter: Path, *, scale: float = 1.0, prompt: 
 
 
 def _described(prompt: PromptFormat | None) -> bytes:
-    return b"" if prompt is None else f"chat-template-1:{prompt.fingerprint}".encode()
+    return b"" if prompt is None else f"chat-template-2:{prompt.fingerprint}".encode()
 
 
 def _identity(base: Path) -> bytes:
