@@ -4,8 +4,9 @@ A session holds the conversation. A request missing a value (``帮我定个闹�
 router answers ``needs_input`` with the question to say (``闹钟定在几点？``), and the next turn
 fills it. Calling someone waits for a yes (``needs_confirmation``). "算了" calls off what is
 pending. Answers below the confidence threshold are not executed (``low_confidence``: ask again
-rather than guess), and out-of-scope turns go to the fallback handler. A follow-up like "那放稻香吧"
-after "我想听歌" reaches the model with its context. ``python examples/voice_assistant.py``
+rather than guess), and out-of-scope turns go to the fallback handler. A turn that did not
+resolve is joined with the next one (the seed recipe's multi-turn format); a request that ran is
+no context for the next. ``python examples/voice_assistant.py``
 """
 
 from __future__ import annotations

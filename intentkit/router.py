@@ -754,7 +754,11 @@ class Router:
         result = turn.result
         result.timings.total_ms = _ms(start)
         if session is not None:
-            session.record(text, result, pending=turn.after, closes=turn.pending is not None and turn.after is None)
+            # A request that ran, or a dialogue that ended, is no context for the next one: the
+            # seed recipe joins a turn with earlier ones that did not resolve ("我想听歌" asked
+            # back "什么歌？", then "那放稻香吧").
+            done = result.status in (Status.OK, Status.CANCELLED, Status.HANDLER_ERROR)
+            session.record(text, result, pending=turn.after, closes=done or (turn.pending is not None and turn.after is None))
         logger.debug("routed %r -> %s %s", text, result.status.value, [c.name for c in result.calls])
         return result
 

@@ -44,7 +44,8 @@ def test_smart_home_example(capsys: pytest.CaptureFixture[str]) -> None:
 def test_voice_assistant_example(capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("voice_assistant.py", capsys)
     assert "这个我还不会" in out  # the fallback answered the chit-chat
-    assert "模型输入: 我想听歌。那放稻香吧。" in out  # the session joined the turns
+    assert "模型输入: 你好呀。太吵了，把声音开小一点。" in out  # joined with the turn that did not resolve
+    assert "模型输入: 帮我定个闹钟\n" in out  # not with the request that ran before it
     assert "(needs_input)  助手: 闹钟定在几点？" in out  # asked for the missing value
     assert 'set_alarm(time="明天早上七点") (ok)' in out  # and the reply filled it
     assert "(needs_confirmation)  助手: 确定要打电话（妈妈）吗？" in out

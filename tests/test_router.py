@@ -194,14 +194,16 @@ def test_fast_path_can_be_turned_off() -> None:
 
 
 def test_session_joins_turns_like_the_seed_recipe() -> None:
-    router, _ = make_router(lambda r: "play_music(singer=周杰伦)" if "周杰伦" in r.text else "play_music()", fast_path=False)
+    # the seed's multi-turn rows join a request that did not resolve with the answer that follows
+    script = {"我想听": "no_intent()", "我想听。给我放个周杰伦的音乐吧。": "play_music(singer=周杰伦)"}
+    router, _ = make_router(lambda r: script.get(r.text, "volume_down()"), fast_path=False)
     session = router.session(max_turns=2)
-    router.handle("我想听音乐", session=session)
+    router.handle("我想听", session=session)
     result = router.handle("给我放个周杰伦的音乐吧", session=session)
-    assert result.model_input == "我想听音乐。给我放个周杰伦的音乐吧。"
+    assert result.model_input == "我想听。给我放个周杰伦的音乐吧。"
     assert result.calls[0].arguments["singer"] == "周杰伦"
     third = router.handle("声音小一点吧", session=session)
-    assert third.model_input == "给我放个周杰伦的音乐吧。声音小一点吧。"
+    assert third.model_input == "声音小一点吧"  # the request before it ran: no context any more
     assert len(session.history) == 2
     session.reset()
     assert router.handle("你好", session=session).model_input == "你好"
