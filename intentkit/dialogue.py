@@ -98,10 +98,6 @@ class Pending:
     prompt: str = ""
     since: float = field(default_factory=time.monotonic)
 
-    @property
-    def confirming(self) -> bool:
-        return self.call is not None
-
 
 def _normalised(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).lower().translate(_TRADITIONAL)
