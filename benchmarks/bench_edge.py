@@ -7,7 +7,9 @@
 Each mode runs in its own process (so peak RSS and cold start are its own):
 
 - ``router``: ``Router.handle`` with :class:`LlamaCppBackend` (prefix cache, constrained decoding,
-  and the out-of-scope detector when the adapter's directory has ``scope.npz``; ``--no-scope``);
+  drafted calls when the adapter's directory has ``drafts.jsonl`` or ``--drafts`` names one, and
+  the out-of-scope detector when it has ``scope.npz``; ``--no-scope``);
+- ``stepwise``: ``router`` without drafts: every decision after the prompt is its own evaluation;
 - ``greedy``: the same backend with ``constrained=False`` (unconstrained greedy, prefix cache);
 - ``naive``: llama-cpp-python ``Llama.create_completion`` with the same model, adapter and prompt,
   greedy, stopping at the end-of-turn marker;
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("router", "greedy", "naive", "naive-lora", "gbnf")
+MODES = ("router", "stepwise", "greedy", "naive", "naive-lora", "gbnf")
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -93,7 +95,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     registry = _registry(args)
     prompt_ms: list[float] = []
     started = time.perf_counter()
-    if args.mode in ("router", "greedy"):
+    evaluations: list[int] = []
+    if args.mode in ("router", "stepwise", "greedy"):
         from intentkit.backends.llamacpp import LlamaCppBackend
 
         backend = LlamaCppBackend(
@@ -101,9 +104,10 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
             adapter=lora,
             model_dir=model_dir,
             n_threads=args.threads,
-            constrained=args.mode == "router",
+            constrained=args.mode != "greedy",
             merge_adapter=args.merge,
             scope="auto" if args.scope else None,
+            drafts=(args.drafts or "auto") if args.mode == "router" else None,
         )
         router = Router(backend, registry=registry, fast_path=False)
         generate = backend.generate
@@ -111,6 +115,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         def timed_generate(request: Any) -> Generation:  # keeps the prompt-evaluation share of each request
             generation = generate(request)
             prompt_ms.append(generation.info["prompt_ms"])
+            evaluations.append(generation.info.get("evaluations", 0))
             return generation
 
         backend.generate = timed_generate  # type: ignore[method-assign]
@@ -151,8 +156,10 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "ece": report.ece,
         "peak_rss_mb": _peak_rss_mb(),
         "cold_start_s": cold_start,
-        # Evaluating the prompt's new tokens (the utterance and the turn markers), which every recipe pays.
+        # Evaluating the prompt's new tokens (the utterance and the turn markers), which every recipe
+        # pays; in ``router`` mode with a drafted call's tokens in the same batch.
         "prompt_p50_ms": statistics.median(prompt_ms[1:]) if len(prompt_ms) > 1 else None,
+        "evaluations_mean": statistics.mean(evaluations[1:]) if len(evaluations) > 1 else None,
         "errors": report.errors[:20],
     }
 
@@ -179,6 +186,7 @@ def main() -> None:
         default=True,
         help="router/greedy: use the adapter directory's out-of-scope detector (scope.npz) when it has one (default)",
     )
+    parser.add_argument("--drafts", help="router: draft calls from this drafts.jsonl (default: the adapter directory's)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,7 +199,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--mode", mode, "--data", args.data, "--threads", str(args.threads)]
         command.append("--merge" if args.merge else "--no-merge")
         command.append("--scope" if args.scope else "--no-scope")
-        for flag in ("base", "adapter", "registry_from", "limit"):
+        for flag in ("base", "adapter", "registry_from", "limit", "drafts"):
             if getattr(args, flag):
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -214,7 +222,14 @@ def main() -> None:
     for mode, r in results.items():
         if r.get("prompt_p50_ms") is not None:
             share = f" = {r['prompt_p50_ms'] / naive:.2f} × naive p50" if naive else ""
-            print(f"{mode}: prompt evaluation alone p50 {r['prompt_p50_ms']:.1f} ms{share}")
+            print(
+                f"{mode}: prompt evaluation p50 {r['prompt_p50_ms']:.1f} ms{share}; "
+                f"{r['evaluations_mean']:.2f} evaluations after it per request"
+            )
+    floor = results.get("stepwise", {}).get("prompt_p50_ms")  # the prompt alone, no draft in its batch
+    for mode in ("router", "stepwise"):
+        if floor and mode in results:
+            print(f"{mode}: p50 = {results[mode]['p50_ms'] / floor:.2f} × the prompt's own evaluation (stepwise prompt p50)")
     if args.out:
         Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
 

@@ -54,14 +54,12 @@ def home_of(fixture: dict[str, Any], language: str) -> Any:
     return Home(language=language, areas=areas, floors=sorted(floors), entities=entities)
 
 
-def intentkit_predictor(model: Path | None, language: str) -> Predict:
+def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True) -> Predict:
     from intentkit import Router
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.homeassistant import registry_for, slot_values
 
-    backend = (
-        LlamaCppBackend.from_model_dir(model) if model else LlamaCppBackend.from_model_dir(ROOT / "models" / "home-assistant")
-    )
+    backend = LlamaCppBackend.from_model_dir(model or ROOT / "models" / "home-assistant", drafts="auto" if drafts else None)
     routers: dict[str, Any] = {}
 
     def predict(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -168,6 +166,12 @@ def main() -> None:
     parser.add_argument("--only", choices=["intentkit", "hassil"], help="one recognizer only")
     parser.add_argument("--out", type=Path, help="write the report as JSON")
     parser.add_argument("--examples", type=int, default=40, help="failures kept in the report (default 40)")
+    parser.add_argument(
+        "--drafts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draft calls from the model directory's drafts.jsonl (default; --no-drafts: decode step by step)",
+    )
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = rows[: args.limit or None]
@@ -175,7 +179,9 @@ def main() -> None:
     if args.only in (None, "hassil"):
         report["hassil"] = score(rows, hassil_predictor(args.language), examples_kept=args.examples)
     if args.only in (None, "intentkit"):
-        report["intentkit"] = score(rows, intentkit_predictor(args.model, args.language), examples_kept=args.examples)
+        report["intentkit"] = score(
+            rows, intentkit_predictor(args.model, args.language, drafts=args.drafts), examples_kept=args.examples
+        )
     for name, figures in report.items():
         print(
             f"{name:9s} {figures['rows']} rows: intent {figures['intent_accuracy']:.2%}, exact slots "

@@ -327,6 +327,9 @@ def train(
         typer.Option(help="utterance | as_given: train on answers whose keyword arguments follow the utterance's order"),
     ] = _default("argument_order"),
     export: Annotated[bool, typer.Option(help="also write adapter.gguf for llama.cpp")] = True,
+    trim_vocabulary: Annotated[
+        bool, typer.Option(help="write keep_tokens.npy: the deployment runs on the data's vocabulary (GGUF bases)")
+    ] = True,
     scope: Annotated[
         bool | None,
         typer.Option(help="fit the out-of-scope detector after export (default: when the data has no out-of-scope rows)"),
@@ -341,7 +344,9 @@ def train(
     records = load_records(data)
     dev_records = load_records(dev) if dev else []
     try:
-        built = build_model(records, out, config, dev=dev_records, export=export, scope=scope, say=typer.echo)
+        built = build_model(
+            records, out, config, dev=dev_records, export=export, trim_vocabulary=trim_vocabulary, scope=scope, say=typer.echo
+        )
     except KeyboardInterrupt as stopped:
         typer.secho(f"interrupted: {stopped}" if str(stopped) else "interrupted", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from intentkit import Param, Registry
-from intentkit.backends.decoding import ConstrainedDecoder, greedy_decode
+from intentkit.backends.decoding import ConstrainedDecoder, DraftedModel, greedy_decode
+from intentkit.drafts import Draft
 from intentkit.parser import parse_calls
 from intentkit.text import can_copy, word_boundaries
 
@@ -81,9 +82,12 @@ class ScriptedModel:
         del self.tokens[n_tokens:]
 
     def start(self, prompt: str) -> np.ndarray:
-        self.tokens = self.tokenize(prompt)
+        return self.prefill(self.tokenize(prompt))[0]
+
+    def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        self.tokens = list(tokens)
         self.prompt_len = len(self.tokens)
-        return self._logits(len(self.tokens))
+        return self._logits(len(self.tokens)), 0
 
 
 def play_music() -> None: ...
@@ -319,3 +323,76 @@ def test_max_tokens_counts_tokens_not_characters(catalog):
     assert tokens < len(answer) - 10  # 杭州 and 明天 are one token each
     decoded = ConstrainedDecoder(model, catalog).decode(model.start(f"<prompt>{utterance}<answer>"), utterance, max_tokens=tokens)
     assert decoded.text == answer
+
+
+# ---------------------------------------------------------------- drafted calls
+
+
+def drafted_decode(catalog, answer: str, utterance: str, draft: Draft):
+    model = ScriptedModel(answer)
+    drafted = DraftedModel(model)
+    decoder = ConstrainedDecoder(drafted, catalog)
+    # The scripted vocabulary grows as texts are tokenized: a plain decode first completes it, so
+    # that rows kept from the draft's batch are as wide as later ones.
+    decoder.decode(drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"))[0], utterance)
+    tokens = decoder.draft_tokens(draft, utterance)
+    logits, _ = drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"), draft=tokens)
+    before = drafted.evaluations
+    decoded = decoder.decode(logits, utterance)
+    drafted.settle()
+    return decoded, drafted.evaluations - before, model, tokens
+
+
+@pytest.mark.parametrize(
+    ("answer", "utterance"),
+    [
+        ("play_music()", "我想听音乐"),
+        ("no_intent()", "讲个笑话"),
+        ('weather_search(city="杭州", date="明天")', "帮我查杭州明天的天气"),
+        ('ac_set_mode(mode="制冷")', "空调开制冷"),
+        ('set_alarm(time="明天早上六点半")', "明天早上六点半叫我"),
+        ("volume(step=-20)", "音量调低20"),
+    ],
+)
+def test_a_right_draft_answers_every_decision_without_evaluating(catalog, answer, utterance):
+    call = parse_calls(answer)[0]
+    decoded, evaluations, _, tokens = drafted_decode(catalog, answer, utterance, Draft(call.name, tuple(call.kwargs.items())))
+    assert decoded.text == answer
+    assert evaluations == 0
+
+
+@pytest.mark.parametrize(
+    "draft",
+    [
+        Draft("music_exit"),
+        Draft("weather_search", (("city", "北京"),)),  # not in the utterance: drafted up to its opener
+        Draft("weather_search", (("date", "明天"), ("city", "杭州"))),  # another order
+        Draft("ac_set_mode", (("mode", "送风"),)),  # not a declared choice
+        Draft("not_registered"),
+    ],
+)
+def test_a_wrong_draft_leaves_the_answer_and_the_cache_as_without_one(catalog, draft):
+    answer, utterance = 'weather_search(city="杭州", date="明天")', "帮我查杭州明天的天气"
+    decoded, _, model, _ = drafted_decode(catalog, answer, utterance, draft)
+    plain, _ = decode(catalog, answer, utterance)
+    assert decoded.text == plain.text == answer
+    said = b"".join(model.pieces[t] for t in model.tokens[model.prompt_len :]).decode()
+    assert answer.startswith(said)  # nothing of the rejected draft is left behind
+
+
+def test_a_draft_ends_at_its_last_decision(catalog):
+    decoder = ConstrainedDecoder(ScriptedModel("play_music()"), catalog)
+    text = lambda tokens: b"".join(decoder.model.piece(t) for t in tokens).decode()  # noqa: E731
+    assert decoder.draft_tokens(Draft("play_music"), "放歌") == []  # decided at its first token: the rest is forced
+    # The value is decided token by token and where it ends; which closer follows is decided at its first token.
+    assert text(decoder.draft_tokens(Draft("set_alarm", (("time", "六点"),)), "六点叫我")) == 'set_alarm(time="六点'
+    both = decoder.draft_tokens(Draft("weather_search", (("city", "杭州"), ("date", "明天"))), "杭州明天天气")
+    assert text(both) == 'weather_search(city="杭州", date="明天'
+
+
+def test_draft_tokens_stop_at_what_they_cannot_vouch_for(catalog):
+    decoder = ConstrainedDecoder(ScriptedModel("play_music()"), catalog)
+    opener = decoder.draft_tokens(Draft("weather_search", (("city", None),)), "查天气")
+    assert b"".join(decoder.model.piece(t) for t in opener) == b'weather_search(city="'
+    assert decoder.draft_tokens(Draft("weather_search", (("nowhere", "x"),)), "查天气") == []
+    assert decoder.draft_tokens(Draft("match_query", (("name", ["a"]),)), "a") == []

@@ -86,6 +86,28 @@ def test_constrained_matches_unconstrained_greedy_on_dev():
     assert agree / len(records) >= 0.9
 
 
+def test_drafted_calls_answer_as_step_by_step_decoding_with_fewer_evaluations(router):
+    from trainers.data import load_records
+
+    records = load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::4]
+    backend, catalog = router.backend, router.registry.catalog
+    drafts = backend.drafts
+    assert drafts is not None and len(drafts) > 2000  # models/smart-home/drafts.jsonl
+
+    def run() -> list:
+        return [backend.generate(GenerateRequest(r.instruction, catalog, router.prompt)) for r in records]
+
+    drafted = run()
+    backend.set_drafts(None)
+    try:
+        stepwise = run()
+    finally:
+        backend.set_drafts(drafts)
+    assert [g.text for g in drafted] == [g.text for g in stepwise]
+    assert sum(g.info.get("draft_accepted", 0) for g in drafted) > 0
+    assert sum(g.info["evaluations"] for g in drafted) < 0.6 * sum(g.info["evaluations"] for g in stepwise)
+
+
 def test_closed_backend_reports_backend_error():
     router = Router.default(fast_path=False)
     router.close()

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from intentkit import PromptFormat  # noqa: E402
+from intentkit.drafts import DraftIndex  # noqa: E402
 from trainers.data import records_from_rows  # noqa: E402
 from trainers.train import TrainConfig, _rank, answer_loss, encode_records, evaluate_dev, shared_prefix, train  # noqa: E402
 
@@ -331,6 +332,8 @@ def test_cli_train_on_an_hf_directory(tiny_records, tiny_model, tmp_path):
     assert done.exit_code == 0, done.output
     assert "trained 3 steps" in done.output
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter.gguf").is_file()
+    drafts = DraftIndex.load(out / "drafts.jsonl")  # the rows answers are drafted from
+    assert sorted(drafts.utterances) == sorted({r["instruction"] for r in in_scope})
     assert "out-of-scope detector: not fitted" in done.output and "--scope-from" in done.output
     assert not (out / "scope.npz").exists()
     assert "| `adapter.gguf` |" in (out / "README.md").read_text(encoding="utf-8")  # the card lists the export

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from intentkit.drafts import DRAFTS_FILE
 from intentkit.errors import ModelDirError
 from intentkit.model_dir import KEEP_FILE, META_FILE, ModelInfo
 from intentkit.scope import SCOPE_FILE
@@ -35,6 +36,7 @@ _FILES = {
     "model.gguf": "the fine-tuned model as one GGUF (llama.cpp)",
     SCOPE_FILE: "the out-of-scope detector: hidden states of the training utterances and the threshold",
     KEEP_FILE: "the token ids the llama.cpp deployment trims the base's vocabulary to",
+    DRAFTS_FILE: "the training rows answers are drafted from (one batch with the prompt verifies the nearest one's call)",
     META_FILE: "the training record: prompt and its fingerprint, intents, configuration, speed",
 }
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from intentkit.drafts import DRAFTS_FILE
 from intentkit.errors import ExportError, MissingDependencyError
 from intentkit.model_dir import KEEP_FILE, META_FILE, ModelInfo
 from intentkit.prompt import PromptFormat
@@ -153,13 +154,13 @@ def _keep(model_dir: Path) -> np.ndarray | None:
 
 
 def _copy_meta(adapter_dir: Path, out: Path) -> None:
-    """Put the training record (and the out-of-scope detector, when fitted) next to an exported
+    """Put the training record (and the out-of-scope detector and drafts, when there) next to an exported
     file, so a backend loading it checks the prompt and turns away what the model never saw. An
     export into the directory itself is added to its model card instead."""
     if out.parent.resolve() == adapter_dir.resolve():
         write_model_card(adapter_dir)
         return
-    for name in (META_FILE, SCOPE_FILE):
+    for name in (META_FILE, SCOPE_FILE, DRAFTS_FILE):
         if (adapter_dir / name).exists():
             shutil.copy(adapter_dir / name, out.parent / name)
 

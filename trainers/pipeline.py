@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intentkit.drafts import DRAFTS_FILE, DraftIndex
 from intentkit.scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE, SCOPE_FILE, ScopeDetector
 
 from .card import write_model_card
@@ -17,7 +18,7 @@ from .data import Record
 from .progress import progress_bar
 from .train import TrainResult, train
 
-__all__ = ["BuildResult", "build_model", "fit_model_scope"]
+__all__ = ["BuildResult", "build_model", "fit_model_scope", "write_drafts"]
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ def build_model(
     *,
     dev: Sequence[Record] = (),
     export: bool = True,
+    trim_vocabulary: bool = True,
     scope: bool | None = None,
     calibration: Sequence[Record] | None = None,
     scope_quantile: float = DEFAULT_QUANTILE,
@@ -48,15 +50,22 @@ def build_model(
     """Fine-tune on ``records`` into ``out``; export it for llama.cpp (``adapter.gguf``, or
     ``model.gguf`` for a full fine-tune of a GGUF base); fit the out-of-scope detector
     (``scope.npz``; ``scope=None``: when the data has no out-of-scope rows) on the training
-    utterances, calibrated on ``calibration`` (default: ``dev``). ``say`` reports each step as it ends."""
-    from .export import export_full_gguf, export_gguf_lora
+    utterances, calibrated on ``calibration`` (default: ``dev``). Every run writes ``drafts.jsonl``
+    (the training rows the backends draft answers from); an adapter over a GGUF base also gets
+    ``keep_tokens.npy`` (``trim_vocabulary``: the deployment runs on the vocabulary of the
+    prompt and the training rows, as the bundled model does). ``say`` reports each step as it ends."""
+    from .export import export_full_gguf, export_gguf_lora, write_vocabulary
 
     config = config or TrainConfig()
     out = Path(out)
     result = BuildResult(train(records, out, config, dev=dev, progress=progress))
+    write_drafts(out, records)
     from_gguf = config.base == DEFAULT_BASE or config.base.endswith(".gguf")
     if not export:
         return result
+    if trim_vocabulary and from_gguf and config.method != "full":
+        keep = write_vocabulary(out, records, base=None if config.base == DEFAULT_BASE else config.base)
+        say(f"vocabulary: {keep} (the deployment's base is trimmed to the tokens of the prompt and the data)")
     if config.method == "full" and not from_gguf:
         result.notes.append(
             f"llama.cpp model: not exported (a full fine-tune is written over the GGUF it started from; convert "
@@ -139,3 +148,10 @@ def fit_model_scope(
         f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
     )
     return detector
+
+
+def write_drafts(model_dir: str | Path, records: Sequence[Record]) -> Path:
+    """Write ``model_dir/drafts.jsonl``: the training rows answers are drafted from
+    (:mod:`intentkit.drafts`)."""
+    index = DraftIndex.from_outputs((r.instruction, r.output) for r in records)
+    return index.save(Path(model_dir) / DRAFTS_FILE)

@@ -30,19 +30,23 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import regex
 
-from ..calls import NO_INTENT
-from ..registry import IntentCatalog, ParamSpec
-from ..text import occurrences, word_boundaries
+from ..calls import NO_INTENT, Value
+from ..registry import IntentCatalog, IntentSpec, ParamSpec
+from ..text import can_copy, occurrences, word_boundaries
 
-__all__ = ["ConstrainedDecoder", "Decoded", "TokenModel", "greedy_decode", "reusable_prefix"]
+if TYPE_CHECKING:
+    from ..drafts import Draft
+
+__all__ = ["ConstrainedDecoder", "Decoded", "DraftedModel", "TokenModel", "greedy_decode", "reusable_prefix"]
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
+_MAX_CALL_DRAFT = 32  # tokens of a drafted call evaluated with the prompt
 # A bare number being written, and a finished one.
 _NUMBER_PREFIX = {
     "int": regex.compile(r"-?\d*"),
@@ -160,6 +164,95 @@ class _Source:
         return occurrences(self.text, value, self.starts)
 
 
+class DraftedModel:
+    """A :class:`TokenModel` over another whose cache may run ahead of the decoder: a drafted call,
+    evaluated in one batch with the prompt (:meth:`prefill` with ``draft``). Each :meth:`feed` of
+    tokens that continue the draft is answered from the logits already computed; at the first
+    token that differs, the rest of the draft leaves the cache and decoding goes on for real. So
+    the decoder's choices stay its own; a right draft only saves the evaluations.
+
+    ``evaluations`` counts the calls into the model after prompts, ``accepted`` the drafted tokens
+    the decoder went on to choose."""
+
+    def __init__(self, model: TokenModel) -> None:
+        self.base = model
+        self._draft: list[int] = []
+        self._rows: list[np.ndarray] = []
+        self.evaluations = 0
+        self.accepted = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return self.base.n_tokens - len(self._draft)
+
+    @property
+    def ahead(self) -> int:
+        """Drafted tokens in the cache that the decoder has not reached yet."""
+        return len(self._draft)
+
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = False) -> list[int]:
+        return self.base.tokenize(text, special=special, bos=bos)
+
+    def piece(self, token: int) -> bytes:
+        return self.base.piece(token)
+
+    def is_end(self, token: int) -> bool:
+        return self.base.is_end(token)
+
+    def enable_hidden(self) -> None:
+        self.base.enable_hidden()
+
+    def hidden(self) -> np.ndarray:
+        return self.base.hidden()
+
+    @property
+    def hidden_width(self) -> int:
+        return self.base.hidden_width
+
+    def prefill(self, tokens: list[int], *, draft: Sequence[int] = ()) -> tuple[np.ndarray, int]:
+        """The prompt's logits (and tokens reused), as :meth:`TokenModel.prefill`; ``draft`` is
+        evaluated with it (in the same batch where the model offers ``prefill_draft``)."""
+        self.settle()
+        if not draft:
+            return self.base.prefill(tokens)
+        together = getattr(self.base, "prefill_draft", None)
+        if together is not None:
+            rows, reused = together(tokens, list(draft))
+            logits = rows[0]
+            self._rows = list(rows[1:])
+        else:
+            logits, reused = self.base.prefill(tokens)
+            self._rows = list(self.base.feed(list(draft), all_logits=True))
+            self.evaluations += 1
+        self._draft = list(draft)
+        return logits, reused
+
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        rows: list[np.ndarray] = []
+        taken = 0
+        while taken < len(tokens) and self._draft and tokens[taken] == self._draft[0]:
+            self._draft.pop(0)
+            rows.append(self._rows.pop(0))
+            taken += 1
+        self.accepted += taken
+        if taken < len(tokens):
+            self.settle()
+            fed = self.base.feed(tokens[taken:], all_logits=all_logits)
+            self.evaluations += 1
+            rows.extend(fed if all_logits else fed[-1:])
+        return np.stack(rows) if all_logits else rows[-1][None, :]
+
+    def rewind(self, n_tokens: int) -> None:
+        self.settle()
+        self.base.rewind(n_tokens)
+
+    def settle(self) -> None:
+        """Drop what is left of the draft from the cache."""
+        if self._draft:
+            self.base.rewind(self.base.n_tokens - len(self._draft))
+            self._draft, self._rows = [], []
+
+
 def _softmax(values: np.ndarray) -> np.ndarray:
     shifted = np.exp(values - values.max())
     return shifted / shifted.sum()
@@ -174,6 +267,7 @@ class ConstrainedDecoder:
         self._token_cache: dict[str, tuple[int, ...]] = {}
         self._source: _Source | None = None  # the last utterance's
         self._number_tokens: dict[str, int] | None = None
+        self._specs: dict[str, IntentSpec] = {spec.name: spec for spec in catalog.intents}
         self.openers = self._options(self._opening_texts())
 
     # ------------------------------------------------------------------ building
@@ -206,13 +300,79 @@ class ConstrainedDecoder:
         if listed:
             texts.append((f'{quote}, "', {"intent": intent, "param": param, "item": True, "listed": True}))
         texts.append((f"{quote}{close_list})", {"intent": intent, "end": True}))
-        spec = next(s for s in self.catalog.intents if s.name == intent)
-        for other in filter(_decodable, spec.params):
+        for other in filter(_decodable, self._specs[intent].params):
             if other.name not in used:
                 for opener, other_listed, other_bare in _openers(other):
                     payload = {"intent": intent, "param": other, "listed": other_listed, "bare": other_bare}
                     texts.append((f"{quote}{close_list}, {opener}", payload))
         return self._options(texts)
+
+    # ------------------------------------------------------------------ drafting
+    def draft_tokens(self, draft: Draft, utterance: str) -> list[int]:
+        """The tokens this decoder writes for ``draft``, in its own segmentation (openers,
+        values, closers as they are walked), as far as the last decision they answer: tokens
+        after it are forced and never evaluated, so drafting them would only cost. The draft
+        also ends at the first item it cannot vouch for (an unknown parameter or value, a choice
+        not declared, a copied value ``utterance`` does not hold, a list). Empty when the intent
+        is not in the catalog or no decision after the first needs the draft."""
+        tokens: list[int] = []
+        needed = 0  # a decision at position q reads the logits after token q - 1: tokens[:q] are needed
+
+        def walk(options: list[_Option], chosen: tuple[int, ...], *, decided: bool = False) -> None:
+            nonlocal needed
+            alive = [o.tokens for o in options]
+            for pos, token in enumerate(chosen):
+                if len(alive) <= 1:
+                    break
+                alive = [o for o in alive if len(o) > pos] or alive[:1]
+                if len({o[pos] for o in alive}) > 1 and not (decided and pos == 0):
+                    needed = max(needed, len(tokens) + pos)
+                alive = [o for o in alive if o[pos] == token]
+            tokens.extend(chosen)
+
+        spec = self._specs.get(draft.intent)
+        if draft.intent == NO_INTENT or (spec is not None and not draft.items):
+            walk(self.openers, self._tok(f"{draft.intent}()"))
+            return tokens[: min(needed, _MAX_CALL_DRAFT)]
+        if spec is None:
+            return []
+        params = {p.name: p for p in spec.params}
+        steps: list[tuple[ParamSpec, str, str | None, bool]] = []  # (param, opener, value text, quoted)
+        for key, value in draft.items:
+            param = params.get(key)
+            if param is None or not _decodable(param) or key in {s[0].name for s in steps}:
+                break
+            step = _draft_step(param, value, utterance)
+            if step is None:
+                break
+            steps.append((param, *step))
+            if step[1] is None:
+                break
+        if not steps:
+            return []
+        walk(self.openers, self._tok(f"{draft.intent}({steps[0][1]}"))
+        used: set[str] = set()
+        for index, (param, _, text, quoted) in enumerate(steps):
+            used.add(param.name)
+            if text is None:
+                needed = max(needed, len(tokens))  # the value's first token is decided after the opener
+                break
+            following = steps[index + 1] if index + 1 < len(steps) else None
+            quote = '"' if quoted else ""
+            closer = f"{quote}, {following[1]}" if following is not None else f"{quote})"
+            closers = self._closers(draft.intent, param, used, False, not quoted and param.kind != "bool")
+            if param.kind in ("choice", "bool"):
+                walk(self._choice_options(param, closers), self._tok(text + closer))
+            else:
+                tokens.extend(self.model.tokenize(text))
+                needed = max(needed, len(tokens))  # each value token and the stop are decisions
+                walk(closers, self._tok(closer), decided=True)
+        return tokens[: min(needed, _MAX_CALL_DRAFT)]
+
+    def _choice_options(self, param: ParamSpec, closers: list[_Option]) -> list[_Option]:
+        """A choice (or bool) value and its closer, as one option each: the trie it is walked by."""
+        values = [json.dumps(v, ensure_ascii=False)[1:-1] for v in param.choices] if param.kind == "choice" else ["true", "false"]
+        return [replace(c, tokens=self._tok(v + c.text), text=v + c.text) for v in values for c in closers]
 
     # ------------------------------------------------------------------ decoding
     def decode(self, logits: np.ndarray, utterance: str, *, max_tokens: int = 64) -> Decoded:
@@ -235,13 +395,7 @@ class ConstrainedDecoder:
             used.add(param.name)
             closers = self._closers(option.intent, param, used, option.listed, option.bare)
             if param.kind in ("choice", "bool"):
-                values = (
-                    [json.dumps(v, ensure_ascii=False)[1:-1] for v in param.choices]
-                    if param.kind == "choice"
-                    else ["true", "false"]
-                )
-                choice_options = [replace(c, tokens=self._tok(v + c.text), text=v + c.text) for v in values for c in closers]
-                option, p, _ = self._walk(cursor, choice_options)
+                option, p, _ = self._walk(cursor, self._choice_options(param, closers))
                 value_text = option.text
             else:
                 budget = max_tokens - spent()
@@ -341,7 +495,7 @@ class ConstrainedDecoder:
                 break
             value += self.model.piece(token)
             cursor.push(token, forced=False)
-            if source is not None:
+            if source is not None and not getattr(self.model, "ahead", 0):  # a drafted call still ahead drafts this too
                 draft = self._draft(source, value)
                 if draft:
                     fed = self.model.feed([*cursor.pending, *draft], all_logits=True)
@@ -418,6 +572,30 @@ class ConstrainedDecoder:
             return []
         rest = source.text[at[0] + len(value) :].decode("utf-8", errors="ignore")
         return list(self.model.tokenize(rest))[:_DRAFT_TOKENS] if rest else []
+
+
+def _draft_step(param: ParamSpec, value: Value, utterance: str) -> tuple[str, str | None, bool] | None:
+    """How the decoder writes ``value`` for ``param``: (opener, value text, quoted); the value
+    text is ``None`` when only the opener can be drafted, and ``None`` overall when not even it."""
+    if isinstance(value, list | dict):
+        return None
+    name = param.name
+    if param.kind == "bool":
+        return (f"{name}=", ("true" if value else "false") if isinstance(value, bool) else None, False)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not (_bare_number(param) or (param.kind == "str" and param.numbers)):
+            return None
+        return (f"{name}=-" if value < 0 else f"{name}=", json.dumps(abs(value)), False)
+    if _bare_number(param):
+        return None
+    opener = f'{name}="'
+    if not isinstance(value, str) or not value:
+        return (opener, None, True)
+    if param.kind == "choice" and value not in param.choices:
+        return (opener, None, True)
+    if param.kind != "choice" and param.from_utterance and not can_copy(utterance, value):
+        return (opener, None, True)
+    return (opener, json.dumps(value, ensure_ascii=False)[1:-1], True)
 
 
 def _decodable(param: ParamSpec) -> bool:

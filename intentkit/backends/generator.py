@@ -1,7 +1,8 @@
 """One request through a local :class:`~intentkit.backends.decoding.TokenModel`: the check of the
-prompt against the one the model was trained with, the prompt evaluated over its cached prefix,
-the out-of-scope check when a :class:`~intentkit.scope.ScopeDetector` is set, then constrained
-(or plain greedy) decoding. :class:`~intentkit.backends.local.LocalBackend` holds one and a lock
+prompt against the one the model was trained with, the prompt evaluated over its cached prefix
+(with the call a :class:`~intentkit.drafts.DraftIndex` drafts, in the same batch), the
+out-of-scope check when a :class:`~intentkit.scope.ScopeDetector` is set, then constrained (or
+plain greedy) decoding. :class:`~intentkit.backends.local.LocalBackend` holds one and a lock
 around it."""
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from ..calls import NO_INTENT
 from ..errors import BackendError, ConfigError
 from ..prompt import check_prompt
 from .base import GenerateRequest, Generation
-from .decoding import ConstrainedDecoder, TokenModel, greedy_decode
+from .decoding import ConstrainedDecoder, DraftedModel, TokenModel, greedy_decode
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..drafts import DraftIndex
     from ..scope import ScopeDetector
 
 __all__ = ["LocalGenerator"]
@@ -37,9 +39,12 @@ class LocalGenerator:
         constrained: bool,
         n_ctx: int | None = None,
     ) -> None:
-        self.model, self.trained_prompt, self.source = model, trained_prompt, source
+        self.model = DraftedModel(model)
+        self.trained_prompt, self.source = trained_prompt, source
         self.constrained, self.n_ctx = constrained, n_ctx
         self.scope: ScopeDetector | None = None
+        #: Drafts the call from the nearest training utterance (``None``: decode step by step).
+        self.drafts: DraftIndex | None = None
         self._hidden_on = False
         self._decoders: dict[str, ConstrainedDecoder] = {}
         self._checked: set[str] = set()
@@ -63,7 +68,13 @@ class LocalGenerator:
             self.model.enable_hidden()
             self._hidden_on = True
 
-    def _prefill(self, request: GenerateRequest) -> tuple[np.ndarray, dict[str, Any]]:
+    def _decoder(self, request: GenerateRequest) -> ConstrainedDecoder:
+        decoder = self._decoders.get(request.catalog.fingerprint)
+        if decoder is None:
+            decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(self.model, request.catalog)
+        return decoder
+
+    def _prefill(self, request: GenerateRequest, *, draft: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         if request.prompt.fingerprint not in self._checked:
             check_prompt(self.trained_prompt, request.prompt, self.source)
             self._checked.add(request.prompt.fingerprint)
@@ -71,8 +82,16 @@ class LocalGenerator:
         tokens = self.model.tokenize(request.prompt.render(request.text, request.catalog), special=True, bos=True)
         if self.n_ctx is not None and len(tokens) + request.max_tokens > self.n_ctx:
             raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={self.n_ctx}")
-        logits, reused = self.model.prefill(tokens)
-        return logits, {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (time.perf_counter() - t0) * 1e3}
+        drafted: list[int] = []
+        if draft and self.drafts is not None and self.constrained:
+            guess = self.drafts.draft(request.text)
+            if guess is not None:
+                drafted = self._decoder(request).draft_tokens(guess, request.text)
+        logits, reused = self.model.prefill(tokens, draft=drafted)
+        info = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (time.perf_counter() - t0) * 1e3}
+        if drafted:
+            info["draft_tokens"] = len(drafted)
+        return logits, info
 
     def hidden_state(self, request: GenerateRequest) -> np.ndarray:
         """The feature a :class:`ScopeDetector` measures: the final hidden state at the prompt's
@@ -82,7 +101,13 @@ class LocalGenerator:
         return self.model.hidden()
 
     def run(self, request: GenerateRequest) -> Generation:
-        logits, info = self._prefill(request)
+        try:
+            return self._run(request)
+        finally:
+            self.model.settle()  # an unused draft leaves the cache: the next prompt's prefix is the real one
+
+    def _run(self, request: GenerateRequest) -> Generation:
+        logits, info = self._prefill(request, draft=True)
         prompt_tokens = info["prompt_tokens"]
         verdict = None
         if self.scope is not None:
@@ -91,20 +116,20 @@ class LocalGenerator:
                 return Generation(f"{NO_INTENT}()", scope=verdict, prompt_tokens=prompt_tokens, completion_tokens=0, info=info)
         t1 = time.perf_counter()
         start = self.model.n_tokens
+        evaluations, accepted = self.model.evaluations, self.model.accepted
         if not self.constrained:
             text, generated = greedy_decode(self.model, logits, request.max_tokens)
             info.update(decode_ms=(time.perf_counter() - t1) * 1e3)
             return Generation(text, prompt_tokens=prompt_tokens, completion_tokens=generated, info=info)
-        decoder = self._decoders.get(request.catalog.fingerprint)
-        if decoder is None:
-            decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(self.model, request.catalog)
-        decoded = decoder.decode(logits, request.text, max_tokens=request.max_tokens)
+        decoded = self._decoder(request).decode(logits, request.text, max_tokens=request.max_tokens)
         info.update(
             decode_ms=(time.perf_counter() - t1) * 1e3,
             sampled=decoded.sampled,
             forced=decoded.forced,
-            evaluations=decoded.evaluations,
+            evaluations=self.model.evaluations - evaluations,
         )
+        if "draft_tokens" in info:
+            info["draft_accepted"] = self.model.accepted - accepted
         # Answer tokens: those chosen or forced, whether or not the finished call needed evaluating them.
         completion = max(self.model.n_tokens - start, decoded.sampled + decoded.forced)
         if self.scope is not None and verdict is not None and self.scope.uses_confidence:

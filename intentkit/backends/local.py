@@ -26,6 +26,7 @@ from .generator import LocalGenerator
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..drafts import DraftIndex
     from ..scope import ScopeDetector
 
 __all__ = ["LocalBackend"]
@@ -49,9 +50,11 @@ class LocalBackend(Backend):
         n_ctx: int | None = None,
         scope: ScopeDetector | str | Path | None = None,
         scope_dir: Path | None = None,
+        drafts: DraftIndex | str | Path | None = None,
     ) -> None:
-        """Install ``model``; ``scope`` as documented on the subclasses (``"auto"``: ``scope.npz``
-        in ``scope_dir``)."""
+        """Install ``model``; ``scope`` and ``drafts`` as documented on the subclasses (``"auto"``:
+        ``scope.npz``, ``drafts.jsonl`` in ``scope_dir``)."""
+        from ..drafts import resolve_drafts
         from ..scope import resolve_scope
 
         self._model, self.info, self.constrained, self.source = model, info, constrained, source
@@ -61,6 +64,7 @@ class LocalBackend(Backend):
         self._worker_ident: int | None = None
         self._generator = LocalGenerator(model, trained_prompt=info.prompt, source=source, constrained=constrained, n_ctx=n_ctx)
         self._generator.set_scope(resolve_scope(scope, scope_dir, model.hidden_width))
+        self._generator.drafts = resolve_drafts(drafts, scope_dir)
 
     @property
     def prompt(self) -> PromptFormat | None:
@@ -75,6 +79,17 @@ class LocalBackend(Backend):
     def set_scope(self, detector: ScopeDetector | None) -> None:
         with self._lock:
             self._generator.set_scope(detector)
+
+    @property
+    def drafts(self) -> DraftIndex | None:
+        """The index answers are drafted from (``drafts.jsonl`` next to the model, or set)."""
+        return self._generator.drafts
+
+    def set_drafts(self, drafts: DraftIndex | None) -> None:
+        """Draft answers from ``drafts`` (``None``: decode every decision step by step). The
+        answers are the same either way; a draft only saves evaluations."""
+        with self._lock:
+            self._generator.drafts = drafts
 
     def generate(self, request: GenerateRequest) -> Generation:
         return self._on_worker(self._generate, request)

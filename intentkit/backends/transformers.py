@@ -23,6 +23,7 @@ from .decoding import reusable_prefix
 from .local import LocalBackend
 
 if TYPE_CHECKING:
+    from ..drafts import DraftIndex
     from ..scope import ScopeDetector
 
 __all__ = ["TransformersBackend"]
@@ -120,8 +121,9 @@ class TransformersBackend(LocalBackend):
 
     ``adapter`` is a PEFT adapter directory (what ``intentkit train`` writes; a ``.gguf`` path
     inside one means its directory); it is merged into the weights on load. ``scope``: the
-    out-of-scope detector, as for :class:`~intentkit.backends.llamacpp.LlamaCppBackend`
-    (``"auto"``: ``scope.npz`` in the adapter's or model's directory)."""
+    out-of-scope detector, and ``drafts``: the index answers are drafted from, as for
+    :class:`~intentkit.backends.llamacpp.LlamaCppBackend` (``"auto"``: ``scope.npz`` and
+    ``drafts.jsonl`` in the adapter's or model's directory)."""
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class TransformersBackend(LocalBackend):
         dtype: Any = None,
         constrained: bool = True,
         scope: ScopeDetector | str | Path | None = "auto",
+        drafts: DraftIndex | str | Path | None = "auto",
     ) -> None:
         try:
             import torch
@@ -163,7 +166,7 @@ class TransformersBackend(LocalBackend):
             info = ModelInfo.load(adapter_dir)
             model_dir = adapter_dir
         model_obj = loaded.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() for dtypes
-        self._install(model_obj, tokenizer, info, constrained, str(adapter or model), scope, model_dir)
+        self._install(model_obj, tokenizer, info, constrained, str(adapter or model), scope, model_dir, drafts)
 
     @classmethod
     def from_model(
@@ -174,10 +177,11 @@ class TransformersBackend(LocalBackend):
         info: ModelInfo | None = None,
         constrained: bool = True,
         scope: ScopeDetector | str | Path | None = None,
+        drafts: DraftIndex | str | Path | None = None,
     ) -> TransformersBackend:
         """Wrap a loaded model and tokenizer (tests, notebooks, custom loading)."""
         backend = cls.__new__(cls)
-        backend._install(model.eval(), tokenizer, info or ModelInfo(), constrained, type(model).__name__, scope, None)
+        backend._install(model.eval(), tokenizer, info or ModelInfo(), constrained, type(model).__name__, scope, None, drafts)
         return backend
 
     def _install(
@@ -189,6 +193,7 @@ class TransformersBackend(LocalBackend):
         source: str,
         scope: ScopeDetector | str | Path | None,
         model_dir: Path | None,
+        drafts: DraftIndex | str | Path | None = None,
     ) -> None:
         ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         for marker in ("<end_of_turn>", "<|im_end|>"):
@@ -196,7 +201,7 @@ class TransformersBackend(LocalBackend):
             if isinstance(token, int) and token != tokenizer.unk_token_id:
                 ends.add(token)
         hf_model = _HFModel(model, tokenizer, ends)
-        self._start(hf_model, info=info, source=source, constrained=constrained, scope=scope, scope_dir=model_dir)
+        self._start(hf_model, info=info, source=source, constrained=constrained, scope=scope, scope_dir=model_dir, drafts=drafts)
         self._hf = hf_model
 
     @property

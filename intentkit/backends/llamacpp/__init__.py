@@ -34,6 +34,7 @@ from .bundled import (
 )
 
 if TYPE_CHECKING:
+    from ...drafts import DraftIndex
     from ...scope import ScopeDetector
 
 __all__ = [
@@ -60,6 +61,10 @@ class LlamaCppBackend(LocalBackend):
     the cache, :func:`~intentkit.backends.llamacpp.bundled.merged_model_path`) and runs that
     instead: the adapter's extra matrix products are gone, the answers stay the same.
 
+    ``drafts`` is the :class:`~intentkit.drafts.DraftIndex` answers are drafted from (one batch
+    with the prompt verifies the nearest training utterance's call): by default (``"auto"``)
+    ``drafts.jsonl`` in the model's directory when there is one; a path, an index, or ``None``.
+
     ``scope`` is the out-of-scope detector (:mod:`intentkit.scope`): by default (``"auto"``) the
     ``scope.npz`` next to the adapter (or model), when one was fitted; a path or a
     :class:`~intentkit.scope.ScopeDetector`; ``None`` for none. ``model_dir`` is the directory
@@ -79,6 +84,7 @@ class LlamaCppBackend(LocalBackend):
         constrained: bool = True,
         merge_adapter: bool = False,
         scope: ScopeDetector | str | Path | None = "auto",
+        drafts: DraftIndex | str | Path | None = "auto",
         info: ModelInfo | None = None,
         model_dir: str | Path | None = None,
         verbose: bool = False,
@@ -118,6 +124,7 @@ class LlamaCppBackend(LocalBackend):
                 n_ctx=n_ctx,
                 scope=scope,
                 scope_dir=home,
+                drafts=drafts,
             )
         except BaseException:
             model.close()

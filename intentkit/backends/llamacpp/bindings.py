@@ -87,15 +87,21 @@ class LlamaModel:
             self.lc.llama_memory_seq_rm(self.memory, 0, n_tokens, -1)
             del self.tokens[n_tokens:]
 
-    def feed(self, tokens: Sequence[int], *, all_logits: bool = False, logits: bool = True) -> np.ndarray:
-        """Append ``tokens``; the logits of the last (``all_logits``: of each) — none with ``logits=False``."""
+    def feed(
+        self, tokens: Sequence[int], *, all_logits: bool = False, logits: bool = True, outputs: int | None = None
+    ) -> np.ndarray:
+        """Append ``tokens``; the logits of the last (``all_logits``: of each; ``outputs``: of the
+        last that many) — none with ``logits=False``."""
         if not tokens:
             raise ValueError("nothing to evaluate")
         if len(self.tokens) + len(tokens) > self.n_ctx:
             raise BackendError(f"context full: {len(self.tokens) + len(tokens)} tokens > n_ctx={self.n_ctx}")
-        if all_logits and len(tokens) > self.n_batch:
+        wanted = len(tokens) if all_logits else (outputs or 1)
+        # The rows come from the last batch: the tokens asked for must all fall into it.
+        starts = list(range(0, len(tokens), self.n_batch))
+        if logits and wanted > len(tokens) - starts[-1]:
             raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens at once")
-        for start in range(0, len(tokens), self.n_batch):
+        for start in starts:
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)
             batch = self.batch
@@ -105,7 +111,7 @@ class LlamaModel:
                 batch.pos[i] = len(self.tokens) + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = logits and last and (all_logits or i == len(chunk) - 1)
+                batch.logits[i] = logits and last and i >= len(chunk) - wanted
             status = self.lc.llama_decode(self.ctx, batch)
             if status != 0:
                 self.lc.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
@@ -113,11 +119,14 @@ class LlamaModel:
             self.tokens.extend(chunk)
         if not logits:
             return np.empty((0, self.n_vocab), dtype=np.float32)
-        if not all_logits:  # the last output row, however many the batch produced
+        if wanted == 1:  # the last output row, however many the batch produced
             pointer = self.lc.llama_get_logits_ith(self.ctx, -1)
             return np.ctypeslib.as_array(pointer, shape=(1, self.n_vocab)).copy()
-        pointer = self.lc.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(pointer, shape=(len(tokens), self.n_vocab)).copy()
+        # With embeddings on, every token of the batch is an output: the rows asked for are the last.
+        rows = np.stack(
+            [np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)) for i in range(-wanted, 0)]
+        )
+        return rows.copy()
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Evaluate ``tokens`` reusing the cached common prefix; returns (last logits, tokens reused)."""
@@ -139,6 +148,32 @@ class LlamaModel:
         finally:
             self.lc.llama_set_embeddings(self.ctx, False)
         return logits, common
+
+    def prefill_draft(self, tokens: list[int], draft: list[int]) -> tuple[np.ndarray, int]:
+        """:meth:`prefill` with ``draft`` evaluated in the same batch as the prompt's uncached
+        tokens; returns the logits after the prompt's last token and after each drafted token
+        (the hidden state, when kept, is the prompt's last token's)."""
+        common = reusable_prefix(self.tokens, tokens)
+        self.rewind(common)
+        rest = [*tokens[common:], *draft]
+        if len(rest) > self.n_batch or self.keep_hidden:
+            # Embeddings make every token of a batch an output (the LM head on each): the prompt
+            # before its last token goes first without them.
+            if len(tokens) - common > 1:
+                self.feed(tokens[common:-1], logits=False)
+            rest = [tokens[-1], *draft]
+        if not self.keep_hidden:
+            return self.feed(rest, outputs=len(draft) + 1), common
+        self.lc.llama_set_embeddings(self.ctx, True)
+        try:
+            rows = self.feed(rest, outputs=len(draft) + 1)
+            pointer = self.lc.llama_get_embeddings_ith(self.ctx, 0)
+            if not pointer:
+                raise BackendError("llama.cpp returned no hidden state")
+            self._hidden = np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy()
+        finally:
+            self.lc.llama_set_embeddings(self.ctx, False)
+        return rows, common
 
     @property
     def hidden_width(self) -> int:

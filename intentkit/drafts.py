@@ -1,0 +1,177 @@
+"""Drafted answers: the call of the nearest training utterance, for the decoder to verify.
+
+Every decision the constrained decoder takes after the prompt is one more evaluation of the
+model, and on a CPU each costs about as much as the utterance's own tokens. Most requests,
+though, are phrased like a training utterance and answered like it: ``把客厅的灯打开`` like
+``把卧室的灯打开`` → ``light_on(room="卧室")``. :class:`DraftIndex` finds that utterance
+(rapidfuzz, by characters), carries its values over to the new one (the value's place in the
+training utterance, mapped through the two texts' alignment: ``卧室`` → ``客厅``), and returns
+a :class:`Draft`. The local backends evaluate the draft's tokens in
+one batch with the prompt and then decode as always (:class:`~intentkit.backends.decoding.DraftedModel`):
+each decision that agrees with the draft is read from logits already computed; the first that
+does not drops the rest. A wrong draft costs its tokens in that batch, never the answer.
+
+The index is ``drafts.jsonl`` in a model directory (``intentkit train`` writes it from the
+training rows: ``{"instruction": …, "output": …}``, the datasets' format), loaded by the backends
+with the model (``drafts="auto"``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from pathlib import Path
+
+from .calls import NO_INTENT, Call, Value
+from .errors import ModelDirError, ParseError
+from .parser import parse_calls
+
+__all__ = ["DEFAULT_CUTOFF", "DRAFTS_FILE", "Draft", "DraftIndex", "carry", "resolve_drafts"]
+
+#: The file name inside a model directory.
+DRAFTS_FILE = "drafts.jsonl"
+#: The least rapidfuzz ratio (0–100) at which the nearest utterance's call is drafted.
+DEFAULT_CUTOFF = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A guess at the whole call, verified by the model rather than trusted: the intent and its
+    ``(parameter, value)`` items in order. A ``None`` value is one the guess cannot vouch for:
+    the draft ends after that parameter's opener."""
+
+    intent: str
+    items: tuple[tuple[str, Value], ...] = ()
+
+
+class DraftIndex:
+    """Utterances and the single calls they were answered with; :meth:`draft` guesses a new
+    utterance's call from the nearest of them."""
+
+    def __init__(self, rows: Iterable[tuple[str, Call]], *, cutoff: float = DEFAULT_CUTOFF) -> None:
+        seen: dict[str, Call] = {}
+        for utterance, call in rows:
+            seen.setdefault(utterance, call)
+        self.utterances = list(seen)
+        self.calls = list(seen.values())
+        self.cutoff = cutoff
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @classmethod
+    def from_outputs(cls, rows: Iterable[tuple[str, str | None]], **kwargs: float) -> DraftIndex:
+        """From ``(utterance, output)`` pairs; ``None`` is out of scope (``no_intent()``). Rows
+        whose output is not exactly one call are left out (a draft is one call)."""
+        kept: list[tuple[str, Call]] = []
+        for utterance, output in rows:
+            calls = parse_calls(output) if output is not None else [Call(NO_INTENT)]
+            if len(calls) == 1:
+                kept.append((utterance, calls[0]))
+        return cls(kept, **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: float) -> DraftIndex:
+        """Read a ``drafts.jsonl``; a row that cannot be used raises
+        :class:`~intentkit.errors.ModelDirError` naming the file and line."""
+        path = Path(path)
+        rows: list[tuple[str, str | None]] = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelDirError(path, f"unreadable drafts file ({exc})") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                utterance, output = row["instruction"], row.get("output")
+                if not isinstance(utterance, str) or not (output is None or isinstance(output, str)):
+                    raise TypeError("instruction must be text, output text or null")
+                if output is not None:
+                    parse_calls(output)
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ParseError) as exc:
+                raise ModelDirError(path, f"line {number}: not a drafts row ({exc})") from None
+            rows.append((utterance, output))
+        return cls.from_outputs(rows, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as out:
+            for utterance, call in zip(self.utterances, self.calls, strict=True):
+                output = None if call.name == NO_INTENT else call.render()
+                out.write(json.dumps({"instruction": utterance, "output": output}, ensure_ascii=False) + "\n")
+        return path
+
+    def nearest(self, utterance: str) -> tuple[str, Call] | None:
+        """The most similar indexed utterance and its call, at or above the cutoff."""
+        from rapidfuzz import fuzz, process
+
+        found = process.extractOne(utterance, self.utterances, scorer=fuzz.ratio, score_cutoff=self.cutoff)
+        if found is None:
+            return None
+        return self.utterances[found[2]], self.calls[found[2]]
+
+    def draft(self, utterance: str) -> Draft | None:
+        """The nearest utterance's call with its values carried over to ``utterance`` (a value
+        that cannot be placed is ``None``: the draft stops there); ``None`` when nothing is near."""
+        found = self.nearest(utterance)
+        if found is None:
+            return None
+        nearest, call = found
+        if call.args:  # positional values: the decoder writes keywords
+            return None
+        items: list[tuple[str, Value]] = []
+        for key, value in call.kwargs.items():
+            carried = carry(value, nearest, utterance) if isinstance(value, str) else value
+            items.append((key, carried))
+            if carried is None:
+                break
+        return Draft(call.name, tuple(items))
+
+
+def carry(value: str, source: str, target: str) -> str | None:
+    """``value``, said in ``source``, as ``target`` says it: itself when ``target`` holds it;
+    else the text of ``target`` in its place (the span mapped through the two utterances'
+    alignment: ``carry("卧室", "把卧室的灯打开", "把客厅的灯打开") == "客厅"``); ``None`` when the value
+    is not in ``source`` or its edges fall inside a changed stretch."""
+    if value in target:
+        return value
+    at = source.find(value)
+    if at < 0 or not value:
+        return None
+    opcodes = SequenceMatcher(None, source, target, autojunk=False).get_opcodes()
+    start, end = _mapped(opcodes, at), _mapped(opcodes, at + len(value))
+    if start is None or end is None or end <= start:
+        return None
+    return target[start:end]
+
+
+def _mapped(opcodes: Sequence[tuple[str, int, int, int, int]], position: int) -> int | None:
+    """Where ``position`` of the first text falls in the second: inside an unchanged stretch or
+    one replaced by as many characters (two adjacent values: ``杭州明`` → ``北京后``), or on the
+    edge of a changed one."""
+    for tag, i1, i2, j1, j2 in opcodes:
+        if not i1 <= position <= i2:
+            continue
+        if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):  # same length: character for character
+            return j1 + position - i1
+        if position == i1:
+            return j1
+        if position == i2:
+            return j2
+    return None
+
+
+def resolve_drafts(drafts: DraftIndex | str | Path | None, model_dir: Path | None) -> DraftIndex | None:
+    """What a backend's ``drafts=`` argument means: ``"auto"`` loads ``drafts.jsonl`` from the
+    model's directory when there is one; a path loads that file; ``None`` turns drafting off."""
+    if drafts is None or isinstance(drafts, DraftIndex):
+        return drafts
+    if drafts == "auto":
+        path = model_dir / DRAFTS_FILE if model_dir is not None else None
+        return DraftIndex.load(path) if path is not None and path.is_file() else None
+    return DraftIndex.load(Path(drafts))

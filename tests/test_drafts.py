@@ -1,0 +1,81 @@
+"""Drafted answers: the nearest training utterance's call, its values carried over."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from intentkit.drafts import DRAFTS_FILE, Draft, DraftIndex, carry, resolve_drafts
+from intentkit.errors import ModelDirError
+
+
+@pytest.mark.parametrize(
+    ("value", "source", "target", "expected"),
+    [
+        ("卧室", "把卧室的灯打开", "把客厅的灯打开", "客厅"),
+        ("卧室", "把卧室的灯打开", "把主卧的灯打开", "主卧"),  # shares a character with the old value
+        ("杭州", "杭州明天天气", "杭州后天天气", "杭州"),  # said in both: kept
+        ("稻香", "我想听稻香", "我想听海阔天空", "海阔天空"),
+        ("明天", "明天杭州冷不冷", "后天上海冷不冷", "后天"),
+        ("七点", "七点叫我", "帮我订个闹钟", None),  # nowhere to put it
+        ("北京", "杭州天气", "上海天气", None),  # not in the source
+    ],
+)
+def test_carry_maps_a_value_through_the_alignment(value, source, target, expected):
+    assert carry(value, source, target) == expected
+
+
+@pytest.fixture
+def index():
+    return DraftIndex.from_outputs(
+        [
+            ("把卧室的灯打开", 'light_on(room="卧室")'),
+            ("我想听音乐", "play_music()"),
+            ("查一下杭州明天的天气", 'weather_search(city="杭州", date="明天")'),
+            ("音量调到30", "volume(level=30)"),
+            ("讲个笑话", None),
+            ("先开灯再放歌", "light_on() play_music()"),  # two calls: not a draft
+        ]
+    )
+
+
+def test_draft_is_the_nearest_call_with_carried_values(index):
+    assert len(index) == 5
+    assert index.draft("把客厅的灯打开") == Draft("light_on", (("room", "客厅"),))
+    assert index.draft("我想听音乐吧") == Draft("play_music")
+    assert index.draft("查一下北京后天的天气") == Draft("weather_search", (("city", "北京"), ("date", "后天")))
+    assert index.draft("音量调到50") == Draft("volume", (("level", 30),))  # numbers are drafted as trained
+    assert index.draft("讲个故事") == Draft("no_intent")
+    assert index.draft("zzzzzzzzzzzzzzzzzzzz") is None  # nothing near
+
+
+def test_a_value_that_cannot_be_placed_ends_the_draft():
+    index = DraftIndex.from_outputs([("查一下杭州明天的天气", 'weather_search(city="杭州", date="明天")')])
+    assert index.draft("查一下天气怎么样") == Draft("weather_search", (("city", None),))
+
+
+def test_save_and_load_round_trip(index, tmp_path):
+    path = index.save(tmp_path / DRAFTS_FILE)
+    again = DraftIndex.load(path)
+    assert again.utterances == index.utterances
+    assert [c.render() for c in again.calls] == [c.render() for c in index.calls]
+    assert resolve_drafts("auto", tmp_path).utterances == index.utterances
+    assert resolve_drafts("auto", tmp_path / "elsewhere") is None
+    assert resolve_drafts(None, tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "not json",
+        json.dumps({"output": "f()"}),
+        json.dumps({"instruction": 3, "output": "f()"}),
+        json.dumps({"instruction": "x", "output": "f("}),
+    ],
+)
+def test_a_bad_row_names_the_file_and_line(tmp_path, line):
+    path = tmp_path / DRAFTS_FILE
+    path.write_text(json.dumps({"instruction": "我想听音乐", "output": "play_music()"}) + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(ModelDirError, match=r"drafts\.jsonl.*line 2"):
+        DraftIndex.load(path)
