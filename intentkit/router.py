@@ -31,6 +31,7 @@ import pydantic
 
 from .backends.base import Backend, GenerateRequest, Generation
 from .calls import NO_INTENT, Call
+from .coerce import fold
 from .dialogue import Pending, ReplyKind, confirmation, question, reply_kind, value_candidates
 from .errors import MISSING as MISSING_VALUE
 from .errors import ArgumentError, BackendError, HandlerError, InputError, IntentKitError, ParseError
@@ -91,6 +92,13 @@ class RouterConfig(pydantic.BaseModel):
     max_tokens: int = pydantic.Field(64, gt=0, description="Most tokens a backend may generate for one answer.")
     max_asks: int = pydantic.Field(
         2, ge=1, description="Questions asked for one pending call before it is dropped (needs_input / needs_confirmation)."
+    )
+    choice_confidence: float | None = pydantic.Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="A required choice the utterance does not say, chosen with less confidence than this, is a guess: "
+        "it counts as not given, and the router asks for it (needs_input). None keeps every guess.",
     )
 
 
@@ -499,7 +507,7 @@ class Router:
         parsed = parse_calls_lenient(generation.text)
         result.timings.parse_ms = _ms(t)
         t = time.perf_counter()
-        calls = [c for c in parsed.calls if c.name != NO_INTENT]
+        calls = [self._unguessed(c, generation, result.text) for c in parsed.calls if c.name != NO_INTENT]
         errors: list[IntentKitError] = list(parsed.errors)
         if calls and len(calls) != len(parsed.calls):
             errors.append(ParseError(f"{NO_INTENT}() combined with other calls", text=generation.text, position=0))
@@ -539,6 +547,27 @@ class Router:
         else:
             result.status = Status.OK
         return None
+
+    def _unguessed(self, call: Call, generation: Generation, text: str) -> Call:
+        """``call`` without the required choices that ``text`` does not say and the model chose with
+        less than ``choice_confidence``: ``切换空调模式`` → ``ac_set_mode(mode="制冷")`` at 0.53 is a
+        guess among five modes, not an answer, so the router asks which one (a value said, or
+        chosen surely, as ``空调开制冷`` at 1.00, stands)."""
+        threshold, confidence = self.config.choice_confidence, generation.argument_confidence
+        if threshold is None or not confidence or call.name not in self.registry:
+            return call
+        spec = self.registry.get(call.name)
+        folded = fold(text)
+        guessed = set()
+        for key, value in call.kwargs.items():
+            param = spec.param(key)
+            if param is None or not param.required or param.kind != "choice" or confidence.get(key, 1.0) >= threshold:
+                continue
+            if not (isinstance(value, str) and fold(value) in folded):
+                guessed.add(key)
+        if not guessed:
+            return call
+        return Call(call.name, call.args, {k: v for k, v in call.kwargs.items() if k not in guessed}, call.span)
 
     def _resolved(self, bound: BoundCall, text: str) -> BoundCall:
         """``bound`` after its intent's ``resolve`` step (validated again), if it has one; a resolve

@@ -335,8 +335,8 @@ def drafted_decode(catalog, answer: str, utterance: str, draft: Draft):
     # The scripted vocabulary grows as texts are tokenized: a plain decode first completes it, so
     # that rows kept from the draft's batch are as wide as later ones.
     decoder.decode(drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"))[0], utterance)
-    tokens = decoder.draft_tokens(draft, utterance)
-    logits, _ = drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"), draft=tokens)
+    tokens, reads = decoder.draft_tokens(draft, utterance)
+    logits, _ = drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"), draft=tokens, reads=reads)
     before = drafted.evaluations
     decoded = decoder.decode(logits, utterance)
     drafted.settle()
@@ -383,16 +383,32 @@ def test_a_wrong_draft_leaves_the_answer_and_the_cache_as_without_one(catalog, d
 def test_a_draft_ends_at_its_last_decision(catalog):
     decoder = ConstrainedDecoder(ScriptedModel("play_music()"), catalog)
     text = lambda tokens: b"".join(decoder.model.piece(t) for t in tokens).decode()  # noqa: E731
-    assert decoder.draft_tokens(Draft("play_music"), "放歌") == []  # decided at its first token: the rest is forced
+    assert decoder.draft_tokens(Draft("play_music"), "放歌") == ([], [])  # decided at its first token: the rest is forced
     # The value is decided token by token and where it ends; which closer follows is decided at its first token.
-    assert text(decoder.draft_tokens(Draft("set_alarm", (("time", "六点"),)), "六点叫我")) == 'set_alarm(time="六点'
-    both = decoder.draft_tokens(Draft("weather_search", (("city", "杭州"), ("date", "明天"))), "杭州明天天气")
+    tokens, reads = decoder.draft_tokens(Draft("set_alarm", (("time", "六点"),)), "六点叫我")
+    assert text(tokens) == 'set_alarm(time="六点'
+    # Logits are kept only where a decision reads them: the empty call or a value, each value token.
+    expected = ["set_alarm", 'set_alarm(time="', 'set_alarm(time="六点']  # 六点 is one token here
+    assert [text(tokens[: i + 1]) for i in reads] == expected
+    both, _ = decoder.draft_tokens(Draft("weather_search", (("city", "杭州"), ("date", "明天"))), "杭州明天天气")
     assert text(both) == 'weather_search(city="杭州", date="明天'
 
 
 def test_draft_tokens_stop_at_what_they_cannot_vouch_for(catalog):
     decoder = ConstrainedDecoder(ScriptedModel("play_music()"), catalog)
-    opener = decoder.draft_tokens(Draft("weather_search", (("city", None),)), "查天气")
+    opener, _ = decoder.draft_tokens(Draft("weather_search", (("city", None),)), "查天气")
     assert b"".join(decoder.model.piece(t) for t in opener) == b'weather_search(city="'
-    assert decoder.draft_tokens(Draft("weather_search", (("nowhere", "x"),)), "查天气") == []
-    assert decoder.draft_tokens(Draft("match_query", (("name", ["a"]),)), "a") == []
+    assert decoder.draft_tokens(Draft("weather_search", (("nowhere", "x"),)), "查天气") == ([], [])
+    assert decoder.draft_tokens(Draft("match_query", (("name", ["a"]),)), "a") == ([], [])
+
+
+def test_a_row_the_draft_did_not_keep_is_evaluated_when_asked_for():
+    model = ScriptedModel("play_music()")
+    drafted = DraftedModel(model)
+    prompt = model.tokenize("<prompt>放歌<answer>")
+    draft = model.tokenize("play")
+    drafted.prefill(prompt, draft=draft, reads=[len(draft) - 1])
+    first = drafted.feed(draft[:1])  # its row was not kept: evaluated now, the rest of the draft dropped
+    assert drafted.n_tokens == model.n_tokens == len(prompt) + 1
+    assert np.array_equal(first[-1], model._logits(len(prompt) + 1))
+    assert drafted.evaluations == 2  # the draft (no prefill_draft here), then the row asked for

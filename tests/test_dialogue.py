@@ -297,3 +297,33 @@ def test_reply_kinds_and_values() -> None:
     assert value_candidates("就杭州吧")[0] == "杭州"
     assert value_candidates("嗯") == [] and value_candidates("好的") == []
     assert value_candidates("in Paris")[0] == "Paris"
+
+
+def _answer(text: str, mode_confidence: float):
+    from intentkit.backends.base import Generation
+
+    return Generation(text, confidence=0.95, argument_confidence={"temperature": 1.0, "mode": mode_confidence})
+
+
+def test_a_required_choice_the_model_only_guessed_is_asked_for() -> None:
+    guessed = _answer('ac_set(temperature=26, mode="制热")', 0.53)
+    router, log = make_router({"空调开到二十六度": guessed, "空调开到二十六度\n自动": "ac_set(temperature=26)"})
+    session = router.session()
+    first = router.handle("空调开到二十六度", session=session)
+    assert first.status == "needs_input" and first.missing == ["mode"] and log == []
+    assert router.handle("自动", session=session).status == "ok"
+    assert log == [("ac_set", 26, "自动")]
+
+
+@pytest.mark.parametrize(
+    ("utterance", "confidence", "settings"),
+    [
+        ("空调二十六度制热", 0.53, {}),  # said: it stands however unsure
+        ("空调二十六度，暖和点", 0.99, {}),  # chosen surely: it stands
+        ("空调开到二十六度", 0.53, {"choice_confidence": None}),  # every guess kept
+    ],
+)
+def test_a_choice_said_or_chosen_surely_stands(utterance, confidence, settings) -> None:
+    router, log = make_router({utterance: _answer('ac_set(temperature=26, mode="制热")', confidence)}, **settings)
+    assert router.handle(utterance).status == "ok"
+    assert log == [("ac_set", 26, "制热")]

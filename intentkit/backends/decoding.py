@@ -177,7 +177,7 @@ class DraftedModel:
     def __init__(self, model: TokenModel) -> None:
         self.base = model
         self._draft: list[int] = []
-        self._rows: list[np.ndarray] = []
+        self._rows: list[np.ndarray | None] = []
         self.evaluations = 0
         self.accepted = 0
 
@@ -209,38 +209,54 @@ class DraftedModel:
     def hidden_width(self) -> int:
         return self.base.hidden_width
 
-    def prefill(self, tokens: list[int], *, draft: Sequence[int] = ()) -> tuple[np.ndarray, int]:
+    def prefill(
+        self, tokens: list[int], *, draft: Sequence[int] = (), reads: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, int]:
         """The prompt's logits (and tokens reused), as :meth:`TokenModel.prefill`; ``draft`` is
-        evaluated with it (in the same batch where the model offers ``prefill_draft``)."""
+        evaluated with it (in the same batch where the model offers ``prefill_draft``), with
+        logits kept after the drafted tokens ``reads`` indexes (default: all). Each output row
+        costs the output head over the whole vocabulary, as much as a token's pass through the
+        layers on a small model: rows no decision reads are not computed."""
         self.settle()
         if not draft:
             return self.base.prefill(tokens)
+        wanted = sorted(set(range(len(draft)) if reads is None else reads))
         together = getattr(self.base, "prefill_draft", None)
         if together is not None:
-            rows, reused = together(tokens, list(draft))
-            logits = rows[0]
-            self._rows = list(rows[1:])
+            rows, reused = together(tokens, list(draft), wanted)
+            logits, kept = rows[0], rows[1:]
         else:
             logits, reused = self.base.prefill(tokens)
-            self._rows = list(self.base.feed(list(draft), all_logits=True))
+            kept = self.base.feed(list(draft), all_logits=True)[wanted]
             self.evaluations += 1
+        self._rows = [None] * len(draft)
+        for index, row in zip(wanted, kept, strict=True):
+            self._rows[index] = row
         self._draft = list(draft)
         return logits, reused
 
     def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
-        rows: list[np.ndarray] = []
+        rows: list[np.ndarray | None] = []
         taken = 0
         while taken < len(tokens) and self._draft and tokens[taken] == self._draft[0]:
             self._draft.pop(0)
             rows.append(self._rows.pop(0))
             taken += 1
+        # The rows asked for: every one, or the last when every token was drafted.
+        asked = range(taken) if all_logits else ([taken - 1] if taken == len(tokens) else [])
+        gap = next((i for i in asked if rows[i] is None), None)
+        if gap is not None:  # a row that was not kept: those tokens are evaluated again from there
+            self.settle()
+            self.base.rewind(self.base.n_tokens - (taken - gap))
+            rows, taken = rows[:gap], gap
         self.accepted += taken
         if taken < len(tokens):
             self.settle()
             fed = self.base.feed(tokens[taken:], all_logits=all_logits)
             self.evaluations += 1
             rows.extend(fed if all_logits else fed[-1:])
-        return np.stack(rows) if all_logits else rows[-1][None, :]
+        out = [row for row in rows if row is not None] if all_logits else [rows[-1]]
+        return np.stack(out)  # type: ignore[arg-type]  # no None is left where rows are asked for
 
     def rewind(self, n_tokens: int) -> None:
         self.settle()
@@ -308,34 +324,38 @@ class ConstrainedDecoder:
         return self._options(texts)
 
     # ------------------------------------------------------------------ drafting
-    def draft_tokens(self, draft: Draft, utterance: str) -> list[int]:
+    def draft_tokens(self, draft: Draft, utterance: str) -> tuple[list[int], list[int]]:
         """The tokens this decoder writes for ``draft``, in its own segmentation (openers,
-        values, closers as they are walked), as far as the last decision they answer: tokens
-        after it are forced and never evaluated, so drafting them would only cost. The draft
-        also ends at the first item it cannot vouch for (an unknown parameter or value, a choice
-        not declared, a copied value ``utterance`` does not hold, a list). Empty when the intent
-        is not in the catalog or no decision after the first needs the draft."""
+        values, closers as they are walked), and the indices of those whose logits a decision
+        reads. The tokens go as far as the last decision they answer: tokens after it are forced
+        and never evaluated, so drafting them would only cost. The draft also ends at the first
+        item it cannot vouch for (an unknown parameter or value, a choice not declared, a copied
+        value ``utterance`` does not hold, a list). Empty when the intent is not in the catalog
+        or no decision after the first needs the draft."""
         tokens: list[int] = []
-        needed = 0  # a decision at position q reads the logits after token q - 1: tokens[:q] are needed
+        decisions: set[int] = set()  # a decision at position q reads the logits after token q - 1
 
         def walk(options: list[_Option], chosen: tuple[int, ...], *, decided: bool = False) -> None:
-            nonlocal needed
             alive = [o.tokens for o in options]
             for pos, token in enumerate(chosen):
                 if len(alive) <= 1:
                     break
                 alive = [o for o in alive if len(o) > pos] or alive[:1]
                 if len({o[pos] for o in alive}) > 1 and not (decided and pos == 0):
-                    needed = max(needed, len(tokens) + pos)
+                    decisions.add(len(tokens) + pos)
                 alive = [o for o in alive if o[pos] == token]
             tokens.extend(chosen)
+
+        def drafted() -> tuple[list[int], list[int]]:
+            end = min(max(decisions, default=0), _MAX_CALL_DRAFT)
+            return tokens[:end], sorted(q - 1 for q in decisions if 0 < q <= end)
 
         spec = self._specs.get(draft.intent)
         if draft.intent == NO_INTENT or (spec is not None and not draft.items):
             walk(self.openers, self._tok(f"{draft.intent}()"))
-            return tokens[: min(needed, _MAX_CALL_DRAFT)]
+            return drafted()
         if spec is None:
-            return []
+            return [], []
         params = {p.name: p for p in spec.params}
         steps: list[tuple[ParamSpec, str, str | None, bool]] = []  # (param, opener, value text, quoted)
         for key, value in draft.items:
@@ -349,13 +369,13 @@ class ConstrainedDecoder:
             if step[1] is None:
                 break
         if not steps:
-            return []
+            return [], []
         walk(self.openers, self._tok(f"{draft.intent}({steps[0][1]}"))
         used: set[str] = set()
         for index, (param, _, text, quoted) in enumerate(steps):
             used.add(param.name)
             if text is None:
-                needed = max(needed, len(tokens))  # the value's first token is decided after the opener
+                decisions.add(len(tokens))  # the value's first token is decided after the opener
                 break
             following = steps[index + 1] if index + 1 < len(steps) else None
             quote = '"' if quoted else ""
@@ -364,10 +384,11 @@ class ConstrainedDecoder:
             if param.kind in ("choice", "bool"):
                 walk(self._choice_options(param, closers), self._tok(text + closer))
             else:
-                tokens.extend(self.model.tokenize(text))
-                needed = max(needed, len(tokens))  # each value token and the stop are decisions
+                written = self.model.tokenize(text)
+                decisions.update(range(len(tokens), len(tokens) + len(written) + 1))  # each value token, and the stop
+                tokens.extend(written)
                 walk(closers, self._tok(closer), decided=True)
-        return tokens[: min(needed, _MAX_CALL_DRAFT)]
+        return drafted()
 
     def _choice_options(self, param: ParamSpec, closers: list[_Option]) -> list[_Option]:
         """A choice (or bool) value and its closer, as one option each: the trie it is walked by."""

@@ -83,11 +83,12 @@ class LocalGenerator:
         if self.n_ctx is not None and len(tokens) + request.max_tokens > self.n_ctx:
             raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={self.n_ctx}")
         drafted: list[int] = []
+        reads: list[int] = []
         if draft and self.drafts is not None and self.constrained:
             guess = self.drafts.draft(request.text)
             if guess is not None:
-                drafted = self._decoder(request).draft_tokens(guess, request.text)
-        logits, reused = self.model.prefill(tokens, draft=drafted)
+                drafted, reads = self._decoder(request).draft_tokens(guess, request.text)
+        logits, reused = self.model.prefill(tokens, draft=drafted, reads=reads)
         info = {"prompt_tokens": len(tokens), "cached_tokens": reused, "prompt_ms": (time.perf_counter() - t0) * 1e3}
         if drafted:
             info["draft_tokens"] = len(drafted)

@@ -88,18 +88,20 @@ class LlamaModel:
             del self.tokens[n_tokens:]
 
     def feed(
-        self, tokens: Sequence[int], *, all_logits: bool = False, logits: bool = True, outputs: int | None = None
+        self, tokens: Sequence[int], *, all_logits: bool = False, logits: bool = True, outputs: Sequence[int] | None = None
     ) -> np.ndarray:
         """Append ``tokens``; the logits of the last (``all_logits``: of each; ``outputs``: of the
-        last that many) — none with ``logits=False``."""
+        tokens at those indices, in order) — none with ``logits=False``."""
         if not tokens:
             raise ValueError("nothing to evaluate")
         if len(self.tokens) + len(tokens) > self.n_ctx:
             raise BackendError(f"context full: {len(self.tokens) + len(tokens)} tokens > n_ctx={self.n_ctx}")
-        wanted = len(tokens) if all_logits else (outputs or 1)
+        if outputs is None:
+            outputs = range(len(tokens)) if all_logits else [len(tokens) - 1]
+        wanted = set(outputs)
         # The rows come from the last batch: the tokens asked for must all fall into it.
         starts = list(range(0, len(tokens), self.n_batch))
-        if logits and wanted > len(tokens) - starts[-1]:
+        if logits and min(wanted) < starts[-1]:
             raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens at once")
         for start in starts:
             chunk = tokens[start : start + self.n_batch]
@@ -111,7 +113,7 @@ class LlamaModel:
                 batch.pos[i] = len(self.tokens) + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = logits and last and i >= len(chunk) - wanted
+                batch.logits[i] = logits and last and start + i in wanted
             status = self.lc.llama_decode(self.ctx, batch)
             if status != 0:
                 self.lc.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
@@ -119,14 +121,13 @@ class LlamaModel:
             self.tokens.extend(chunk)
         if not logits:
             return np.empty((0, self.n_vocab), dtype=np.float32)
-        if wanted == 1:  # the last output row, however many the batch produced
+        if wanted == {len(tokens) - 1}:  # the last output row, however many the batch produced
             pointer = self.lc.llama_get_logits_ith(self.ctx, -1)
             return np.ctypeslib.as_array(pointer, shape=(1, self.n_vocab)).copy()
-        # With embeddings on, every token of the batch is an output: the rows asked for are the last.
-        rows = np.stack(
-            [np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)) for i in range(-wanted, 0)]
-        )
-        return rows.copy()
+        # llama_get_logits_ith takes the index in the batch (embeddings on: every token is an output).
+        offset = starts[-1]
+        rows = [self.lc.llama_get_logits_ith(self.ctx, i - offset) for i in sorted(wanted)]
+        return np.stack([np.ctypeslib.as_array(row, shape=(self.n_vocab,)) for row in rows])
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Evaluate ``tokens`` reusing the cached common prefix; returns (last logits, tokens reused)."""
@@ -149,10 +150,10 @@ class LlamaModel:
             self.lc.llama_set_embeddings(self.ctx, False)
         return logits, common
 
-    def prefill_draft(self, tokens: list[int], draft: list[int]) -> tuple[np.ndarray, int]:
+    def prefill_draft(self, tokens: list[int], draft: list[int], reads: Sequence[int]) -> tuple[np.ndarray, int]:
         """:meth:`prefill` with ``draft`` evaluated in the same batch as the prompt's uncached
-        tokens; returns the logits after the prompt's last token and after each drafted token
-        (the hidden state, when kept, is the prompt's last token's)."""
+        tokens; returns the logits after the prompt's last token, then after each drafted token
+        ``reads`` indexes (the hidden state, when kept, is the prompt's last token's)."""
         common = reusable_prefix(self.tokens, tokens)
         self.rewind(common)
         rest = [*tokens[common:], *draft]
@@ -162,12 +163,14 @@ class LlamaModel:
             if len(tokens) - common > 1:
                 self.feed(tokens[common:-1], logits=False)
             rest = [tokens[-1], *draft]
+        last = len(rest) - len(draft) - 1  # the prompt's last token
+        outputs = [last, *(last + 1 + i for i in reads)]
         if not self.keep_hidden:
-            return self.feed(rest, outputs=len(draft) + 1), common
+            return self.feed(rest, outputs=outputs), common
         self.lc.llama_set_embeddings(self.ctx, True)
         try:
-            rows = self.feed(rest, outputs=len(draft) + 1)
-            pointer = self.lc.llama_get_embeddings_ith(self.ctx, 0)
+            rows = self.feed(rest, outputs=outputs)
+            pointer = self.lc.llama_get_embeddings_ith(self.ctx, last)
             if not pointer:
                 raise BackendError("llama.cpp returned no hidden state")
             self._hidden = np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy()
