@@ -356,7 +356,7 @@ def drafted_decode(catalog, answer: str, utterance: str, draft: Draft):
 )
 def test_a_right_draft_answers_every_decision_without_evaluating(catalog, answer, utterance):
     call = parse_calls(answer)[0]
-    decoded, evaluations, _, tokens = drafted_decode(catalog, answer, utterance, Draft(call.name, tuple(call.kwargs.items())))
+    decoded, evaluations, _, _ = drafted_decode(catalog, answer, utterance, Draft(call.name, tuple(call.kwargs.items())))
     assert decoded.text == answer
     assert evaluations == 0
 

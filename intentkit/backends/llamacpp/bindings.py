@@ -131,24 +131,8 @@ class LlamaModel:
 
     def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Evaluate ``tokens`` reusing the cached common prefix; returns (last logits, tokens reused)."""
-        common = reusable_prefix(self.tokens, tokens)
-        self.rewind(common)
-        if not self.keep_hidden:
-            return self.feed(tokens[common:])[-1], common
-        # With embeddings on, llama.cpp outputs every token of a batch (the LM head on each), so
-        # only the last token is evaluated with them on.
-        if len(tokens) - common > 1:
-            self.feed(tokens[common:-1], logits=False)
-        self.lc.llama_set_embeddings(self.ctx, True)
-        try:
-            logits = self.feed(tokens[-1:])[-1]
-            pointer = self.lc.llama_get_embeddings_ith(self.ctx, -1)
-            if not pointer:
-                raise BackendError("llama.cpp returned no hidden state")
-            self._hidden = np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy()
-        finally:
-            self.lc.llama_set_embeddings(self.ctx, False)
-        return logits, common
+        rows, common = self.prefill_draft(tokens, [], ())
+        return rows[0], common
 
     def prefill_draft(self, tokens: list[int], draft: list[int], reads: Sequence[int]) -> tuple[np.ndarray, int]:
         """:meth:`prefill` with ``draft`` evaluated in the same batch as the prompt's uncached
