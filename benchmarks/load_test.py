@@ -1,4 +1,6 @@
-"""Load test of ``POST /v1/route`` on a real uvicorn server on 127.0.0.1 (loopback only, bounded).
+"""Load test of ``POST /v1/route`` on a real uvicorn server on 127.0.0.1 (loopback only, bounded),
+in a process of its own as it is deployed (``--no-separate``: a thread of the load generator's
+process, where the two share one GIL and the client's own work is counted against the service).
 
     python benchmarks/load_test.py                      # both runs below
     python benchmarks/load_test.py --only fake --requests 5000 --concurrency 32
@@ -20,6 +22,7 @@ import asyncio
 import json
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -83,40 +86,84 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int, tim
     }
 
 
-def run_fake(texts: list[str], requests: int, concurrency: int) -> dict[str, Any]:
+def _router(kind: str) -> Any:
     from intentkit import Router
     from intentkit.demo import SmartHome
-    from intentkit.server import create_app
     from intentkit.testing import FakeBackend
 
+    if kind == "llama":
+        return Router.default(fast_path=False)
     router = Router(FakeBackend('weather_search(city="杭州")'), fast_path=False)
     SmartHome().register(router)
+    return router
+
+
+def _serve_process(kind: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """The service in a process of its own, as it is deployed: the load generator (httpx, in
+    this process) then competes with it for CPU but not for the GIL."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return url, process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the service did not start within 300 s")
+
+
+def _serve_here(kind: str, port: int) -> None:
+    import uvicorn
+
+    from intentkit.server import create_app
+
+    uvicorn.run(create_app(_router(kind)), host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+def _run(kind: str, texts: list[str], requests: int, concurrency: int, *, separate: bool, timeout_s: float) -> dict[str, Any]:
+    from intentkit.server import create_app
+
+    if separate:
+        url, process = _serve_process(kind)
+        try:
+            return asyncio.run(_load(url, texts, requests, concurrency, timeout_s=timeout_s))
+        finally:
+            process.terminate()
+            process.wait(30)
+    router = _router(kind)
     url, server, thread = _serve(create_app(router))
     try:
-        return asyncio.run(_load(url, texts, requests, concurrency, timeout_s=60))
+        return asyncio.run(_load(url, texts, requests, concurrency, timeout_s=timeout_s))
     finally:
         server.should_exit = True
         thread.join(10)
+        router.close()
 
 
-def run_llama(texts: list[str], requests: int, concurrency: int) -> dict[str, Any]:
-    from intentkit import Router
-    from intentkit.server import create_app
+def run_fake(texts: list[str], requests: int, concurrency: int, *, separate: bool = True) -> dict[str, Any]:
+    return _run("fake", texts, requests, concurrency, separate=separate, timeout_s=60)
 
-    router = Router.default(fast_path=False)
+
+def run_llama(texts: list[str], requests: int, concurrency: int, *, separate: bool = True) -> dict[str, Any]:
+    router = _router("llama")
     sample = texts[: min(len(texts), 200)]
     router.handle(sample[0])
     started = time.perf_counter()
     for text in sample:
         router.handle(text)
     single = len(sample) / (time.perf_counter() - started)
-    url, server, thread = _serve(create_app(router))
-    try:
-        result = asyncio.run(_load(url, texts, requests, concurrency, timeout_s=120))
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        router.close()
+    router.close()
+    result = _run("llama", texts, requests, concurrency, separate=separate, timeout_s=120)
     result["single_stream_rps"] = round(single, 1)
     result["vs_single_stream"] = round(result["throughput_rps"] / single, 3)
     return result
@@ -130,17 +177,28 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--llama-requests", type=int, default=1000)
     parser.add_argument("--llama-concurrency", type=int, default=8)
+    parser.add_argument(
+        "--separate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the service in its own process (default); --no-separate: in a thread of this one",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--serve", choices=["fake", "llama"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        _serve_here(args.serve, args.port)
+        return
     from trainers.data import load_records
 
     texts = [r.instruction for r in load_records(args.data)]
     results = {}
     if args.only in (None, "fake"):
-        results["fake"] = run_fake(texts, args.requests, args.concurrency)
+        results["fake"] = run_fake(texts, args.requests, args.concurrency, separate=args.separate)
         print(json.dumps({"fake": results["fake"]}, ensure_ascii=False))
     if args.only in (None, "llama"):
-        results["llama"] = run_llama(texts, args.llama_requests, args.llama_concurrency)
+        results["llama"] = run_llama(texts, args.llama_requests, args.llama_concurrency, separate=args.separate)
         print(json.dumps({"llama": results["llama"]}, ensure_ascii=False))
     if args.out:
         Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
