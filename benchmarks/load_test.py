@@ -98,7 +98,7 @@ def _router(kind: str) -> Any:
     return router
 
 
-def _serve_process(kind: str) -> tuple[str, subprocess.Popen[bytes]]:
+def _serve_process(kind: str, log: str | None = None) -> tuple[str, subprocess.Popen[bytes]]:
     """The service in a process of its own, as it is deployed: the load generator (httpx, in
     this process) then competes with it for CPU but not for the GIL."""
     import httpx
@@ -106,7 +106,7 @@ def _serve_process(kind: str) -> tuple[str, subprocess.Popen[bytes]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), *(["--log", log] if log else [])]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -122,12 +122,13 @@ def _serve_process(kind: str) -> tuple[str, subprocess.Popen[bytes]]:
     raise RuntimeError("the service did not start within 300 s")
 
 
-def _serve_here(kind: str, port: int) -> None:
+def _serve_here(kind: str, port: int, log: str | None = None) -> None:
     import uvicorn
 
     from intentkit.server import create_app
 
-    uvicorn.run(create_app(_router(kind)), host="127.0.0.1", port=port, log_level="error", access_log=False)
+    app = create_app(_router(kind), log=log)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
 def _run(kind: str, texts: list[str], requests: int, concurrency: int, *, separate: bool, timeout_s: float) -> dict[str, Any]:
@@ -186,9 +187,10 @@ def main() -> None:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--serve", choices=["fake", "llama"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--log", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _serve_here(args.serve, args.port)
+        _serve_here(args.serve, args.port, args.log)
         return
     from trainers.data import load_records
 

@@ -5,7 +5,8 @@
     intentkit serve --port 8000             HTTP service (route API + OpenAI-compatible)
     intentkit train train.jsonl --dev dev.jsonl --out runs/mine
     intentkit eval dev.jsonl --model runs/mine --intents-from train.jsonl
-    intentkit data validate|convert|augment ...
+    intentkit data validate|convert|augment|label ...
+    intentkit feedback export --log sqlite:///intentkit.db --out corrections.jsonl
     intentkit bench dev.jsonl               latency and accuracy of the configured router
 
 User mistakes (a bad path, bad JSON, an unknown model) print one line and a hint, never a traceback.
@@ -19,6 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -46,6 +48,8 @@ data_app = typer.Typer(help="Training data: validate, convert, augment.", no_arg
 app.add_typer(data_app, name="data")
 ha_app = typer.Typer(help="Home Assistant: the home file and training data.", no_args_is_help=True)
 app.add_typer(ha_app, name="ha")
+feedback_app = typer.Typer(help="The request log: corrections and votes back out as training data.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -270,17 +274,42 @@ def serve(
     api_mode: ApiMode = "chat",
     api_key: ApiKey = None,
     threshold: Threshold = None,
+    log: Annotated[
+        str | None,
+        typer.Option(help="keep a request log: sqlite:///intentkit.db or postgresql://user@host/db (off by default)"),
+    ] = None,
+    log_retention_days: Annotated[
+        float | None, typer.Option(help="delete logged requests older than this without feedback")
+    ] = None,
+    review_threshold: Annotated[float, typer.Option(help="answers below this confidence join the review queue")] = 0.6,
 ) -> None:
-    """Serve the route API and OpenAI-compatible endpoints with uvicorn."""
+    """Serve the route API and OpenAI-compatible endpoints with uvicorn (with --log: feedback and the review page)."""
     try:
         import uvicorn
 
         from .server import create_app
     except ImportError as exc:
         raise MissingDependencyError("uvicorn" if "uvicorn" in str(exc) else "fastapi") from None
+    request_log = None
+    if log is not None:
+        from .feedback import RequestLog
+
+        request_log = RequestLog(log, retention_days=log_retention_days)
     router = router_from(locals())
-    with router:
-        uvicorn.run(create_app(router, token=token, max_body_bytes=max_body, model_name=model_name), host=host, port=port)
+    try:
+        with router:
+            service = create_app(
+                router,
+                token=token,
+                max_body_bytes=max_body,
+                model_name=model_name,
+                log=request_log,
+                review_threshold=review_threshold,
+            )
+            uvicorn.run(service, host=host, port=port)
+    finally:
+        if request_log is not None:
+            request_log.close()  # whatever is still queued is written before the process ends
 
 
 def _default(name: str) -> Any:
@@ -295,7 +324,9 @@ def _help(name: str) -> str:
 @app.command()
 @_friendly
 def train(
-    data: Annotated[Path, typer.Argument(help="training data (seed or datasets format, JSON or JSONL)")],
+    data: Annotated[
+        list[Path], typer.Argument(help="training data (seed or datasets format, JSON or JSONL); several files are joined")
+    ],
     out: Annotated[Path, typer.Option(help="output directory")],
     dev: Annotated[Path | None, typer.Option(help="dev data for early stopping")] = None,
     base: Annotated[str, typer.Option(help=_help("base"))] = _default("base"),
@@ -326,6 +357,7 @@ def train(
         str,
         typer.Option(help="utterance | as_given: train on answers whose keyword arguments follow the utterance's order"),
     ] = _default("argument_order"),
+    init_from: Annotated[str | None, typer.Option(help=_help("init_from"))] = _default("init_from"),
     export: Annotated[bool, typer.Option(help="also write adapter.gguf for llama.cpp")] = True,
     trim_vocabulary: Annotated[
         bool, typer.Option(help="write keep_tokens.npy: the deployment runs on the data's vocabulary (GGUF bases)")
@@ -341,7 +373,7 @@ def train(
 
     options = {name: value for name, value in locals().items() if name in TrainConfig.model_fields}
     config = TrainConfig.model_validate(options)
-    records = load_records(data)
+    records = [record for path in data for record in load_records(path)]
     dev_records = load_records(dev) if dev else []
     try:
         built = build_model(
@@ -451,22 +483,23 @@ def evaluate_command(
     api_key: ApiKey = None,
     out: Annotated[Path | None, typer.Option(help="write report.json / report.md / confusion.png here")] = None,
     limit: Annotated[int, typer.Option(min=0, help="first N records only (0: all)")] = 0,
+    compare: Annotated[
+        Path | None,
+        typer.Option(help="a second model (directory or GGUF) evaluated on the same records: figures side by side"),
+    ] = None,
 ) -> None:
     """Intent / argument / exact-call accuracy, slot F1, OOS, calibration and latency on a data file."""
     from trainers.data import load_records
-    from trainers.evaluate import backend_predictor, evaluate
-    from trainers.progress import progress_bar
+    from trainers.evaluate import compare_reports
 
     records = load_records(data)[: limit or None]
-    with router_from(locals()) as router:
-        assert router.backend is not None
-        predict = backend_predictor(router.backend, router.registry, router.prompt)
-        bar = progress_bar(len(records), "evaluating", "utterance")
-        try:
-            report = evaluate(records, predict, progress=lambda done, total: bar.update(done - bar.n))
-        finally:
-            bar.close()
-    typer.echo(report.summary())
+    options = locals()
+    report = _evaluate_model(records, options)
+    if compare is not None:
+        other = _evaluate_model(records, {**options, "model": compare, "adapter": None})
+        typer.echo(compare_reports(report, other, str(model or "default"), str(compare)))
+    else:
+        typer.echo(report.summary())
     if out:
         for path in report.save(out):
             typer.echo(f"wrote {path}")
@@ -475,6 +508,57 @@ def evaluate_command(
         card = write_model_card(out.parent)  # a report saved into a model directory joins its card
         if card is not None:
             typer.echo(f"updated {card}")
+
+
+def _evaluate_model(records: list[Any], options: dict[str, Any]) -> Any:
+    from trainers.evaluate import backend_predictor, evaluate
+    from trainers.progress import progress_bar
+
+    with router_from(options) as router:
+        assert router.backend is not None
+        predict = backend_predictor(router.backend, router.registry, router.prompt)
+        bar = progress_bar(len(records), "evaluating", "utterance")
+        try:
+            return evaluate(records, predict, progress=lambda done, total: bar.update(done - bar.n))
+        finally:
+            bar.close()
+
+
+@feedback_app.command("export")
+@_friendly
+def feedback_export(
+    log: Annotated[str, typer.Option(help="the request log: sqlite:///intentkit.db or postgresql://…")],
+    out: Annotated[Path, typer.Option(help="write the labelled rows here (JSON Lines, the datasets format)")],
+    since: Annotated[
+        str | None, typer.Option(help="only feedback given since then: an ISO date/time or a Unix timestamp")
+    ] = None,
+) -> None:
+    """Corrected and confirmed requests as training rows (validated like any data file)."""
+    from trainers.data import records_from_rows
+
+    from .feedback import RequestLog, export_corrections
+
+    with RequestLog(log) as request_log:
+        rows = export_corrections(request_log, since=_timestamp(since) if since else None)
+    records_from_rows([(f"{log} request {row['request_id']}", row) for row in rows])  # raises naming the row
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    corrected = sum(row["labelled_by"] == "correction" for row in rows)
+    typer.echo(f"wrote {len(rows)} rows to {out} ({corrected} corrected, {len(rows) - corrected} confirmed by an up vote)")
+
+
+def _timestamp(text: str) -> float:
+    from datetime import datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"--since {text!r}: expected an ISO date/time (2026-12-01T08:00) or a Unix timestamp") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 @app.command()
@@ -568,6 +652,80 @@ def data_augment(
     typer.echo(
         f"wrote {len(out.train)} train rows to {train_out}" + (f", {len(out.dev)} dev rows to {dev_out}" if dev_out else "")
     )
+
+
+@data_app.command("label")
+@_friendly
+def data_label(
+    utterances: Annotated[Path, typer.Argument(help="raw utterances, one per line (or a JSONL file of records)")],
+    teacher_url: Annotated[str, typer.Option(help="the teacher's OpenAI-compatible server, e.g. http://gpu-box:8000/v1")],
+    teacher_model: Annotated[str, typer.Option(help="the teacher's model name on that server")],
+    intents_from: Annotated[Path, typer.Option(help="the intents to label with: derived from this data file")],
+    out: Annotated[Path, typer.Option(help="labelled rows (JSON Lines, the datasets format)")],
+    teacher_api_key: Annotated[str | None, typer.Option(envvar="TEACHER_API_KEY", help="the teacher server's API key")] = None,
+    teacher_structured: Annotated[
+        str | None, typer.Option(help="constrain the teacher: grammar (llama.cpp servers) | guided_regex (vLLM)")
+    ] = None,
+    teacher_mode: Annotated[
+        str, typer.Option(help="chat | completions (the teacher's confidence needs logprobs, which some servers give only here)")
+    ] = "chat",
+    model: Model = None,
+    adapter: Adapter = None,
+    log: Annotated[
+        str | None, typer.Option(help="a request log: where the teacher and --model disagree goes to its review queue")
+    ] = None,
+) -> None:
+    """Label raw utterances with a larger teacher model (zero-shot, validated by the registry)."""
+    from trainers.data import build_registry, load_records
+    from trainers.label import label_utterances, read_utterances
+    from trainers.progress import progress_bar
+
+    from .backends.openai import OpenAIBackend
+
+    texts = read_utterances(utterances)
+    registry = build_registry(load_records(intents_from))
+    structured: Any = teacher_structured
+    teacher = Router(
+        OpenAIBackend(
+            teacher_url,
+            model=teacher_model,
+            api_key=teacher_api_key,
+            zero_shot=True,
+            mode=teacher_mode,  # type: ignore[arg-type]
+            structured=structured,
+            timeout=60.0,
+        ),
+        registry=registry,
+    )
+    current = (
+        build_router(model=model, adapter=adapter, intents_from=intents_from)
+        if model is not None or adapter is not None
+        else None
+    )
+    bar = progress_bar(len(texts), "labelling", "utterance")
+    try:
+        labelled = label_utterances(texts, teacher, current=current, progress=lambda done: bar.update(done - bar.n))
+    finally:
+        bar.close()
+        teacher.close()
+        if current is not None:
+            current.close()
+    rows = [item.to_row() for item in labelled if item.teacher is not None]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    rejected = [item for item in labelled if item.teacher is None]
+    typer.echo(f"wrote {len(rows)} labelled rows to {out}; the teacher gave no valid call for {len(rejected)}")
+    for item in rejected[:10]:
+        typer.secho(f"  ! {item.utterance!r}: {item.teacher_error}", fg=typer.colors.YELLOW)
+    disputed = [item.request for item in labelled if item.request is not None]
+    if current is not None:
+        typer.echo(f"the teacher and {model or adapter} disagree on {len(disputed)} of {len(labelled)}")
+    if log is not None and disputed:
+        from .feedback import RequestLog
+
+        with RequestLog(log) as request_log:
+            request_log.record_now(disputed)
+        typer.echo(f"sent {len(disputed)} disagreements to the review queue of {log}")
 
 
 @data_app.command("dialogues")

@@ -222,6 +222,8 @@ EXTRAS: dict[str, str] = {
     "pyyaml": "homeassistant",
     "opencc": "homeassistant",
     "websockets": "homeassistant",
+    "sqlalchemy": "log",
+    "psycopg": "log",
 }
 
 

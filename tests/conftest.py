@@ -125,3 +125,83 @@ def fresh_base(base_model: tuple[Any, Any]) -> tuple[Any, Any]:
     """A copy of :func:`base_model` a test may train or merge into."""
     model, tokenizer = base_model
     return copy.deepcopy(model), tokenizer
+
+
+def _required(variable: str) -> bool:
+    import os
+
+    return os.environ.get(variable, "") not in ("", "0")
+
+
+def _postgres_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server on 127.0.0.1 for the session: ``$INTENTKIT_TEST_POSTGRES_URL``
+    where set, else a throwaway cluster this fixture creates with Debian's ``initdb`` and
+    ``pg_ctl`` (as the ``postgres`` user when the tests run as root, which initdb refuses).
+    Skipped with the reason when there is no server to start, unless
+    ``INTENTKIT_REQUIRE_POSTGRES=1`` (CI), where that fails instead."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    given = os.environ.get("INTENTKIT_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        reason = "no PostgreSQL server here: apt-get install postgresql (or set INTENTKIT_TEST_POSTGRES_URL)"
+        if _required("INTENTKIT_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    root = tempfile.mkdtemp(prefix="intentkit-pg-")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(root, "data")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run(
+        [*as_user, initdb, "-D", data, "-A", "trust", "-U", "intentkit", "-E", "UTF8"], check=True, capture_output=True
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=on"
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(root, "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://intentkit@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Debian's chromium and chromedriver: ``(browser, driver)`` paths. Skipped with the reason
+    when missing, unless ``INTENTKIT_REQUIRE_BROWSER=1`` (CI)."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        reason = "no browser here: apt-get install chromium chromium-driver"
+        if _required("INTENTKIT_REQUIRE_BROWSER"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return browser, driver

@@ -47,6 +47,11 @@ class TrainConfig(pydantic.BaseModel):
     seed: int = 42
     threads: int | None = None
     share_prefix: bool = pydantic.Field(True, description="evaluate a batch's common prompt prefix once")
+    init_from: str | None = pydantic.Field(
+        None,
+        description="a model directory (intentkit train --out, or a bundled model) whose LoRA adapter training "
+        "continues from, e.g. on old data plus corrections; its rank and targets are kept",
+    )
     argument_order: Literal["utterance", "as_given"] = pydantic.Field(
         "as_given",
         description="the order of keyword arguments in the answers trained on: 'utterance' writes them in the "

@@ -333,3 +333,33 @@ def _confusion_png(confusion: dict[str, dict[str, int]], path: Path) -> Path | N
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
+
+
+def compare_reports(a: EvalReport, b: EvalReport, name_a: str = "A", name_b: str = "B") -> str:
+    """Two evaluations of the same records side by side, and the utterances whose exact-call
+    outcome changed: fixed (wrong under A, right under B) and broken (the other way)."""
+
+    def row(label: str, x: float | None, y: float | None, scale: float = 100, unit: str = "%") -> str:
+        if x is None or y is None:
+            return f"{label:<22} {'n/a':>10} {'n/a':>10}"
+        return f"{label:<22} {x * scale:>9.2f}{unit} {y * scale:>9.2f}{unit}  {(y - x) * scale:+.2f}"
+
+    width = max(10, len(name_a), len(name_b))
+    lines = [
+        f"{'':<22} {name_a[-width:]:>10} {name_b[-width:]:>10}",
+        row("intent accuracy", a.intent_accuracy, b.intent_accuracy),
+        row("in-scope intent", a.in_scope_intent_accuracy, b.in_scope_intent_accuracy),
+        row("argument accuracy", a.argument_accuracy, b.argument_accuracy),
+        row("exact call", a.exact_call_accuracy, b.exact_call_accuracy),
+        row("slot F1", a.slot_f1, b.slot_f1),
+        row("OOS F1", (a.out_of_scope or {}).get("f1"), (b.out_of_scope or {}).get("f1"), 1, ""),
+        row("latency p50 (ms)", a.latency_p50_ms, b.latency_p50_ms, 1, ""),
+    ]
+    wrong_a = {(e["source"], e["instruction"]): e for e in a.errors}
+    wrong_b = {(e["source"], e["instruction"]): e for e in b.errors}
+    fixed = [wrong_a[k] for k in wrong_a if k not in wrong_b]
+    broken = [wrong_b[k] for k in wrong_b if k not in wrong_a]
+    lines.append(f"fixed: {len(fixed)}, broken: {len(broken)}, wrong under both: {len(set(wrong_a) & set(wrong_b))}")
+    lines += [f"  fixed  {e['instruction']!r}: {e['gold']}" for e in fixed]
+    lines += [f"  broken {e['instruction']!r}: {e['gold']} (now {e['predicted']})" for e in broken]
+    return "\n".join(lines)

@@ -190,13 +190,15 @@ def _wrap(model: Any, config: TrainConfig) -> Any:
                     module.weight.requires_grad_(False)
         return model
     with quiet_peft():
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
         if config.method == "qlora":
             if not getattr(model, "is_loaded_in_4bit", False):
                 raise ConfigError("method='qlora' trains over a base loaded in 4 bits (trainers.base.load_base(four_bit_on=...))")
             # Norms and embeddings to fp32 for stable updates, inputs that carry gradients (peft's recipe).
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if config.init_from is not None:
+            return PeftModel.from_pretrained(model, config.init_from, is_trainable=True)
 
         lora = LoraConfig(
             r=config.lora_r,
@@ -206,6 +208,23 @@ def _wrap(model: Any, config: TrainConfig) -> Any:
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, lora)
+
+
+def check_init_from(config: TrainConfig, output_dir: Path) -> None:
+    """``config.init_from`` names a LoRA model directory trained over the same base (checked
+    before the base is loaded, so a wrong directory fails in a second)."""
+    if config.init_from is None:
+        return
+    source = Path(config.init_from)
+    if config.method == "full":
+        raise ConfigError("init_from continues a LoRA adapter; to continue a full fine-tune, give its directory as base")
+    if not (source / "adapter_config.json").is_file():
+        raise ConfigError(f"init_from {source}: no adapter_config.json (expected a LoRA model directory from intentkit train)")
+    if source.resolve() == output_dir.resolve():
+        raise ConfigError(f"init_from {source} is the output directory; write the continued model somewhere else")
+    info = ModelInfo.load(source) if ModelInfo.exists(source) else None
+    if info is not None and info.base != config.base:
+        raise ConfigError(f"init_from {source} was trained over base {info.base!r}, not {config.base!r}; pass --base {info.base}")
 
 
 def train(
@@ -225,9 +244,10 @@ def train(
     config = config or TrainConfig()
     prompt = prompt or PromptFormat()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if not records:
         raise DataError("the training data", "no training records")
+    check_init_from(config, output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     if config.threads:
