@@ -328,7 +328,19 @@ def train(
         list[Path], typer.Argument(help="training data (seed or datasets format, JSON or JSONL); several files are joined")
     ],
     out: Annotated[Path, typer.Option(help="output directory")],
-    dev: Annotated[Path | None, typer.Option(help="dev data for early stopping")] = None,
+    dev: Annotated[
+        Path | None,
+        typer.Option(help="dev data, evaluated at the end: an estimate nothing was chosen on (with --holdout 0: chosen on)"),
+    ] = None,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            help="share of the training rows held back to choose on (early stopping, the weights kept, the "
+            "out-of-scope threshold); 0: choose on --dev",
+        ),
+    ] = 0.1,
     base: Annotated[str, typer.Option(help=_help("base"))] = _default("base"),
     method: Annotated[str, typer.Option(help="lora | qlora | full")] = _default("method"),
     epochs: float = _default("epochs"),
@@ -377,7 +389,15 @@ def train(
     dev_records = load_records(dev) if dev else []
     try:
         built = build_model(
-            records, out, config, dev=dev_records, export=export, trim_vocabulary=trim_vocabulary, scope=scope, say=typer.echo
+            records,
+            out,
+            config,
+            dev=dev_records,
+            holdout=holdout,
+            export=export,
+            trim_vocabulary=trim_vocabulary,
+            scope=scope,
+            say=typer.echo,
         )
     except KeyboardInterrupt as stopped:
         typer.secho(f"interrupted: {stopped}" if str(stopped) else "interrupted", fg=typer.colors.YELLOW, err=True)
@@ -385,13 +405,33 @@ def train(
     result = built.train
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     typer.echo(f"trained {result.steps} steps{resumed}, {result.tokens_per_second:.0f} tokens/s")
+    chosen_on = "held-back" if holdout and dev_records is not built.train_dev else "dev"
     if result.kept:
         typer.echo(
-            f"kept the weights of step {result.kept['step']}: dev loss {result.kept['dev_loss']:.4f}, "
+            f"kept the weights of step {result.kept['step']}: {chosen_on} loss {result.kept['dev_loss']:.4f}, "
             f"exact match {result.kept['dev_exact']:.2%}"
         )
     for note in built.notes:
         typer.echo(note)
+    on_llama_cpp = config.base == "default" or config.base.endswith(".gguf")
+    if dev_records and on_llama_cpp and built.exported is not None and built.train_dev is not dev_records:
+        _report_dev(out, dev, dev_records, records)
+
+
+def _report_dev(out: Path, dev: Path | None, dev_records: list[Any], records: list[Any]) -> None:
+    """Evaluate the trained deployment on the dev file nothing was chosen on; the report joins
+    the model card."""
+    from intentkit.backends.llamacpp import LlamaCppBackend
+    from trainers.card import write_model_card
+    from trainers.data import build_registry
+
+    typer.echo(f"evaluating on {dev} (nothing was chosen on it) …")
+    with LlamaCppBackend.from_model_dir(out) as backend:
+        registry = build_registry(records)
+        report = _evaluate_with(backend, registry, dev_records)
+    typer.echo(report.summary())
+    report.save(out / f"eval-{Path(str(dev)).stem}")
+    write_model_card(out)
 
 
 @app.command()
@@ -511,17 +551,21 @@ def evaluate_command(
 
 
 def _evaluate_model(records: list[Any], options: dict[str, Any]) -> Any:
+    with router_from(options) as router:
+        assert router.backend is not None
+        return _evaluate_with(router.backend, router.registry, records, router.prompt)
+
+
+def _evaluate_with(backend: Any, registry: Any, records: list[Any], prompt: Any = None) -> Any:
     from trainers.evaluate import backend_predictor, evaluate
     from trainers.progress import progress_bar
 
-    with router_from(options) as router:
-        assert router.backend is not None
-        predict = backend_predictor(router.backend, router.registry, router.prompt)
-        bar = progress_bar(len(records), "evaluating", "utterance")
-        try:
-            return evaluate(records, predict, progress=lambda done, total: bar.update(done - bar.n))
-        finally:
-            bar.close()
+    predict = backend_predictor(backend, registry, prompt or getattr(backend, "prompt", None))
+    bar = progress_bar(len(records), "evaluating", "utterance")
+    try:
+        return evaluate(records, predict, progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
 
 
 @feedback_app.command("export")

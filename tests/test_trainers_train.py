@@ -373,3 +373,20 @@ def test_cli_train_resumes_from_its_checkpoint(tiny_records, tiny_model, tmp_pat
     done = CliRunner().invoke(app, [*args, "--epochs", "3", "--learning-rate", "1e-3"])
     assert done.exit_code == 2
     assert "different training run (changed: learning_rate)" in done.output
+
+
+def test_the_held_back_slice_is_stratified_reproducible_and_spares_small_intents() -> None:
+    from trainers.pipeline import split_holdout
+
+    rows = [{"instruction": f"放歌{i}", "output": "play_music()"} for i in range(20)]
+    rows += [{"instruction": f"天气{i}", "output": f'weather_search(city="城{i}")'} for i in range(10)]
+    rows += [{"instruction": f"闲聊{i}", "output": None} for i in range(10)]
+    rows += [{"instruction": f"小声{i}", "output": "volume_down()"} for i in range(4)]  # too few to spare any
+    records = records_from_rows((f"t.jsonl:{i}", r) for i, r in enumerate(rows))
+    kept, held = split_holdout(records, 0.1, seed=1)
+    assert sorted(r.intent for r in held) == ["no_intent", "play_music", "play_music", "weather_search"]
+    assert len(kept) + len(held) == len(records) and not {r.source for r in kept} & {r.source for r in held}
+    assert [r.source for r in split_holdout(records, 0.1, seed=1)[1]] == [r.source for r in held]
+    assert split_holdout(records, 0.0) == (list(records), [])
+    with pytest.raises(ValueError, match="holdout"):
+        split_holdout(records, 1.0)

@@ -18,7 +18,34 @@ from .data import Record
 from .progress import progress_bar
 from .train import TrainResult, train
 
-__all__ = ["BuildResult", "build_model", "fit_model_scope", "write_drafts"]
+__all__ = ["DEFAULT_HOLDOUT", "HOLDOUT_FILE", "BuildResult", "build_model", "fit_model_scope", "split_holdout", "write_drafts"]
+
+#: The share of the training rows held back, by default, to choose on: early stopping, the weights
+#: kept, the out-of-scope detector's threshold. What a run reports on (``dev``) chooses nothing.
+DEFAULT_HOLDOUT = 0.1
+HOLDOUT_FILE = "holdout.jsonl"
+#: Intents with fewer rows than this keep them all for training.
+_HOLDOUT_MIN_ROWS = 5
+
+
+def split_holdout(records: Sequence[Record], fraction: float, *, seed: int = 42) -> tuple[list[Record], list[Record]]:
+    """``(train, held back)``: ``fraction`` of each intent's rows (out-of-scope rows as one
+    more intent), drawn at random with ``seed``; an intent with fewer than five rows keeps them
+    all. The split is a function of the rows and the seed alone, so a resumed run gets the same."""
+    import random
+
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {fraction}")
+    by_intent: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        by_intent.setdefault(record.intent, []).append(index)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for name in sorted(by_intent):
+        indices = by_intent[name]
+        if fraction and len(indices) >= _HOLDOUT_MIN_ROWS:
+            held.update(rng.sample(indices, max(1, round(fraction * len(indices)))))
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 @dataclass(slots=True)
@@ -27,6 +54,8 @@ class BuildResult:
     exported), the detector fitted, and a line for each step left out and why."""
 
     train: TrainResult
+    #: The rows training chose on: the held-back slice, or ``dev``.
+    train_dev: Sequence[Record] = ()
     exported: Path | None = None
     detector: ScopeDetector | None = None
     notes: list[str] = field(default_factory=list)
@@ -38,6 +67,7 @@ def build_model(
     config: TrainConfig | None = None,
     *,
     dev: Sequence[Record] = (),
+    holdout: float = 0.0,
     export: bool = True,
     trim_vocabulary: bool = True,
     scope: bool | None = None,
@@ -53,12 +83,24 @@ def build_model(
     utterances, calibrated on ``calibration`` (default: ``dev``). Every run writes ``drafts.jsonl``
     (the training rows the backends draft answers from); an adapter over a GGUF base also gets
     ``keep_tokens.npy`` (``trim_vocabulary``: the deployment runs on the vocabulary of the
-    prompt and the training rows, as the bundled model does). ``say`` reports each step as it ends."""
+    prompt and the training rows, as the bundled model does). ``say`` reports each step as it ends.
+
+    ``holdout``: hold back that share of ``records`` (:func:`split_holdout`, written to
+    ``holdout.jsonl``) and choose on it, not on ``dev``: early stopping, the weights kept and the
+    detector's threshold (unless ``calibration`` is given). ``dev`` is then left for the report
+    alone, an estimate no choice was made on."""
     from .export import export_full_gguf, export_gguf_lora, write_vocabulary
 
     config = config or TrainConfig()
     out = Path(out)
-    result = BuildResult(train(records, out, config, dev=dev, progress=progress))
+    records, held = split_holdout(records, holdout, seed=config.seed) if holdout else (list(records), [])
+    if held:
+        _write_rows(out / HOLDOUT_FILE, held)
+        say(f"held back {len(held)} of {len(records) + len(held)} training rows to choose on ({out / HOLDOUT_FILE})")
+        dev = held
+        if calibration is None:
+            calibration = held
+    result = BuildResult(train(records, out, config, dev=dev, progress=progress), dev)
     write_drafts(out, records)
     from_gguf = config.base == DEFAULT_BASE or config.base.endswith(".gguf")
     if not export:
@@ -148,6 +190,14 @@ def fit_model_scope(
         f"threshold {detector.threshold:.4f} from {detector.info['calibrated_on']})"
     )
     return detector
+
+
+def _write_rows(path: Path, records: Sequence[Record]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"instruction": r.instruction, "output": r.output, "source": r.source} for r in records]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 def write_drafts(model_dir: str | Path, records: Sequence[Record]) -> Path:
