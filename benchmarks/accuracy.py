@@ -7,7 +7,10 @@
 Runs what ``intentkit train`` runs (:func:`trainers.pipeline.build_model`: train a LoRA adapter
 or, ``--method full``, all weights but the embeddings, with ``--epochs``, ``--lr``, … as in
 ``intentkit train``; export it for llama.cpp; unless ``--no-scope``, fit the out-of-scope detector
-on the training utterances with the threshold from the first ``--dev`` file's in-scope rows), then
+on the training utterances). Everything the run chooses — early stopping, the weights kept, the
+detector's threshold — is chosen on ``--holdout`` of the training rows (``holdout.jsonl``), as
+``intentkit train`` does by default; ``--holdout 0`` chooses on the first ``--dev`` file instead,
+whose figures then read high. Then it
 evaluates every ``--dev`` file (and all of them together) through the model's llama.cpp deployment
 (:meth:`LlamaCppBackend.from_model_dir`, the one ``intentkit eval --model DIR`` runs) with
 constrained decoding and a registry derived from the training file. ``--skip-train`` evaluates an
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--no-scope", action="store_true", help="no out-of-scope detector")
     parser.add_argument("--scope-quantile", type=float, default=0.975)
+    parser.add_argument("--holdout", type=float, default=0.1, help="share of the training rows held back to choose on")
     args = parser.parse_args()
 
     from intentkit.backends.llamacpp import LlamaCppBackend
@@ -65,7 +69,8 @@ def main() -> None:
 
     records = load_records(args.train)
     dev_sets = {path.stem: load_records(path) for path in args.dev}
-    calibration = next(iter(dev_sets.values()))[: args.limit or None]  # --limit: a quick run all through
+    # --limit: a quick run all through; with a held-back slice the pipeline calibrates on it
+    calibration = None if args.holdout else next(iter(dev_sets.values()))[: args.limit or None]
     if not args.skip_train:
         config = TrainConfig(
             epochs=args.epochs,
@@ -80,13 +85,14 @@ def main() -> None:
         extra = swap_values(records, copies=args.swap_copies) if args.swap_copies else []
         if extra:
             print(f"swap_values: {len(extra)} recombined rows added to {len(records)}")
-        # Early stopping watches the first dev file (in-scope dev); the others are only evaluated.
+        # Choices are made on the held-back slice (or, --holdout 0, the first dev file).
         started = time.perf_counter()
         built = build_model(
             [*records, *extra],
             args.out,
             config,
             dev=next(iter(dev_sets.values())),
+            holdout=args.holdout,
             scope=not args.no_scope,
             calibration=calibration,
             scope_quantile=args.scope_quantile,
@@ -96,7 +102,13 @@ def main() -> None:
         print(f"kept: {result.kept}; exported and fitted in {time.perf_counter() - started - result.seconds:.0f} s")
     elif not args.no_scope:  # an existing model: the detector is fitted again as the options say
         start = time.perf_counter()
-        detector = fit_model_scope(args.out, records, calibration, quantile=args.scope_quantile)
+        from trainers.pipeline import HOLDOUT_FILE
+
+        held = args.out / HOLDOUT_FILE
+        chosen_on = load_records(held) if calibration is None and held.is_file() else (calibration or [])
+        kept_back = {(r.instruction, r.output) for r in chosen_on} if calibration is None else set()  # never indexed
+        indexed = [r for r in records if (r.instruction, r.output) not in kept_back]
+        detector = fit_model_scope(args.out, indexed, chosen_on, quantile=args.scope_quantile)
         print(f"out-of-scope detector: {detector!r}, {time.perf_counter() - start:.0f} s")
     registry = build_registry(records)
     constrained = not args.unconstrained

@@ -35,6 +35,7 @@ __all__ = [
     "in_utterance_order",
     "load_records",
     "read_objects",
+    "read_text",
     "records_from_rows",
     "validate_records",
 ]
@@ -71,12 +72,7 @@ def read_objects(path: str | Path, *, problems: list[DataError] | None = None) -
     so that one pass reports them all. A file without a single row is an error too (an empty
     training or evaluation file is a mistake, never a result)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(str(path), "no such file") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -96,6 +92,17 @@ def read_objects(path: str | Path, *, problems: list[DataError] | None = None) -
         except json.JSONDecodeError as exc:
             _report(DataError(f"{path}:{lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})"), problems)
     return rows
+
+
+def read_text(path: Path) -> str:
+    """A data file's text; a missing file or one that is not UTF-8 is a :class:`DataError`
+    naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(str(path), "no such file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _report(problem: DataError, problems: list[DataError] | None) -> None:

@@ -63,16 +63,11 @@ class Labelled:
 def read_utterances(path: str | Path) -> list[str]:
     """One utterance per line (blank lines and ``#`` comments skipped); a JSON Lines file of
     records is read for its ``instruction`` fields."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(str(path), "no such file") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if text.lstrip().startswith(("{", "[")):
-        from .data import read_objects
+    from .data import read_objects, read_text
 
+    path = Path(path)
+    text = read_text(path)
+    if text.lstrip().startswith(("{", "[")):
         out = []
         for source, row in read_objects(path):
             if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
