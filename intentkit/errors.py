@@ -19,7 +19,8 @@ attributes (the raw model output, the position in it, the intent and parameter c
     ├── DataError(ValueError)               a data file that cannot be used: .source (file:line)
     ├── ModelDirError(ValueError)           a model directory intentkit cannot read: .path
     ├── ScopeFileError(ValueError)          a scope.npz that cannot be used
-    └── ExportError(ValueError)             a model that cannot be exported as asked
+    ├── ExportError(ValueError)             a model that cannot be exported as asked
+    └── feedback.CorrectionError(ValueError) a correction that does not validate against the registry
 
 Programming errors (a wrong argument type, calling a closed object from the wrong thread) stay
 Python's own ``TypeError`` / ``ValueError``; everything a user's input, file or model can cause

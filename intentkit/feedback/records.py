@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..calls import NO_INTENT
-from ..errors import ArgumentError, ParseError, UnknownIntentError
+from ..errors import ArgumentError, IntentKitError, ParseError, UnknownIntentError
 from ..parser import parse_calls
 from ..registry import Registry
 from .store import LoggedRequest, RequestLog
@@ -19,7 +19,7 @@ __all__ = ["CorrectionError", "dataset_rows", "from_result", "validate_correctio
 RUNNERS_UP = 3
 
 
-class CorrectionError(ValueError):
+class CorrectionError(IntentKitError, ValueError):
     """A correction that does not parse, names no registered intent, or has arguments its
     intent's signature refuses; the message says which and where."""
 
