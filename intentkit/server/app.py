@@ -202,11 +202,12 @@ def create_app(
             )
         return request_log
 
+    if request_log is not None:
+        from ..feedback import from_result
+
     def remember(result: Any, request_id: str, endpoint: str, session_id: str | None, started: float) -> None:
         if request_log is None:
             return
-        from ..feedback import from_result
-
         latency = (time.perf_counter() - started) * 1000
         request_log.record(
             from_result(result, request_id, endpoint=endpoint, session_id=session_id, latency_ms=latency, fingerprint=fingerprint)
