@@ -52,6 +52,9 @@ class DataSummary(pydantic.BaseModel):
     training_rows: int = 0
     out_of_scope_rows: int = 0
     dev_rows: int = 0
+    chosen_on: Literal["dev", "held-back"] = pydantic.Field(
+        "dev", description="what the evaluations during training read: the dev file, or rows held back from training"
+    )
     files: list[str] = pydantic.Field(default_factory=list)
 
 

@@ -145,7 +145,13 @@ def test_lora_saves_adapter_and_metadata(tiny_records, tiny_model, tmp_path: Pat
     assert meta["intents"] == ["no_intent", "play_music", "volume_down", "weather_search"]
     assert meta["steps"] == 8 and meta["tokens_per_second"] > 0
     assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
-    assert meta["data"] == {"training_rows": len(tiny_records), "out_of_scope_rows": 4, "dev_rows": 4, "files": ["t.jsonl"]}
+    assert meta["data"] == {
+        "training_rows": len(tiny_records),
+        "out_of_scope_rows": 4,
+        "dev_rows": 4,
+        "chosen_on": "dev",
+        "files": ["t.jsonl"],
+    }
     card = (tmp_path / "README.md").read_text(encoding="utf-8")  # ours, not peft's empty template
     assert "More Information Needed" not in card and "LoRA adapter (r=8, α=16" in card
     assert "| run | 8 steps in" in card and f"`{PromptFormat().fingerprint}`" in card

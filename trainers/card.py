@@ -127,9 +127,9 @@ def _training(info: ModelInfo) -> list[str]:
         )
     best = info.best
     if {"step", "dev_loss"} <= best.keys():
-        rows.append(
-            ("kept", f"step {best['step']:g}: dev loss {best['dev_loss']:.4f}, dev exact match {percent(best.get('dev_exact'))}")
-        )
+        on = info.data.chosen_on if info.data else "dev"
+        exact = percent(best.get("dev_exact"))
+        rows.append(("kept", f"step {best['step']:g}: {on} loss {best['dev_loss']:.4f}, {on} exact match {exact}"))
     if info.prompt:
         prompt = info.prompt
         rows.append(("prompt", f"template `{prompt.get('template')}`, fingerprint `{prompt.get('fingerprint')}`"))

@@ -100,7 +100,8 @@ def build_model(
         dev = held
         if calibration is None:
             calibration = held
-    result = BuildResult(train(records, out, config, dev=dev, progress=progress), dev)
+    trained = train(records, out, config, dev=dev, progress=progress, dev_name="held-back" if held else "dev")
+    result = BuildResult(trained, dev)
     write_drafts(out, records)
     from_gguf = config.base == DEFAULT_BASE or config.base.endswith(".gguf")
     if not export:

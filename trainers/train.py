@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from intentkit import PromptFormat
 from intentkit.errors import ConfigError, DataError
@@ -237,6 +237,7 @@ def train(
     model_and_tokenizer: tuple[Any, Any] | None = None,
     progress: bool = True,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    dev_name: Literal["dev", "held-back"] = "dev",
 ) -> TrainResult:
     """Fine-tune on ``records``; writes the adapter (or full model) and ``intentkit.json`` to ``output_dir``."""
     import torch
@@ -330,7 +331,7 @@ def train(
                         stop = config.patience is not None and bad_evals >= config.patience
                     if bar is not None:
                         bar.write(
-                            f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): dev loss "
+                            f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): {dev_name} loss "
                             f"{record['dev_loss']:.4f}, exact match {record['dev_exact']:.2%}"
                             + (" (best, saved)" if improved or best is None else f" (best: step {best['step']})")
                         )
@@ -377,6 +378,7 @@ def train(
                 "training_rows": len(records),
                 "out_of_scope_rows": sum(not r.in_scope for r in records),
                 "dev_rows": len(dev),
+                "chosen_on": dev_name,
                 "files": sorted({r.source.rsplit(":", 1)[0] for r in records}),
             },
             "dev_evaluations": [
