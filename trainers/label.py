@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from intentkit import Router
-from intentkit.calls import NO_INTENT
 from intentkit.errors import DataError
-from intentkit.feedback import LoggedRequest, RequestLog, from_result
-from intentkit.parser import parse_calls
+from intentkit.feedback import LoggedRequest, RequestLog, dataset_row, from_result
 
 __all__ = ["Labelled", "label_utterances", "read_utterances"]
 
@@ -46,13 +44,8 @@ class Labelled:
     def to_row(self) -> dict[str, Any]:
         """The datasets-format row (``output`` null for out of scope) with the labelling kept."""
         assert self.teacher is not None
-        calls = [c for c in parse_calls(self.teacher) if c.name != NO_INTENT]
-        first = calls[0] if calls else None
         return {
-            "instruction": self.utterance,
-            "output": self.teacher if calls else None,
-            "name": first.name if first else NO_INTENT,
-            "args": dict(first.kwargs) if first else {},
+            **dataset_row(self.utterance, self.teacher),
             "teacher_confidence": self.teacher_confidence,
             "model_output": self.model,
             "model_confidence": self.model_confidence,

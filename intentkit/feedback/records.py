@@ -13,7 +13,7 @@ from ..parser import parse_calls
 from ..registry import Registry
 from .store import LoggedRequest, RequestLog
 
-__all__ = ["CorrectionError", "dataset_rows", "from_result", "validate_correction"]
+__all__ = ["CorrectionError", "dataset_row", "dataset_rows", "from_result", "validate_correction"]
 
 #: How many of the model's next-best intents a log row keeps.
 RUNNERS_UP = 3
@@ -85,24 +85,30 @@ def validate_correction(registry: Registry, text: str) -> str:
     return "; ".join(rendered)
 
 
+def dataset_row(instruction: str, call_text: str) -> dict[str, Any]:
+    """One row in the datasets format: ``instruction``, ``output`` (``null`` for out of scope),
+    and the first call's ``name`` and ``args``."""
+    calls = [c for c in parse_calls(call_text) if c.name != NO_INTENT]
+    first = calls[0] if calls else None
+    return {
+        "instruction": instruction,
+        "output": call_text if calls else None,
+        "name": first.name if first else NO_INTENT,
+        "args": dict(first.kwargs) if first else {},
+    }
+
+
 def dataset_rows(labelled: Iterable[tuple[LoggedRequest, str]]) -> list[dict[str, Any]]:
-    """Rows in the datasets format (``instruction``, ``output``; ``null`` for out of scope), with
-    ``request_id`` and ``labelled_by`` kept so a row can be traced back."""
-    rows = []
-    for request, label in labelled:
-        calls = [c for c in parse_calls(label) if c.name != NO_INTENT]
-        first = calls[0] if calls else None
-        rows.append(
-            {
-                "instruction": request.model_input or request.utterance,
-                "output": label if calls else None,
-                "name": first.name if first else NO_INTENT,
-                "args": dict(first.kwargs) if first else {},
-                "request_id": request.id,
-                "labelled_by": "correction" if request.correction is not None else "vote",
-            }
-        )
-    return rows
+    """Rows in the datasets format (:func:`dataset_row`), with ``request_id`` and
+    ``labelled_by`` kept so a row can be traced back."""
+    return [
+        {
+            **dataset_row(request.model_input or request.utterance, label),
+            "request_id": request.id,
+            "labelled_by": "correction" if request.correction is not None else "vote",
+        }
+        for request, label in labelled
+    ]
 
 
 def export_corrections(log: RequestLog, *, since: float | None = None) -> list[dict[str, Any]]:
