@@ -54,7 +54,7 @@ def home_of(fixture: dict[str, Any], language: str) -> Any:
     return Home(language=language, areas=areas, floors=sorted(floors), entities=entities)
 
 
-def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True) -> Predict:
+def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True, templates: bool = True) -> Predict:
     from intentkit import Router
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.homeassistant import registry_for, slot_values
@@ -65,7 +65,10 @@ def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = Tru
     def predict(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         key = json.dumps(row.get("fixture", {}), sort_keys=True, ensure_ascii=False)
         if key not in routers:
-            routers[key] = Router(backend, registry=registry_for(home_of(row.get("fixture", {}), language)), fast_path=False)
+            registry = registry_for(home_of(row.get("fixture", {}), language))
+            if not templates:  # draft from the nearest training row only
+                registry.drafter = None
+            routers[key] = Router(backend, registry=registry, fast_path=False)
         router = routers[key]
         result = router.handle(row["instruction"], dispatch=False)
         if not result.ok or not result.calls:
@@ -80,31 +83,17 @@ def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = Tru
 
 
 def hassil_predictor(language: str) -> Predict:
-    from hassil import TextSlotList, recognize_best
+    from hassil import recognize_best
 
     from intentkit.homeassistant.intents import language_data
+    from intentkit.homeassistant.templates import slot_lists
 
     intents, data, _ = language_data(language)
     skip = data.get("skip_words", [])
 
     def predict(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        fixture = row.get("fixture", {})
-        floors = sorted(
-            {f["name"] for f in fixture.get("floors", [])} | {a["floor"] for a in fixture.get("areas", []) if a.get("floor")}
-        )
-        # Names carry their domain (and area) as context, as Home Assistant gives them to hassil,
-        # so that templates whose requires_context names domains can match.
-        names = [
-            (spoken, e["name"], {"domain": e["domain"], **({"area": e["area"]} if e.get("area") else {})})
-            for e in fixture.get("entities", [])
-            for spoken in [e["name"], *e.get("aliases", [])]
-        ]
-        areas = [(spoken, a["name"]) for a in fixture.get("areas", []) for spoken in [a["name"], *a.get("aliases", [])]]
-        lists = {
-            "area": TextSlotList.from_tuples(areas or [("-", "-")], name="area"),
-            "floor": TextSlotList.from_strings(sorted(floors) or ["-"], name="floor"),
-            "name": TextSlotList.from_tuples(names or [("-", "-")], name="name"),
-        }
+        # The home's names as Home Assistant gives them to hassil (the lists the drafter uses).
+        lists = slot_lists(home_of(row.get("fixture", {}), language))
         result = recognize_best(
             row["instruction"], intents, slot_lists=lists, skip_words=skip, intent_context=row.get("context"), language=language
         )
@@ -172,6 +161,12 @@ def main() -> None:
         default=True,
         help="draft calls from the model directory's drafts.jsonl (default; --no-drafts: decode step by step)",
     )
+    parser.add_argument(
+        "--templates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draft calls from hassil's template match first (default; --no-templates: nearest training row only)",
+    )
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = rows[: args.limit or None]
@@ -180,7 +175,9 @@ def main() -> None:
         report["hassil"] = score(rows, hassil_predictor(args.language), examples_kept=args.examples)
     if args.only in (None, "intentkit"):
         report["intentkit"] = score(
-            rows, intentkit_predictor(args.model, args.language, drafts=args.drafts), examples_kept=args.examples
+            rows,
+            intentkit_predictor(args.model, args.language, drafts=args.drafts, templates=args.templates),
+            examples_kept=args.examples,
         )
     for name, figures in report.items():
         print(

@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import pydantic
 
@@ -30,6 +30,9 @@ from .errors import (
     UnknownIntentError,
     UnsupportedSignatureError,
 )
+
+if TYPE_CHECKING:
+    from .drafts import Draft
 
 __all__ = [
     "BoundCall",
@@ -267,12 +270,19 @@ class _Mismatch(Exception):
 
 
 class Registry:
-    """The intents a router knows, by name and alias."""
+    """The intents a router knows, by name and alias.
+
+    ``drafter``, when set, guesses an utterance's call before the model reads it (``text →``
+    :class:`~intentkit.drafts.Draft` or ``None``): a local backend verifies the guess in one batch
+    with the prompt and keeps the tokens its own decoder chooses, so a good drafter saves
+    evaluations and a bad one costs a few batched tokens, never the answer.
+    :func:`~intentkit.homeassistant.registry_for` sets Home Assistant's templates as the drafter."""
 
     def __init__(self) -> None:
         self._specs: dict[str, IntentSpec] = {}
         self._lookup: dict[str, IntentSpec] = {}
         self._catalog: IntentCatalog | None = None
+        self.drafter: Callable[[str], Draft | None] | None = None
 
     def __len__(self) -> int:
         return len(self._specs)

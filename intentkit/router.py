@@ -41,6 +41,7 @@ from .prompt import PromptFormat
 from .registry import DEFAULT_CHOICE_CUTOFF, BoundCall, ExampleLike, IntentSpec, Registry
 
 if TYPE_CHECKING:
+    from .drafts import Draft
     from .scope import ScopeVerdict
 
 __all__ = ["RoutePath", "RouteResult", "Router", "RouterConfig", "Session", "Status", "Timings"]
@@ -485,8 +486,21 @@ class Router:
             model_input = text
         result.model_input = model_input
         result.path = RoutePath.MODEL
-        turn.request = GenerateRequest(model_input, self.registry.catalog, self.prompt, self.config.max_tokens)
+        draft = self._draft(model_input) if model_input == text else None
+        turn.request = GenerateRequest(model_input, self.registry.catalog, self.prompt, self.config.max_tokens, draft)
         return turn
+
+    def _draft(self, text: str) -> Draft | None:
+        """The registry's drafter's guess at ``text``'s call; a drafter that fails costs its
+        guess (logged), never the request."""
+        drafter = self.registry.drafter
+        if drafter is None:
+            return None
+        try:
+            return drafter(text)
+        except Exception:
+            logger.warning("the registry's drafter failed on %r; routing without its draft", text, exc_info=True)
+            return None
 
     def _interpret(
         self, result: RouteResult, generation: Generation | BackendError

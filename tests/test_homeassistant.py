@@ -374,3 +374,67 @@ def test_names_match_in_either_script() -> None:
     home = Home(areas=["客厅"], entities=[{"name": "床头灯", "domain": "light", "area": "客厅"}])
     assert home.area_names["客廳"] == "客厅" and home.entity_names["床頭燈"] == "床头灯"
     assert home.area_names["客厅"] == "客厅"  # the names themselves stay first
+
+
+@pytest.mark.parametrize(
+    ("text", "intent", "items"),
+    [
+        ("把客厅的灯打开", "HassTurnOn", (("area", "客厅"), ("domain", "light"))),
+        ("打开台灯", "HassTurnOn", (("name", "床头灯"),)),  # an alias drafts the entity's name
+        ("关闭卧室的窗帘", "HassTurnOff", (("area", "卧室"), ("domain", "cover"), ("device_class", "curtain"))),
+    ],
+)
+def test_templates_draft_the_call_in_the_registrys_parameter_order(registry, text, intent, items) -> None:
+    from intentkit.drafts import Draft
+
+    draft = registry.drafter(text)
+    assert draft == Draft(intent, items)
+    order = [p.name for p in registry.get(intent).params]
+    assert [order.index(name) for name, _ in draft.items] == sorted(order.index(name) for name, _ in draft.items)
+
+
+def test_no_template_no_draft(registry) -> None:
+    assert registry.drafter("给我讲个笑话") is None
+    assert registry.drafter("客厅好暗啊，帮我把灯开一下") is None  # hassil misses it; the nearest row drafts
+
+
+def test_the_router_offers_the_template_draft_and_survives_a_failing_drafter(caplog) -> None:
+    registry = registry_for(HOME)
+    backend = FakeBackend('HassTurnOn(area="客厅", domain="light")')
+    router = Router(backend, registry=registry, fast_path=False)
+    assert router.handle("把客厅的灯打开", dispatch=False).ok
+    assert backend.requests[-1].draft is not None and backend.requests[-1].draft.intent == "HassTurnOn"
+
+    def broken(text: str):
+        raise RuntimeError("drafter down")
+
+    registry.drafter = broken
+    result = router.handle("把客厅的灯打开", dispatch=False)
+    assert result.ok and backend.requests[-1].draft is None
+    assert "drafter failed" in caplog.text
+
+
+def test_template_drafts_answer_as_without_them_with_fewer_evaluations() -> None:
+    """The bundled Home Assistant model: the template draft changes no answer, only how many
+    evaluations the decoder needs."""
+    pytest.importorskip("llama_cpp")
+    from intentkit.backends.base import GenerateRequest
+    from intentkit.backends.llamacpp import LlamaCppBackend
+
+    model = Path(__file__).resolve().parent.parent / "models" / "home-assistant"
+    registry = registry_for(HOME)
+    texts = ["把客厅的灯打开", "关闭卧室的窗帘", "打开台灯", "把床头灯亮度调到百分之五十", "客厅的温度是多少", "把厨房的灯关掉"]
+    with LlamaCppBackend.from_model_dir(model) as backend:
+        router = Router(backend, registry=registry, fast_path=False)
+
+        def run(drafted: bool) -> list:
+            return [
+                backend.generate(
+                    GenerateRequest(t, registry.catalog, router.prompt, draft=registry.drafter(t) if drafted else None)
+                )
+                for t in texts
+            ]
+
+        with_templates, without = run(True), run(False)
+    assert [g.text for g in with_templates] == [g.text for g in without]
+    assert sum(g.info["evaluations"] for g in with_templates) < sum(g.info["evaluations"] for g in without)

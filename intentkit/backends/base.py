@@ -23,6 +23,7 @@ from ..prompt import PromptFormat
 from ..registry import IntentCatalog
 
 if TYPE_CHECKING:
+    from ..drafts import Draft
     from ..scope import ScopeVerdict
 
 __all__ = ["Backend", "GenerateRequest", "Generation"]
@@ -30,12 +31,18 @@ __all__ = ["Backend", "GenerateRequest", "Generation"]
 
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
-    """What the router asks of a backend for one utterance (a session's turns already joined)."""
+    """What the router asks of a backend for one utterance (a session's turns already joined).
+
+    ``draft`` is a guess at the call offered with the request (the registry's
+    :attr:`~intentkit.Registry.drafter`: Home Assistant's own templates, for one): a local backend
+    verifies it in one batch with the prompt, in place of its own nearest-row draft, and keeps
+    only what its decoder would have chosen anyway; other backends ignore it."""
 
     text: str
     catalog: IntentCatalog
     prompt: PromptFormat
     max_tokens: int = 64
+    draft: Draft | None = None
 
     def messages(self) -> list[dict[str, str]]:
         """The chat messages of this request (:meth:`PromptFormat.messages`)."""

@@ -84,8 +84,10 @@ class LocalGenerator:
             raise BackendError(f"prompt is {len(tokens)} tokens; with max_tokens it exceeds n_ctx={self.n_ctx}")
         drafted: list[int] = []
         reads: list[int] = []
-        if draft and self.drafts is not None and self.constrained:
-            guess = self.drafts.draft(request.text)
+        if draft and self.constrained:
+            guess = request.draft
+            if guess is None and self.drafts is not None:
+                guess = self.drafts.draft(request.text)
             if guess is not None:
                 drafted, reads = self._decoder(request).draft_tokens(guess, request.text)
         logits, reused = self.model.prefill(tokens, draft=drafted, reads=reads)

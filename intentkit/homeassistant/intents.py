@@ -20,6 +20,8 @@ parameter, so that a routed call is exactly what Home Assistant executes::
 A slot that every sentence of an intent fills is required; the others are optional. Every call
 is grounded in the home before it runs (:mod:`.grounding`: the device the utterance names, the
 area and kind of device where it names none of the home's, the state in the device's own words).
+The language's templates, matched by hassil over the home's names, draft each call for the model
+to verify (:mod:`.templates`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..registry import IntentSpec, Param, Registry
 from .grounding import grounder
 from .home import Home
 from .package import HA_LANGUAGES, _list_references, ha_language, language_data, package_language
+from .templates import TemplateDrafter
 
 _PLACES = {"name": "entity_names", "area": "area_names", "floor": "floor_names"}
 
@@ -181,6 +184,7 @@ def registry_for(
             description=spec.description,
             resolve=grounder(home, language, name, set(annotations)),
         )
+    registry.drafter = TemplateDrafter(home, registry, language=language)
     return registry
 
 
