@@ -16,8 +16,11 @@ What the plain sampler does not do:
   left out of the answer: the Wyoming server fills it from the request's context;
 - **numbers** are written as digits or as Chinese numerals (``二十四度``), never as financial
   numerals (壹/伍); malformed expansions (``的的``) are dropped;
-- **how people talk**: fillers and politeness (帮我, 麻烦, 一下, 吧), and speech-recognition slips in
-  names (床头等 for 床头灯), on a share of the rows;
+- **how people talk**: fillers and politeness (帮我, 麻烦, 一下, 吧), the situation or reason said
+  with the command (``好暗啊，帮我把灯开一下``, on any intent's rows, so that the model reads past
+  it), and speech-recognition slips in names (床头等 for 床头灯), on a share of the rows;
+- **out of scope**: chat, knowledge questions, other apps' requests and questions that sound like
+  a home's but are not (``今天股市涨了吗``, ``空调多少钱一台``);
 - **balance**: the same number of rows per intent, plus more for intents with many templates
   (``per_sentence``), plus out-of-scope rows (``output: null``).
 """
@@ -104,10 +107,33 @@ _WILDCARDS: dict[str, tuple[str, ...]] = {
     "zone": ("家", "公司", "学校", "健身房", "超市"),
     "search_query": ("周杰伦", "新闻", "轻音乐", "相声"),
 }
-_PREFIXES = ("帮我", "请", "麻烦", "麻烦你", "能不能", "可以帮我", "给我", "我想", "你帮我", "快")
+_PREFIXES = ("帮我", "请", "麻烦", "麻烦你", "能不能", "可以帮我", "给我", "我想", "你帮我", "快", "嗯，", "那个，", "对了，")
 _SUFFIXES = ("吧", "一下", "呗", "好吗", "谢谢", "啊", "可以吗")
 # Speech recognisers swap characters that sound alike.
 _SLIPS = {"灯": "等", "厅": "听", "帘": "连", "扇": "善", "卧": "握", "厨": "除", "阳": "羊", "台": "抬", "锁": "所", "视": "是"}
+# What people say around a command: the situation or the reason (客厅好暗啊，帮我把灯开一下). Any
+# intent's rows get any of them, so that the model learns to read past them.
+_REMARKS = (
+    "好暗啊",
+    "太热了",
+    "有点冷",
+    "热死了",
+    "我要睡了",
+    "我回来了",
+    "我要出门了",
+    "透透气",
+    "看不清了",
+    "太吵了",
+    "有点闷",
+    "天黑了",
+    "马上要吃饭了",
+    "孩子睡着了",
+    "等会儿有客人来",
+    "快点",
+    "我在看书",
+    "我在做饭",
+    "今天好累",
+)
 _OUT_OF_SCOPE = (
     "给我讲个笑话",
     "你叫什么名字",
@@ -133,6 +159,53 @@ _OUT_OF_SCOPE = (
     "帮我打个车",
     "查一下我的快递",
     "我想学英语",
+    # Questions and requests that sound like a home's, about something else.
+    "今天股市涨了吗",
+    "昨天的比赛谁赢了",
+    "比特币现在多少钱",
+    "美元汇率是多少",
+    "这个月工资发了没有",
+    "北京到上海有多远",
+    "高铁票还有吗",
+    "我的航班准点吗",
+    "电影几点开始",
+    "健身房几点关门",
+    "附近的药店开着吗",
+    "超市还营业吗",
+    "空调多少钱一台",
+    "灯泡坏了怎么办",
+    "扫地机器人哪个牌子好",
+    "窗帘怎么洗",
+    "电视剧更新了吗",
+    "帮我发个微信给妈妈",
+    "给老板打个电话",
+    "帮我转账一百块",
+    "点一份外卖",
+    "帮我挂个号",
+    "设置一下手机的壁纸",
+    "帮我拍张照片",
+    "我今天好开心",
+    "好无聊啊",
+    "谢谢你",
+    "你好",
+    "你真聪明",
+    "今天是什么节日",
+    "长城有多长",
+    "太阳为什么是圆的",
+    "猫能吃巧克力吗",
+    "怎么减肥",
+    "给我推荐一本书",
+    "唱首歌吧",
+    "陪我聊聊天",
+    "明年是什么年",
+    "三乘以七等于多少",
+    "苹果用英语怎么说",
+    "中国有多少人口",
+    "帮我查一下这个单词",
+    "我的手机在哪里",
+    "股票该买还是卖",
+    "这道题怎么做",
+    "今年春节是几号",
 )
 
 
@@ -149,13 +222,15 @@ class _Pools:
     suffixes: Sequence[str]
     slips: Mapping[str, str]  # what a speech recogniser hears instead (a character, or a word)
     out_of_scope: Sequence[str]
+    remarks: Sequence[str] = ()  # a situation or reason said with the command
     space: str = ""  # between words: "" in Chinese, " " in English
+    comma: str = "，"
 
     def join(self, *words: str) -> str:
         return self.space.join(w for w in words if w)
 
 
-_ZH = _Pools(_AREAS, _FLOORS, _DEVICES, _NAME_PREFIXES, _WILDCARDS, _PREFIXES, _SUFFIXES, _SLIPS, _OUT_OF_SCOPE)
+_ZH = _Pools(_AREAS, _FLOORS, _DEVICES, _NAME_PREFIXES, _WILDCARDS, _PREFIXES, _SUFFIXES, _SLIPS, _OUT_OF_SCOPE, _REMARKS)
 _EN = _Pools(
     areas=(
         "living room",
@@ -220,7 +295,7 @@ _EN = _Pools(
         "zone": ("home", "work", "school", "the gym", "the store"),
         "search_query": ("jazz", "the news", "taylor swift", "podcasts"),
     },
-    prefixes=("please", "hey,", "could you", "can you", "would you", "i want to", "quickly"),
+    prefixes=("please", "hey,", "could you", "can you", "would you", "i want to", "quickly", "um,", "oh and"),
     suffixes=("please", "thanks", "now", "for me", "right now"),
     slips={"light": "lite", "lights": "lice", "lamp": "lamb", "fan": "van", "kitchen": "chicken", "blinds": "blends"},
     out_of_scope=(
@@ -242,8 +317,44 @@ _EN = _Pools(
         "order me a taxi",
         "track my package",
         "i want to learn french",
+        "did the stock market go up today",
+        "who won the game last night",
+        "how much is bitcoin worth",
+        "is my flight on time",
+        "when does the movie start",
+        "is the pharmacy still open",
+        "how much does a new thermostat cost",
+        "which robot vacuum should i buy",
+        "send a text to mom",
+        "call my boss",
+        "order a pizza",
+        "take a picture",
+        "i'm so bored",
+        "thank you",
+        "hello there",
+        "how tall is mount everest",
+        "can cats eat chocolate",
+        "how do i lose weight",
+        "recommend a good book",
+        "what is seven times three",
+        "how do you say apple in french",
+        "where is my phone",
+        "what holiday is it today",
+    ),
+    remarks=(
+        "it's dark in here",
+        "it's so hot",
+        "it's cold",
+        "i'm going to bed",
+        "i'm home",
+        "i'm heading out",
+        "it's too loud",
+        "i can't see",
+        "dinner's almost ready",
+        "the baby is asleep",
     ),
     space=" ",
+    comma=", ",
 )
 
 
@@ -271,7 +382,7 @@ def ha_rows(
     *,
     per_intent: int = 60,
     per_sentence: float = 0.0,
-    out_of_scope: float = 0.08,
+    out_of_scope: float = 0.1,
     styles: float = 0.35,
     seed: int = 0,
 ) -> list[HaRow]:
@@ -417,12 +528,17 @@ def _number(rng: random.Random, slot_list: Any, *, chinese: bool = True) -> tupl
 
 def _style(rng: random.Random, text: str, names: Sequence[str], local: Callable[[str], str], pools: _Pools) -> str:
     roll = rng.random()
-    if roll < 0.4:
+    if roll < 0.3:
         text = pools.join(local(rng.choice(pools.prefixes)), text)
-    elif roll < 0.7:
+    elif roll < 0.5:
         text = pools.join(text, local(rng.choice(pools.suffixes)))
-    elif roll < 0.85:
+    elif roll < 0.62:
         text = pools.join(local(rng.choice(pools.prefixes)), text, local(rng.choice(pools.suffixes)))
+    elif roll < 0.85 and pools.remarks:  # 好暗啊，把灯打开 / 把灯打开，好暗啊
+        remark = local(rng.choice(pools.remarks))
+        if rng.random() < 0.3:
+            text = pools.join(local(rng.choice(pools.prefixes)), text)
+        text = remark + pools.comma + text if rng.random() < 0.6 else text + pools.comma + remark
     elif names:
         name = rng.choice(list(names))
         if pools.space:  # a word the recogniser heard as another
