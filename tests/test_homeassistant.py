@@ -438,3 +438,9 @@ def test_template_drafts_answer_as_without_them_with_fewer_evaluations() -> None
         with_templates, without = run(True), run(False)
     assert [g.text for g in with_templates] == [g.text for g in without]
     assert sum(g.info["evaluations"] for g in with_templates) < sum(g.info["evaluations"] for g in without)
+
+
+def test_out_of_scope_rows_are_sentences_no_template_matches() -> None:
+    from trainers.homeassistant import _ZH, _unclaimed
+
+    assert _unclaimed(["你好", "给我讲个笑话"], "zh-CN", _ZH, lambda text: text) == ["给我讲个笑话"]  # 你好: HassRespond
