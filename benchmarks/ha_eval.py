@@ -54,20 +54,19 @@ def home_of(fixture: dict[str, Any], language: str) -> Any:
     return Home(language=language, areas=areas, floors=sorted(floors), entities=entities)
 
 
-def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True, templates: bool = True) -> Predict:
+def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True, templates: str = "draft") -> Predict:
     from intentkit import Router
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.homeassistant import registry_for, slot_values
 
-    backend = LlamaCppBackend.from_model_dir(model or ROOT / "models" / "home-assistant", drafts="auto" if drafts else None)
+    bundled = "home-assistant-en" if language.split("-")[0] == "en" else "home-assistant"
+    backend = LlamaCppBackend.from_model_dir(model or ROOT / "models" / bundled, drafts="auto" if drafts else None)
     routers: dict[str, Any] = {}
 
     def predict(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         key = json.dumps(row.get("fixture", {}), sort_keys=True, ensure_ascii=False)
         if key not in routers:
-            registry = registry_for(home_of(row.get("fixture", {}), language))
-            if not templates:  # draft from the nearest training row only
-                registry.drafter = None
+            registry = registry_for(home_of(row.get("fixture", {}), language), templates=templates)
             routers[key] = Router(backend, registry=registry, fast_path=False)
         router = routers[key]
         result = router.handle(row["instruction"], dispatch=False)
@@ -163,9 +162,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--templates",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="draft calls from hassil's template match first (default; --no-templates: nearest training row only)",
+        choices=["answer", "draft", "off"],
+        default="draft",
+        help="what Home Assistant's templates do (registry_for): draft each call (default), also answer what they "
+        "match without a wildcard, or nothing (drafts from the nearest training row only)",
     )
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]

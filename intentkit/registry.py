@@ -276,13 +276,18 @@ class Registry:
     :class:`~intentkit.drafts.Draft` or ``None``): a local backend verifies the guess in one batch
     with the prompt and keeps the tokens its own decoder chooses, so a good drafter saves
     evaluations and a bad one costs a few batched tokens, never the answer.
-    :func:`~intentkit.homeassistant.registry_for` sets Home Assistant's templates as the drafter."""
+    :func:`~intentkit.homeassistant.registry_for` sets Home Assistant's templates as the drafter
+    (and, with ``templates="answer"``, as the ``matcher``)."""
 
     def __init__(self) -> None:
         self._specs: dict[str, IntentSpec] = {}
         self._lookup: dict[str, IntentSpec] = {}
         self._catalog: IntentCatalog | None = None
         self.drafter: Callable[[str], Draft | None] | None = None
+        #: Answers before the model when it can (``text →`` a :class:`~intentkit.calls.Call` or
+        #: ``None``): Home Assistant's templates with ``registry_for(templates="answer")``. Its
+        #: call is validated and resolved as the model's would be.
+        self.matcher: Callable[[str], Call | None] | None = None
 
     def __len__(self) -> int:
         return len(self._specs)

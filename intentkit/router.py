@@ -65,11 +65,13 @@ class Status(StrEnum):
 
 
 class RoutePath(StrEnum):
-    """What answered: an exact or fuzzy example match, the model, the dialogue (a yes, a no, a
-    cancel, or a reply read as the missing value), or nothing."""
+    """What answered: an exact or fuzzy example match, the registry's matcher (Home Assistant's
+    templates), the model, the dialogue (a yes, a no, a cancel, or a reply read as the missing
+    value), or nothing."""
 
     FAST_EXACT = "fast_exact"
     FAST_FUZZY = "fast_fuzzy"
+    TEMPLATE = "template"
     MODEL = "model"
     DIALOGUE = "dialogue"
     NONE = "none"
@@ -476,6 +478,12 @@ class Router:
                 result.calls.append(match.bound)
                 result.confidence = match.score / 100
                 return turn
+        if pending is None:
+            matched = self._matched(text)
+            if matched is not None:
+                result.status, result.path, result.confidence = Status.OK, RoutePath.TEMPLATE, 1.0
+                result.calls.append(matched)
+                return turn
         if self.backend is None:
             return turn
         if pending is not None and pending.call is None:  # the reply to a question: with the dialogue's turns
@@ -489,6 +497,23 @@ class Router:
         draft = self._draft(model_input) if model_input == text else None
         turn.request = GenerateRequest(model_input, self.registry.catalog, self.prompt, self.config.max_tokens, draft)
         return turn
+
+    def _matched(self, text: str) -> BoundCall | None:
+        """The registry's matcher's call for ``text``, validated and resolved; ``None`` when it
+        has none, or one that does not validate (the model reads the utterance then)."""
+        matcher = self.registry.matcher
+        if matcher is None:
+            return None
+        try:
+            call = matcher(text)
+            if call is None:
+                return None
+            return self._resolved(self.registry.bind(call, cutoff=self.config.choice_cutoff), text)
+        except IntentKitError:
+            return None
+        except Exception:
+            logger.warning("the registry's matcher failed on %r; the model reads it", text, exc_info=True)
+            return None
 
     def _draft(self, text: str) -> Draft | None:
         """The registry's drafter's guess at ``text``'s call; a drafter that fails costs its

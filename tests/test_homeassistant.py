@@ -444,3 +444,24 @@ def test_out_of_scope_rows_are_sentences_no_template_matches() -> None:
     from trainers.homeassistant import _ZH, _unclaimed
 
     assert _unclaimed(["你好", "给我讲个笑话"], "zh-CN", _ZH, lambda text: text) == ["给我讲个笑话"]  # 你好: HassRespond
+
+
+def test_answer_mode_takes_a_template_match_without_the_model() -> None:
+    backend = FakeBackend({"广播一下，开饭了": 'HassBroadcast(message="开饭了")'})  # any other request would raise
+    router = Router(backend, registry=registry_for(HOME, templates="answer"), fast_path=False)
+    on = router.handle("把客厅的灯打开", dispatch=False)
+    assert on.ok and on.path == "template" and on.call_text == 'HassTurnOn(area="客厅", domain="light")'
+    assert router.handle("关掉台灯", dispatch=False).calls[0].arguments["name"] == "床头灯"  # validated: the alias's name
+    assert backend.requests == []
+    # A wildcard takes whatever stands in its place (the comma too): the model answers, with the draft.
+    broadcast = router.handle("广播一下，开饭了", dispatch=False)
+    assert broadcast.path == "model" and broadcast.calls[0].arguments["message"] == "开饭了"
+    assert backend.requests[-1].draft is not None
+
+
+def test_templates_mode_is_checked() -> None:
+    from intentkit import ConfigError
+
+    with pytest.raises(ConfigError, match="answer"):
+        registry_for(HOME, templates="always")
+    assert registry_for(HOME, templates="off").drafter is None

@@ -153,12 +153,19 @@ def registry_for(
     language: str | None = None,
     handler: Callable[[str, dict[str, Any]], Any] | None = None,
     intents: Iterator[str] | list[str] | None = None,
+    templates: str = "draft",
 ) -> Registry:
     """A :class:`~intentkit.Registry` of Home Assistant's intents for ``home`` (in its language
     unless ``language``). Each intent's handler calls ``handler(intent_name, slots)`` with the
     slots as Home Assistant takes them (:func:`slot_values`; default: returns them), e.g. a
     :class:`~intentkit.homeassistant.client.HomeAssistant` client's ``handle_intent``.
-    ``intents`` limits the registry to those names."""
+    ``intents`` limits the registry to those names.
+
+    ``templates`` is what the language's templates (hassil, over the home's names) do:
+    ``"draft"`` (default) drafts each call for the model to verify, so the answer is the model's
+    and it comes sooner; ``"answer"`` also takes a match without a wildcard value as the answer
+    without the model, as Home Assistant's "prefer handling commands locally" does (the model
+    reads what no template matches); ``"off"``: neither."""
     language = package_language(language or home.language)
     found = language_intents(language)
     if intents is not None:
@@ -184,7 +191,13 @@ def registry_for(
             description=spec.description,
             resolve=grounder(home, language, name, set(annotations)),
         )
-    registry.drafter = TemplateDrafter(home, registry, language=language)
+    if templates not in ("answer", "draft", "off"):
+        raise ConfigError(f"templates is 'answer', 'draft' or 'off', not {templates!r}")
+    if templates != "off":
+        drafter = TemplateDrafter(home, registry, language=language)
+        registry.drafter = drafter
+        if templates == "answer":
+            registry.matcher = drafter.match
     return registry
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..calls import Call
 from ..drafts import Draft
 from .package import language_data, package_language
 
@@ -54,7 +55,13 @@ class TemplateDrafter:
     """``drafter(text)``: hassil's best template match of ``text`` over ``home``'s names as a
     :class:`~intentkit.drafts.Draft` of ``registry``'s call (values in the order of the intent's
     parameters, only those it declares), or ``None`` when no template matches or the matched
-    intent is not in the registry."""
+    intent is not in the registry.
+
+    :meth:`match` is the same match as a :class:`~intentkit.calls.Call` for the router to take
+    without the model (``registry_for(templates="answer")``, as Home Assistant's "prefer handling
+    commands locally" does), when no value of it is a wildcard's: a template's wildcard takes
+    whatever stands in its place (``广播一下，开饭了`` → ``message="，开饭了"``), so such matches
+    are only drafted."""
 
     def __init__(self, home: Home, registry: Registry, *, language: str | None = None) -> None:
         self.language = package_language(language or home.language)
@@ -62,24 +69,46 @@ class TemplateDrafter:
         self.skip_words = list(data.get("skip_words", []))
         self.lists = slot_lists(home)
         self.registry = registry
+        self._last: tuple[str, Any] | None = None  # (text, hassil's result): match, then draft
 
-    def __call__(self, text: str) -> Draft | None:
+    def _recognize(self, text: str) -> Any:
+        if self._last is not None and self._last[0] == text:
+            return self._last[1]
         from hassil import recognize_best
 
         result = recognize_best(text, self.intents, slot_lists=self.lists, skip_words=self.skip_words, language=self.language)
-        if result is None or result.intent.name not in self.registry:
-            return None
-        spec = self.registry.get(result.intent.name)
+        if result is not None and result.intent.name not in self.registry:
+            result = None
+        self._last = (text, result)
+        return result
+
+    def _items(self, result: Any) -> tuple[list[tuple[str, Value]], bool]:
+        """The match's values in the parameters' order, and whether they are all of it."""
         items: list[tuple[str, Value]] = []
-        for param in spec.params:
+        for param in self.registry.get(result.intent.name).params:
             entity = result.entities.get(param.name)
             if entity is None:
                 continue
             value = _value(entity.value)
             if value is None:  # a list of values, or something no parameter is written as
-                break
+                return items, False
             items.append((param.name, value))
-        return Draft(spec.name, tuple(items))
+        return items, True
+
+    def __call__(self, text: str) -> Draft | None:
+        result = self._recognize(text)
+        if result is None:
+            return None
+        items, _ = self._items(result)
+        return Draft(self.registry.get(result.intent.name).name, tuple(items))
+
+    def match(self, text: str) -> Call | None:
+        """The template match of ``text`` as a call, when it has no wildcard value; else ``None``."""
+        result = self._recognize(text)
+        if result is None or any(entity.is_wildcard for entity in result.entities.values()):
+            return None
+        items, whole = self._items(result)
+        return Call(result.intent.name, (), dict(items)) if whole else None
 
 
 def _value(value: Any) -> Value | None:
