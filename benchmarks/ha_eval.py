@@ -54,7 +54,7 @@ def home_of(fixture: dict[str, Any], language: str) -> Any:
     return Home(language=language, areas=areas, floors=sorted(floors), entities=entities)
 
 
-def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True, templates: str = "draft") -> Predict:
+def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True, templates: str = "answer") -> Predict:
     from intentkit import Router
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.homeassistant import registry_for, slot_values
@@ -163,9 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--templates",
         choices=["answer", "draft", "off"],
-        default="draft",
-        help="what Home Assistant's templates do (registry_for): draft each call (default), also answer what they "
-        "match without a wildcard, or nothing (drafts from the nearest training row only)",
+        default="answer",
+        help="what Home Assistant's templates do (registry_for): answer what they match without a wildcard and "
+        "draft the rest (default), only draft each call, or nothing (drafts from the nearest training row only)",
     )
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -137,9 +137,10 @@ def build_router(
     if home is not None:
         from .homeassistant import Home, registry_for
 
-        registry = registry_for(Home.load(home))
+        the_home = Home.load(home)
+        registry = registry_for(the_home)
         if backend == "llamacpp":
-            model = _home_assistant_model(model, adapter)
+            model = _home_assistant_model(model, adapter, the_home.language)
     elif intents_from is not None:
         from trainers.data import build_registry, load_records
 
@@ -158,12 +159,21 @@ def build_router(
     return router
 
 
-def _home_assistant_model(model: Path | None, adapter: Path | None) -> Path | None:
-    """``model``, or the bundled Home Assistant model when neither a model nor an adapter is given."""
+def _home_assistant_model(model: Path | None, adapter: Path | None, language: str) -> Path | None:
+    """``model``, or the bundled Home Assistant model of ``language`` when neither a model nor an
+    adapter is given: ``home-assistant`` (zh-CN, zh-TW) or ``home-assistant-en``."""
     if model is not None or adapter is not None:
         return model
     from .backends.llamacpp.bundled import bundled_model_dir
 
+    if language.split("-")[0].lower() == "en":
+        return bundled_model_dir("home-assistant-en")
+    if not language.lower().startswith("zh"):
+        typer.echo(
+            f"no bundled Home Assistant model for {language}: routing with the Chinese one "
+            "(train one: intentkit ha data --language ... ; intentkit train ...)",
+            err=True,
+        )
     return bundled_model_dir("home-assistant")
 
 
@@ -873,6 +883,13 @@ def wyoming(
     adapter: Adapter = None,
     ha_url: Annotated[str | None, typer.Option(help="handle mode: the Home Assistant that runs the intents")] = None,
     ha_token: Annotated[str | None, typer.Option(envvar="HA_TOKEN", help="handle mode: its access token")] = None,
+    templates: Annotated[
+        str,
+        typer.Option(
+            help="Home Assistant's templates: answer what they match, draft the rest for the model (answer) | "
+            "only draft each call for the model (draft) | off"
+        ),
+    ] = "answer",
 ) -> None:
     """Serve a Wyoming intent (or handle) service for Home Assistant's wyoming integration."""
     import asyncio
@@ -892,9 +909,14 @@ def wyoming(
             from .homeassistant.client import HomeAssistant
 
             handler = stack.enter_context(HomeAssistant(ha_url, ha_token)).handle_intent
-        backend = load_backend("llamacpp", model=_home_assistant_model(model, adapter), adapter=adapter)
+        chosen = _home_assistant_model(model, adapter, language or the_home.language)
+        backend = load_backend("llamacpp", model=chosen, adapter=adapter)
         router = stack.enter_context(
-            Router(backend, registry=registry_for(the_home, language=language, handler=handler), fast_path=False)
+            Router(
+                backend,
+                registry=registry_for(the_home, language=language, handler=handler, templates=templates),
+                fast_path=False,
+            )
         )
         typer.echo(f"wyoming {mode} service on {uri} ({len(router.registry)} intents, {len(the_home.entities)} entities)")
         with contextlib.suppress(KeyboardInterrupt):

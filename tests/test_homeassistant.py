@@ -399,7 +399,7 @@ def test_no_template_no_draft(registry) -> None:
 
 
 def test_the_router_offers_the_template_draft_and_survives_a_failing_drafter(caplog) -> None:
-    registry = registry_for(HOME)
+    registry = registry_for(HOME, templates="draft")
     backend = FakeBackend('HassTurnOn(area="客厅", domain="light")')
     router = Router(backend, registry=registry, fast_path=False)
     assert router.handle("把客厅的灯打开", dispatch=False).ok
@@ -422,7 +422,7 @@ def test_template_drafts_answer_as_without_them_with_fewer_evaluations() -> None
     from intentkit.backends.llamacpp import LlamaCppBackend
 
     model = Path(__file__).resolve().parent.parent / "models" / "home-assistant"
-    registry = registry_for(HOME)
+    registry = registry_for(HOME, templates="draft")
     texts = ["把客厅的灯打开", "关闭卧室的窗帘", "打开台灯", "把床头灯亮度调到百分之五十", "客厅的温度是多少", "把厨房的灯关掉"]
     with LlamaCppBackend.from_model_dir(model) as backend:
         router = Router(backend, registry=registry, fast_path=False)
@@ -448,7 +448,7 @@ def test_out_of_scope_rows_are_sentences_no_template_matches() -> None:
 
 def test_answer_mode_takes_a_template_match_without_the_model() -> None:
     backend = FakeBackend({"广播一下，开饭了": 'HassBroadcast(message="开饭了")'})  # any other request would raise
-    router = Router(backend, registry=registry_for(HOME, templates="answer"), fast_path=False)
+    router = Router(backend, registry=registry_for(HOME), fast_path=False)  # templates="answer", the default
     on = router.handle("把客厅的灯打开", dispatch=False)
     assert on.ok and on.path == "template" and on.call_text == 'HassTurnOn(area="客厅", domain="light")'
     assert router.handle("关掉台灯", dispatch=False).calls[0].arguments["name"] == "床头灯"  # validated: the alias's name
@@ -465,3 +465,18 @@ def test_templates_mode_is_checked() -> None:
     with pytest.raises(ConfigError, match="answer"):
         registry_for(HOME, templates="always")
     assert registry_for(HOME, templates="off").drafter is None
+
+
+def test_an_english_home_gets_the_bundled_english_model() -> None:
+    pytest.importorskip("llama_cpp")
+    from typer.testing import CliRunner
+
+    from intentkit.cli import app
+
+    home = Path(__file__).resolve().parent.parent / "examples" / "homeassistant" / "home-en.yaml"
+    done = CliRunner().invoke(app, ["route", "turn on the kitchen lights", "tell me a joke", "--home", str(home), "--json"])
+    assert done.exit_code == 0, done.output
+    on, joke = (json.loads(line) for line in done.output.splitlines() if line.startswith("{"))
+    assert on["calls"][0]["name"] == "HassTurnOn"
+    assert {k: v for k, v in on["calls"][0]["arguments"].items() if v is not None} == {"area": "Kitchen", "domain": "light"}
+    assert joke["status"] == "no_intent"

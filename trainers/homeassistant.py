@@ -512,11 +512,11 @@ class _Walk:
 def _unclaimed(sentences: Sequence[str], language: str, pools: _Pools, local: Callable[[str], str]) -> list[str]:
     """The out-of-scope sentences no template of ``language`` matches over the pools' names (你好
     is ``HassRespond``'s): a sentence Home Assistant answers is never trained as out of scope."""
-    from hassil import TextSlotList, recognize_best
+    from hassil import SlotList, TextSlotList, recognize_best
 
     intents, data, _ = language_data(language)
     names = [(local(n), local(n), {"domain": d}) for d, group in pools.devices.items() for n in group]
-    lists = {
+    lists: dict[str, SlotList] = {
         "area": TextSlotList.from_strings([local(a) for a in pools.areas]),
         "floor": TextSlotList.from_strings([local(f) for f in pools.floors]),
         "name": TextSlotList.from_tuples(names),

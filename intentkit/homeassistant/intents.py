@@ -153,7 +153,7 @@ def registry_for(
     language: str | None = None,
     handler: Callable[[str, dict[str, Any]], Any] | None = None,
     intents: Iterator[str] | list[str] | None = None,
-    templates: str = "draft",
+    templates: str = "answer",
 ) -> Registry:
     """A :class:`~intentkit.Registry` of Home Assistant's intents for ``home`` (in its language
     unless ``language``). Each intent's handler calls ``handler(intent_name, slots)`` with the
@@ -162,10 +162,10 @@ def registry_for(
     ``intents`` limits the registry to those names.
 
     ``templates`` is what the language's templates (hassil, over the home's names) do:
-    ``"draft"`` (default) drafts each call for the model to verify, so the answer is the model's
-    and it comes sooner; ``"answer"`` also takes a match without a wildcard value as the answer
-    without the model, as Home Assistant's "prefer handling commands locally" does (the model
-    reads what no template matches); ``"off"``: neither."""
+    ``"answer"`` (default) takes a match without a wildcard value as the answer without the
+    model, as Home Assistant's "prefer handling commands locally" does, and drafts the call of
+    every other match; the model reads what no template matches. ``"draft"`` only drafts each
+    call for the model to verify (the answer is always the model's); ``"off"``: neither."""
     language = package_language(language or home.language)
     found = language_intents(language)
     if intents is not None:

@@ -145,7 +145,9 @@ def agent(home_assistant: tuple[str, str], tmp_path_factory: pytest.TempPathFact
     assert "客厅灯" in home.read_text(encoding="utf-8") and "客厅" in home.read_text(encoding="utf-8")
     port = _free_port()
     service = subprocess.Popen(
-        [str(INTENTKIT), "wyoming", "--home", str(home), "--uri", f"tcp://127.0.0.1:{port}"],
+        # --templates draft: the model answers every sentence (verifying the templates' draft), so
+        # that this test goes through it rather than through the template match alone.
+        [str(INTENTKIT), "wyoming", "--home", str(home), "--uri", f"tcp://127.0.0.1:{port}", "--templates", "draft"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
