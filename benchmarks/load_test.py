@@ -2,14 +2,16 @@
 in a process of its own as it is deployed (``--no-separate``: a thread of the load generator's
 process, where the two share one GIL and the client's own work is counted against the service).
 
-    python benchmarks/load_test.py                      # both runs below
+    python benchmarks/load_test.py                      # both runs below, at concurrency 1, 4, 8 and 32
     python benchmarks/load_test.py --only fake --requests 5000 --concurrency 32
 
-- ``fake``: the FakeBackend router, 5,000 requests at concurrency 32 → errors, lost responses,
-  throughput and p50/p99 latency;
-- ``llama``: the embedded default (llama.cpp), ``--llama-requests`` at concurrency 8, compared with
-  the same router's single-stream capacity (sequential ``handle`` calls in-process) — the service
-  should add no more than 10 % on top of the model.
+- ``fake``: the FakeBackend router, ``--requests`` at each ``--concurrency`` level → errors, lost
+  responses, throughput and p50/p95/p99 latency;
+- ``llama``: the embedded default (llama.cpp), ``--llama-requests`` at each ``--llama-concurrency``
+  level, compared with the same router's single-stream capacity (sequential ``handle`` calls
+  in-process).
+
+One service process per backend serves every level, one after the other (warmed up first).
 
 Utterances come from ``--data`` (the demo dev set by default). Every response is checked: status
 200 and a JSON body whose ``text`` is the utterance sent.
@@ -82,6 +84,7 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int, tim
         "seconds": round(seconds, 2),
         "throughput_rps": round(requests / seconds, 1),
         "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
     }
 
@@ -131,53 +134,74 @@ def _serve_here(kind: str, port: int, log: str | None = None) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
-def _run(kind: str, texts: list[str], requests: int, concurrency: int, *, separate: bool, timeout_s: float) -> dict[str, Any]:
+def _run(
+    kind: str, texts: list[str], requests: int, levels: list[int], *, separate: bool, timeout_s: float
+) -> list[dict[str, Any]]:
+    """Each concurrency level against one service (warmed up with a few requests first)."""
     from intentkit.server import create_app
+
+    def at_each(url: str) -> list[dict[str, Any]]:
+        asyncio.run(_load(url, texts, min(len(texts), 16), 1, timeout_s=timeout_s))
+        return [asyncio.run(_load(url, texts, requests, level, timeout_s=timeout_s)) for level in levels]
 
     if separate:
         url, process = _serve_process(kind)
         try:
-            return asyncio.run(_load(url, texts, requests, concurrency, timeout_s=timeout_s))
+            return at_each(url)
         finally:
             process.terminate()
             process.wait(30)
     router = _router(kind)
     url, server, thread = _serve(create_app(router))
     try:
-        return asyncio.run(_load(url, texts, requests, concurrency, timeout_s=timeout_s))
+        return at_each(url)
     finally:
         server.should_exit = True
         thread.join(10)
         router.close()
 
 
-def run_fake(texts: list[str], requests: int, concurrency: int, *, separate: bool = True) -> dict[str, Any]:
-    return _run("fake", texts, requests, concurrency, separate=separate, timeout_s=60)
+def _single_stream(kind: str, texts: list[str]) -> float:
+    """Sequential ``handle`` calls in this process, requests per second."""
+    router = _router(kind)
+    try:
+        sample = texts[: min(len(texts), 200)]
+        router.handle(sample[0])
+        started = time.perf_counter()
+        for text in sample:
+            router.handle(text)
+        return len(sample) / (time.perf_counter() - started)
+    finally:
+        router.close()
 
 
-def run_llama(texts: list[str], requests: int, concurrency: int, *, separate: bool = True) -> dict[str, Any]:
-    router = _router("llama")
-    sample = texts[: min(len(texts), 200)]
-    router.handle(sample[0])
-    started = time.perf_counter()
-    for text in sample:
-        router.handle(text)
-    single = len(sample) / (time.perf_counter() - started)
-    router.close()
-    result = _run("llama", texts, requests, concurrency, separate=separate, timeout_s=120)
-    result["single_stream_rps"] = round(single, 1)
-    result["vs_single_stream"] = round(result["throughput_rps"] / single, 3)
-    return result
+def run(kind: str, texts: list[str], requests: int, levels: list[int], *, separate: bool = True) -> list[dict[str, Any]]:
+    single = _single_stream(kind, texts)
+    results = _run(kind, texts, requests, levels, separate=separate, timeout_s=60 if kind == "fake" else 300)
+    for result in results:
+        result["single_stream_rps"] = round(single, 1)
+        result["vs_single_stream"] = round(result["throughput_rps"] / single, 3)
+    return results
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"concurrency levels are whole numbers separated by commas, not {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency levels are at least 1: {text!r}")
+    return levels
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "examples" / "demo" / "dev.jsonl"))
     parser.add_argument("--only", choices=["fake", "llama"])
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--llama-requests", type=int, default=1000)
-    parser.add_argument("--llama-concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=5000, help="fake backend: requests per concurrency level")
+    parser.add_argument("--concurrency", type=_levels, default=[1, 4, 8, 32], help="fake backend: levels, e.g. 1,4,8,32")
+    parser.add_argument("--llama-requests", type=int, default=400, help="embedded model: requests per level")
+    parser.add_argument("--llama-concurrency", type=_levels, default=[1, 4, 8, 32], help="embedded model: levels")
     parser.add_argument(
         "--separate",
         action=argparse.BooleanOptionalAction,
@@ -195,16 +219,22 @@ def main() -> None:
     from trainers.data import load_records
 
     texts = [r.instruction for r in load_records(args.data)]
-    results = {}
+    results: dict[str, list[dict[str, Any]]] = {}
     if args.only in (None, "fake"):
-        results["fake"] = run_fake(texts, args.requests, args.concurrency, separate=args.separate)
-        print(json.dumps({"fake": results["fake"]}, ensure_ascii=False))
+        results["fake"] = run("fake", texts, args.requests, args.concurrency, separate=args.separate)
     if args.only in (None, "llama"):
-        results["llama"] = run_llama(texts, args.llama_requests, args.llama_concurrency, separate=args.separate)
-        print(json.dumps({"llama": results["llama"]}, ensure_ascii=False))
+        results["llama"] = run("llama", texts, args.llama_requests, args.llama_concurrency, separate=args.separate)
+    print("| backend | concurrency | requests | errors | req/s | × sequential in-process | p50 ms | p95 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, levels in results.items():
+        for r in levels:
+            print(
+                f"| {kind} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['throughput_rps']} | "
+                f"{r['vs_single_stream']} ({r['single_stream_rps']} req/s) | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
-    if any(r["errors"] for r in results.values()):
+    if any(r["errors"] for levels in results.values() for r in levels):
         sys.exit(1)
 
 
