@@ -58,9 +58,10 @@ def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = Tru
     from intentkit import Router
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.homeassistant import registry_for, slot_values
+    from intentkit.homeassistant.package import bundled_model_name
 
-    bundled = "home-assistant-en" if language.split("-")[0] == "en" else "home-assistant"
-    backend = LlamaCppBackend.from_model_dir(model or ROOT / "models" / bundled, drafts="auto" if drafts else None)
+    bundled = ROOT / "models" / (bundled_model_name(language) or "home-assistant")
+    backend = LlamaCppBackend.from_model_dir(model or bundled, drafts="auto" if drafts else None)
     routers: dict[str, Any] = {}
 
     def predict(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

@@ -165,16 +165,16 @@ def _home_assistant_model(model: Path | None, adapter: Path | None, language: st
     if model is not None or adapter is not None:
         return model
     from .backends.llamacpp.bundled import bundled_model_dir
+    from .homeassistant.package import bundled_model_name
 
-    if language.split("-")[0].lower() == "en":
-        return bundled_model_dir("home-assistant-en")
-    if not language.lower().startswith("zh"):
+    name = bundled_model_name(language)
+    if name is None:
         typer.echo(
             f"no bundled Home Assistant model for {language}: routing with the Chinese one "
             "(train one: intentkit ha data --language ... ; intentkit train ...)",
             err=True,
         )
-    return bundled_model_dir("home-assistant")
+    return bundled_model_dir(name or "home-assistant")
 
 
 _ROUTER_OPTIONS = (

@@ -510,18 +510,22 @@ class _Walk:
 
 
 def _unclaimed(sentences: Sequence[str], language: str, pools: _Pools, local: Callable[[str], str]) -> list[str]:
-    """The out-of-scope sentences no template of ``language`` matches over the pools' names (你好
-    is ``HassRespond``'s): a sentence Home Assistant answers is never trained as out of scope."""
-    from hassil import SlotList, TextSlotList, recognize_best
+    """The out-of-scope sentences no template of ``language`` matches in a home of the pools'
+    names (你好 is ``HassRespond``'s): a sentence Home Assistant answers is never trained as out of
+    scope."""
+    from hassil import recognize_best
 
+    from intentkit.homeassistant import Home
+    from intentkit.homeassistant.templates import slot_lists
+
+    home = Home(
+        language=language,
+        areas=list(dict.fromkeys(local(a) for a in pools.areas)),
+        floors=list(dict.fromkeys(local(f) for f in pools.floors)),
+        entities=[{"name": local(n), "domain": d} for d, group in pools.devices.items() for n in group],
+    )
     intents, data, _ = language_data(language)
-    names = [(local(n), local(n), {"domain": d}) for d, group in pools.devices.items() for n in group]
-    lists: dict[str, SlotList] = {
-        "area": TextSlotList.from_strings([local(a) for a in pools.areas]),
-        "floor": TextSlotList.from_strings([local(f) for f in pools.floors]),
-        "name": TextSlotList.from_tuples(names),
-    }
-    skip = data.get("skip_words", [])
+    lists, skip = slot_lists(home), data.get("skip_words", [])
     texts = [local(t) for t in sentences]
     kept = [t for t in texts if recognize_best(t, intents, slot_lists=lists, skip_words=skip, language=language) is None]
     if not kept:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError, MissingDependencyError
 
-__all__ = ["HA_LANGUAGES", "ha_language", "language_data", "package_language"]
+__all__ = ["HA_LANGUAGES", "bundled_model_name", "ha_language", "language_data", "package_language"]
 
 #: Home Assistant's own language codes for the intents package's Chinese ones (core uses zh-Hans).
 HA_LANGUAGES = {"zh-CN": "zh-Hans", "zh-TW": "zh-Hant", "zh-HK": "zh-HK"}
@@ -25,6 +25,16 @@ def package_language(language: str) -> str:
         if language.lower() in (package.lower(), core.lower()):
             return package
     return language
+
+
+def bundled_model_name(language: str) -> str | None:
+    """The bundled model (``models/<name>``) trained for ``language``: ``home-assistant`` for
+    Chinese (zh-CN and zh-TW rows), ``home-assistant-en`` for English; ``None`` for the others."""
+    if language.lower().startswith("zh"):
+        return "home-assistant"
+    if language.split("-")[0].lower() == "en":
+        return "home-assistant-en"
+    return None
 
 
 @functools.cache
