@@ -8,9 +8,15 @@ training file in one fixed order, and each starts from its own copy of the fresh
 The plain run is what the seed recipe does: peft's LoRA, ``Trainer``, and a seq2seq collator that
 pads each batch and masks the prompt's labels — the model still computes the 262k-row LM head at
 every position. intentkit's run is :func:`trainers.train.train` with its defaults (the head on
-answer tokens only, the batch's shared prompt prefix evaluated once, length-grouped batches).
-Tokens are counted the same way for both: the examples' unpadded lengths. Prints tokens/s of each
-and the ratio; ``--json`` also writes them to a file.
+answer tokens only, the batch's shared prompt prefix evaluated once, length-grouped batches, bf16
+autocast where the CPU or GPU computes in bf16, and — over a GGUF base — the softmax over the
+vocabulary the deployment is trimmed to, as ``intentkit train`` runs it). ``--variants`` adds
+intentkit's trainer with each of those two switched off, side by side in the same run:
+
+    python benchmarks/train_speed.py --train ../shared/datasets/smp2020/train.jsonl --steps 30 --variants
+
+Tokens are counted the same way for all: the examples' unpadded lengths. Prints tokens/s of each
+and the ratios; ``--json`` also writes them to a file.
 """
 
 from __future__ import annotations
@@ -89,27 +95,64 @@ def plain_trainer(records: Sequence[Record], model: Any, tokenizer: Any, config:
     return {"steps": steps, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
-def intentkit_trainer(records: Sequence[Record], model: Any, tokenizer: Any, config: TrainConfig) -> dict:
+def intentkit_trainer(
+    records: Sequence[Record], model: Any, tokenizer: Any, config: TrainConfig, vocabulary: Sequence[int] | None = None
+) -> dict:
     """The same records through :func:`trainers.train.train` (one epoch)."""
     from trainers.train import train
 
     with tempfile.TemporaryDirectory() as scratch:
-        result = train(records, scratch, config, model_and_tokenizer=(model, tokenizer), progress=False)
+        result = train(records, scratch, config, model_and_tokenizer=(model, tokenizer), progress=False, vocabulary=vocabulary)
+        precision = json.loads((Path(scratch) / "intentkit.json").read_text(encoding="utf-8"))["precision"]
     return {
         "steps": result.steps,
         "tokens": result.train_tokens,
         "seconds": result.seconds,
         "tokens_per_s": result.tokens_per_second,
+        "precision": precision,
+        "softmax_vocabulary": len(result.vocabulary) if result.vocabulary is not None else None,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
     }
 
 
-def measure(records: Sequence[Record], model: Any, tokenizer: Any, *, steps: int, batch_size: int = 8, lora_r: int = 16) -> dict:
-    """Both runs, each on its own copy of ``model``; intentkit's first, then the plain one."""
+# intentkit's trainer with one of its speed-ups switched off (config overrides, trimmed head or not)
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
+    "fp32, whole head": ({"precision": "fp32"}, False),
+    "bf16, whole head": ({"precision": "bf16"}, False),
+    "fp32, trimmed head": ({"precision": "fp32"}, True),
+}
+
+
+def measure(
+    records: Sequence[Record],
+    model: Any,
+    tokenizer: Any,
+    *,
+    steps: int,
+    batch_size: int = 8,
+    lora_r: int = 16,
+    vocabulary: Sequence[int] | None = None,
+    variants: bool = False,
+) -> dict:
+    """The runs, each on its own copy of ``model``: intentkit's defaults (over ``vocabulary`` when
+    given, as ``intentkit train`` trains over a GGUF base), with ``variants`` each of
+    :data:`VARIANTS`, then the plain one."""
     chosen = sample(records, steps, batch_size)
     config = TrainConfig(epochs=1, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r)
-    ours = intentkit_trainer(chosen, copy.deepcopy(model), tokenizer, config)
+    ours = intentkit_trainer(chosen, copy.deepcopy(model), tokenizer, config, vocabulary)
+    others = {}
+    for name, (overrides, trimmed) in VARIANTS.items() if variants else ():
+        if trimmed and vocabulary is None:
+            continue
+        varied = config.model_copy(update=overrides)
+        others[name] = intentkit_trainer(chosen, copy.deepcopy(model), tokenizer, varied, vocabulary if trimmed else None)
     plain = plain_trainer(chosen, copy.deepcopy(model), tokenizer, config)
-    return {"intentkit": ours, "plain_trainer": plain, "speed_up": ours["tokens_per_s"] / plain["tokens_per_s"]}
+    return {
+        "intentkit": ours,
+        "variants": others,
+        "plain_trainer": plain,
+        "speed_up": ours["tokens_per_s"] / plain["tokens_per_s"],
+    }
 
 
 def main() -> None:
@@ -119,6 +162,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--base", default="default", help="'default', an HF model directory or a GGUF file")
+    parser.add_argument("--variants", action="store_true", help="also intentkit's trainer with bf16 or the trimmed head off")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.steps < 1 or args.batch_size < 1:
@@ -131,11 +175,33 @@ def main() -> None:
     started = time.perf_counter()
     model, tokenizer = load_base(args.base)
     print(f"base loaded in {time.perf_counter() - started:.1f} s; {args.steps} steps × {args.batch_size} examples each run")
-    figures = measure(records, model, tokenizer, steps=args.steps, batch_size=args.batch_size, lora_r=args.lora_r)
-    for name in ("intentkit", "plain_trainer"):
-        run = figures[name]
-        print(f"{name:14} {run['tokens']:7d} tokens in {run['seconds']:6.1f} s = {run['tokens_per_s']:6.1f} tokens/s")
-    print(f"intentkit / plain Trainer: {figures['speed_up']:.2f}×")
+    vocabulary = None
+    if args.base == "default" or args.base.endswith(".gguf"):  # intentkit train trims the deployment's vocabulary
+        from trainers.export import deployment_vocabulary
+
+        vocabulary = deployment_vocabulary(records, base=None if args.base == "default" else args.base).tolist()
+    figures = measure(
+        records,
+        model,
+        tokenizer,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lora_r=args.lora_r,
+        vocabulary=vocabulary,
+        variants=args.variants,
+    )
+    ours = figures["intentkit"]
+    runs = {
+        f"intentkit ({ours['precision']}, {'trimmed' if ours['softmax_vocabulary'] else 'whole'} head)": ours,
+        **{f"intentkit ({name})": run for name, run in figures["variants"].items()},
+        "plain Trainer": figures["plain_trainer"],
+    }
+    for name, run in runs.items():
+        ratio = ours["tokens_per_s"] / run["tokens_per_s"]
+        print(
+            f"{name:32} {run['tokens']:7d} tokens in {run['seconds']:6.1f} s = {run['tokens_per_s']:6.1f} tokens/s"
+            + ("" if run is ours else f"  (defaults: {ratio:.2f}×)")
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
 

@@ -375,6 +375,8 @@ def train(
         str, typer.Option(help="loss | exact: keep the weights with the lowest dev loss or the highest dev exact match")
     ] = _default("select_on"),
     share_prefix: Annotated[bool, typer.Option(help=_help("share_prefix"))] = _default("share_prefix"),
+    precision: Annotated[str, typer.Option(help=_help("precision"))] = _default("precision"),
+    trimmed_head: Annotated[bool, typer.Option(help=_help("trimmed_head"))] = _default("trimmed_head"),
     argument_order: Annotated[
         str,
         typer.Option(help="utterance | as_given: train on answers whose keyword arguments follow the utterance's order"),

@@ -89,6 +89,10 @@ class ModelInfo(pydantic.BaseModel):
     tokens_per_second: float | None = None
     steps: int | None = None
     sequence_length: int | None = None
+    precision: Literal["bf16", "fp32"] | None = pydantic.Field(None, description="what the training passes ran in")
+    softmax_vocabulary: int | None = pydantic.Field(
+        None, description="tokens the output softmax was trained over (None: the base's whole vocabulary)"
+    )
     data: DataSummary | None = None
     dev_evaluations: list[DevEvaluation] = pydantic.Field(default_factory=list)
 

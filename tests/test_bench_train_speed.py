@@ -41,3 +41,24 @@ def test_the_sample_repeats_a_short_file_in_one_fixed_order(tiny_records) -> Non
     assert len(chosen) == 8
     assert chosen == bench.sample(tiny_records[:3], steps=2, batch_size=4)
     assert chosen[:3] == chosen[3:6]
+
+
+def test_the_variants_train_the_same_tokens_with_one_speed_up_off(tiny_records, tiny_model) -> None:
+    bench = _script()
+    model, tokenizer = tiny_model()
+    vocabulary = list(range(0, 60))
+    figures = bench.measure(tiny_records, model, tokenizer, steps=2, batch_size=4, lora_r=4, vocabulary=vocabulary, variants=True)
+    ours, variants = figures["intentkit"], figures["variants"]
+    assert set(variants) == set(bench.VARIANTS)
+    assert ours["softmax_vocabulary"] is not None and ours["softmax_vocabulary"] >= 60
+    assert variants["fp32, whole head"] | {"seconds": 0, "tokens_per_s": 0, "final_loss": 0} == {
+        "steps": 2,
+        "tokens": ours["tokens"],
+        "seconds": 0,
+        "tokens_per_s": 0,
+        "precision": "fp32",
+        "softmax_vocabulary": None,
+        "final_loss": 0,
+    }
+    assert variants["fp32, trimmed head"]["softmax_vocabulary"] == ours["softmax_vocabulary"]
+    assert variants["bf16, whole head"]["precision"] == "bf16"

@@ -13,6 +13,7 @@ pytest.importorskip("peft")
 
 from intentkit import PromptFormat  # noqa: E402
 from intentkit.drafts import DraftIndex  # noqa: E402
+from intentkit.errors import ConfigError  # noqa: E402
 from trainers.data import records_from_rows  # noqa: E402
 from trainers.train import TrainConfig, _rank, answer_loss, encode_records, evaluate_dev, shared_prefix, train  # noqa: E402
 
@@ -73,7 +74,7 @@ def test_no_prefix_is_shared_where_it_would_not_help_or_be_safe(tiny_records, ti
 
 
 def test_training_lowers_dev_loss(tiny_records, tiny_model, tmp_path: Path) -> None:
-    config = TrainConfig(method="full", epochs=10, learning_rate=1e-2, batch_size=4, train_embeddings=True)
+    config = TrainConfig(method="full", epochs=10, learning_rate=1e-2, batch_size=4, train_embeddings=True, select_on="loss")
     result = train(tiny_records, tmp_path, config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False)
     losses = [h["dev_loss"] for h in result.history if "dev_loss" in h]
     assert len(losses) == 10 and losses[-1] < losses[0] * 0.8
@@ -104,7 +105,8 @@ def test_dev_exact_match_is_what_greedy_decoding_writes(tiny_records, tiny_model
 def test_select_on_exact_keeps_the_evaluation_with_the_most_exact_matches(tiny_records, tiny_model, tmp_path: Path) -> None:
     lower_loss = {"step": 10, "dev_loss": 0.5, "dev_exact": 0.25}
     more_exact = {"step": 20, "dev_loss": 0.7, "dev_exact": 0.75}
-    assert _rank(lower_loss, TrainConfig()) < _rank(more_exact, TrainConfig())
+    assert _rank(lower_loss, TrainConfig(select_on="loss")) < _rank(more_exact, TrainConfig(select_on="loss"))
+    assert TrainConfig().select_on == "exact"  # the default: what routing is judged on
     assert _rank(more_exact, TrainConfig(select_on="exact")) < _rank(lower_loss, TrainConfig(select_on="exact"))
     config = TrainConfig(method="full", epochs=50, learning_rate=1e-2, batch_size=4, eval_every=25, select_on="exact")
     result = train(tiny_records, tmp_path, config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False)
@@ -396,3 +398,108 @@ def test_the_held_back_slice_is_stratified_reproducible_and_spares_small_intents
     assert split_holdout(records, 0.0) == (list(records), [])
     with pytest.raises(ValueError, match="holdout"):
         split_holdout(records, 1.0)
+
+
+def test_a_trimmed_head_is_the_softmax_over_its_vocabulary(tiny_records, tiny_model) -> None:
+    """The loss over a trimmed head is the full model's cross-entropy with the normaliser taken
+    over the kept tokens alone: what a deployment trimmed to them decodes from."""
+    import torch.nn.functional as F
+
+    from trainers.train import TrimmedHead, _collate
+
+    model, tokenizer = tiny_model()
+    model.get_output_embeddings().weight.requires_grad_(False)  # tied to the embeddings, frozen as LoRA leaves them
+    encoded, _ = encode_records(tiny_records[:4], tokenizer, PromptFormat())
+    ids, mask, labels = _collate(encoded, tokenizer.pad_token_id, torch.device("cpu"))
+    answers = {t for e in encoded for t in e.input_ids[e.answer_start :]}
+    size = model.get_output_embeddings().weight.shape[0]
+    head = TrimmedHead(model, sorted(answers | set(range(0, size, 3))))
+    assert len(head) == len(answers | set(range(0, size, 3))) < size
+    trimmed, n = answer_loss(model, ids, mask, labels, head=head)
+    full, _ = answer_loss(model, ids, mask, labels)
+    targets = labels[:, 1:]
+    where = targets != -100
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][where][:, head.ids]
+    reference = F.cross_entropy(logits, head.index[targets[where]])
+    assert n == int(where.sum()) and trimmed.item() == pytest.approx(reference.item(), rel=1e-4)
+    assert trimmed.item() < full.item()  # a smaller normaliser
+
+    outside = TrimmedHead(model, sorted(set(range(size)) - {max(answers)}))
+    with pytest.raises(ConfigError, match=rf"answer tokens \[{max(answers)}\] are not in the trimmed vocabulary"):
+        answer_loss(model, ids, mask, labels, head=outside)
+    with pytest.raises(ConfigError, match="must lie in"):
+        TrimmedHead(model, [size])
+
+
+def test_a_trimmed_head_needs_frozen_output_embeddings(tiny_model) -> None:
+    from trainers.train import TrimmedHead
+
+    model, _ = tiny_model()
+    with pytest.raises(ConfigError, match="frozen output embeddings"):
+        TrimmedHead(model, [1, 2, 3])  # a fresh model trains every weight
+
+
+def test_training_over_a_vocabulary_keeps_every_answer_token_and_says_so(tiny_records, tiny_model, tmp_path: Path) -> None:
+    model, tokenizer = tiny_model()
+    config = TrainConfig(epochs=2, learning_rate=5e-2, batch_size=4, lora_r=4, lora_dropout=0.0)
+    given = list(range(0, 40))
+    result = train(
+        tiny_records,
+        tmp_path,
+        config,
+        dev=tiny_records[:4],
+        model_and_tokenizer=(model, tokenizer),
+        progress=False,
+        vocabulary=given,
+    )
+    encoded, _ = encode_records(tiny_records, tokenizer, PromptFormat())
+    answers = {t for e in encoded for t in e.input_ids[e.answer_start :]}
+    assert result.vocabulary == sorted(set(given) | answers)
+    meta = json.loads((tmp_path / "intentkit.json").read_text(encoding="utf-8"))
+    assert meta["softmax_vocabulary"] == len(result.vocabulary)
+    losses = [h["dev_loss"] for h in result.history if "dev_loss" in h]
+    assert losses[-1] < losses[0]
+
+    plain = train(
+        tiny_records,
+        tmp_path / "plain",
+        config.model_copy(update={"trimmed_head": False}),
+        model_and_tokenizer=tiny_model(),
+        progress=False,
+        vocabulary=given,
+    )
+    assert plain.vocabulary is None
+    assert json.loads((tmp_path / "plain" / "intentkit.json").read_text(encoding="utf-8")).get("softmax_vocabulary") is None
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "bf16_cpu", "expected"),
+    [
+        ("fp32", "cpu", True, None),
+        ("bf16", "cpu", False, "bfloat16"),
+        ("auto", "cpu", True, "bfloat16"),
+        ("auto", "cpu", False, None),
+        ("auto", "meta", True, None),
+    ],
+)
+def test_precision_auto_takes_bf16_only_where_the_hardware_has_it(monkeypatch, precision, device, bf16_cpu, expected) -> None:
+    from trainers.train import autocast_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_cpu, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    dtype = autocast_dtype(precision, torch.device(device))
+    assert (dtype and str(dtype).removeprefix("torch.")) == expected
+
+
+def test_bf16_training_follows_fp32_closely(tiny_records, tiny_model, tmp_path: Path) -> None:
+    """bf16 autocast changes the arithmetic, not the run: the same steps, losses within a few per cent."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(epochs=3, learning_rate=2e-2, batch_size=4, lora_r=4, lora_dropout=0.0, precision=precision)
+        result = train(tiny_records, tmp_path / precision, config, model_and_tokenizer=tiny_model(), progress=False)
+        curves[precision] = [h["loss"] for h in result.history]
+        meta = json.loads((tmp_path / precision / "intentkit.json").read_text(encoding="utf-8"))
+        assert meta["precision"] == precision
+    assert len(curves["fp32"]) == len(curves["bf16"]) and curves["bf16"][-1] < curves["bf16"][0]
+    for a, b in zip(curves["fp32"], curves["bf16"], strict=True):
+        assert b == pytest.approx(a, rel=0.05, abs=0.02)

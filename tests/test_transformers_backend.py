@@ -167,3 +167,18 @@ def test_every_evaluation_runs_on_the_backends_one_worker_thread(trained):
     assert len(seen) == 3 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
     router.close()
     assert router.handle("我想听音乐").status.value == "backend_error"
+
+
+def test_a_model_directory_with_keep_tokens_decodes_over_that_vocabulary(tiny_records, tiny_model, tmp_path):
+    """keep_tokens.npy is the vocabulary the llama.cpp deployment is trimmed to and the softmax was
+    trained over: the transformers backend decodes over it too."""
+    import numpy as np
+
+    config = TrainConfig(method="full", epochs=1, batch_size=4, train_embeddings=True)
+    train(tiny_records, tmp_path, config, model_and_tokenizer=tiny_model(), progress=False)
+    assert TransformersBackend(tmp_path, device="cpu")._hf.blocked is None
+    np.save(tmp_path / "keep_tokens.npy", np.arange(0, 60, dtype=np.uint32))
+    backend = TransformersBackend(tmp_path, device="cpu")
+    logits = backend._hf.feed([2, 5, 7], all_logits=True)
+    assert logits.shape[0] == 3
+    assert np.isneginf(logits[:, 60:]).all() and np.isfinite(logits[:, :60]).all()

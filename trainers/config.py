@@ -19,7 +19,9 @@ class TrainConfig(pydantic.BaseModel):
 
     base: str = pydantic.Field(DEFAULT_BASE, description="'default' (bundled gemma-3-270m GGUF), an HF model dir or a .gguf file")
     method: Literal["lora", "qlora", "full"] = "lora"
-    epochs: float = pydantic.Field(2.0, gt=0)
+    epochs: float = pydantic.Field(
+        4.0, gt=0, description="passes over the data; the weights kept are those of the best evaluation"
+    )
     learning_rate: float = pydantic.Field(3e-4, gt=0)
     batch_size: int = pydantic.Field(8, gt=0, description="examples per device per step")
     grad_accum: int = pydantic.Field(1, gt=0, description="global batch = devices × batch_size × grad_accum")
@@ -39,14 +41,24 @@ class TrainConfig(pydantic.BaseModel):
     eval_every: int | None = pydantic.Field(None, description="steps between dev evaluations (default: once per epoch)")
     patience: int | None = pydantic.Field(None, description="stop after this many dev evaluations without improvement")
     select_on: Literal["loss", "exact"] = pydantic.Field(
-        "loss",
-        description="what picks the weights kept and drives early stopping: dev loss, or dev exact match "
-        "(the share of dev answers greedy decoding reproduces token for token; ties go to the lower loss)",
+        "exact",
+        description="what picks the weights kept and drives early stopping: dev exact match (the share of dev "
+        "answers greedy decoding reproduces token for token; ties go to the lower loss), or dev loss",
     )
     save_every: int | None = pydantic.Field(None, description="steps between resumable checkpoints")
     seed: int = 42
     threads: int | None = None
     share_prefix: bool = pydantic.Field(True, description="evaluate a batch's common prompt prefix once")
+    precision: Literal["auto", "bf16", "fp32"] = pydantic.Field(
+        "auto",
+        description="'bf16': the forward and backward passes under bf16 autocast (weights and optimizer stay fp32); "
+        "'auto': bf16 on a CUDA device that supports it or a CPU with AVX512-BF16/AMX, else fp32",
+    )
+    trimmed_head: bool = pydantic.Field(
+        True,
+        description="when the deployment runs on a trimmed vocabulary (keep_tokens.npy), train the output softmax "
+        "over that vocabulary alone: the distribution the deployment decodes from, and a head 2.5x smaller",
+    )
     init_from: str | None = pydantic.Field(
         None,
         description="a model directory (intentkit train --out, or a bundled model) whose LoRA adapter training "

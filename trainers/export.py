@@ -23,7 +23,15 @@ from intentkit.scope import SCOPE_FILE
 
 from .card import write_model_card
 
-__all__ = ["ExportError", "export_full_gguf", "export_gguf_lora", "export_merged_gguf", "write_vocabulary"]
+__all__ = [
+    "ExportError",
+    "deployment_vocabulary",
+    "export_full_gguf",
+    "export_gguf_lora",
+    "export_merged_gguf",
+    "save_vocabulary",
+    "write_vocabulary",
+]
 
 
 def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path | None = None, *, dtype: str = "f16") -> Path:
@@ -165,24 +173,39 @@ def _copy_meta(adapter_dir: Path, out: Path) -> None:
             shutil.copy(adapter_dir / name, out.parent / name)
 
 
-def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str | Path | None = None, top: int = 50_000) -> Path:
-    """Write ``model_dir/keep_tokens.npy``: :func:`domain_vocabulary` over the prompt the model was
-    trained with and ``records`` (utterances and answers). A backend given the directory's adapter
-    then runs on a base trimmed to those tokens (:func:`intentkit.backends.llamacpp.deployment_base`)."""
+def deployment_vocabulary(
+    records: Iterable[Any], *, prompt: PromptFormat | None = None, base: str | Path | None = None, top: int = 50_000
+) -> np.ndarray:
+    """The token ids a llama.cpp deployment of a model trained on ``records`` keeps:
+    :func:`domain_vocabulary` over ``prompt`` (default: intentkit's) and the records' utterances
+    and answers, for ``base`` (default: the bundled GGUF)."""
     from intentkit.backends.llamacpp.bundled import base_model_path
     from intentkit.backends.llamacpp.gguf import domain_vocabulary
 
-    model_dir = Path(model_dir)
-    info = ModelInfo.load(model_dir)
-    prompt = info.prompt_format or PromptFormat()
+    prompt = prompt or PromptFormat()
     texts = [prompt.render(r.instruction) + r.target for r in records]
     if not texts:
         raise ExportError("no records to take the vocabulary from")
-    keep = domain_vocabulary(Path(base) if base else (info.base_gguf or base_model_path()), texts, top=top)
-    path = model_dir / KEEP_FILE
-    np.save(path, keep)
+    return np.asarray(domain_vocabulary(Path(base) if base else base_model_path(), texts, top=top))
+
+
+def save_vocabulary(model_dir: str | Path, keep: Iterable[int]) -> Path:
+    """Write ``model_dir/keep_tokens.npy`` (sorted, unique) and refresh the model card."""
+    path = Path(model_dir) / KEEP_FILE
+    np.save(path, np.unique(np.fromiter((int(i) for i in keep), dtype=np.int64)).astype(np.uint32))
     write_model_card(model_dir)
     return path
+
+
+def write_vocabulary(model_dir: str | Path, records: Iterable[Any], *, base: str | Path | None = None, top: int = 50_000) -> Path:
+    """Write ``model_dir/keep_tokens.npy``: :func:`deployment_vocabulary` over the prompt the
+    model was trained with and ``records`` (utterances and answers). A backend given the
+    directory's adapter then runs on a base trimmed to those tokens
+    (:func:`intentkit.backends.llamacpp.deployment_base`)."""
+    model_dir = Path(model_dir)
+    info = ModelInfo.load(model_dir)
+    keep = deployment_vocabulary(records, prompt=info.prompt_format, base=base or info.base_gguf, top=top)
+    return save_vocabulary(model_dir, keep)
 
 
 def export_hf_merged(

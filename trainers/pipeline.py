@@ -89,7 +89,7 @@ def build_model(
     ``holdout.jsonl``) and choose on it, not on ``dev``: early stopping, the weights kept and the
     detector's threshold (unless ``calibration`` is given). ``dev`` is then left for the report
     alone, an estimate no choice was made on."""
-    from .export import export_full_gguf, export_gguf_lora, write_vocabulary
+    from .export import deployment_vocabulary, export_full_gguf, export_gguf_lora, save_vocabulary
 
     config = config or TrainConfig()
     out = Path(out)
@@ -100,14 +100,20 @@ def build_model(
         dev = held
         if calibration is None:
             calibration = held
-    trained = train(records, out, config, dev=dev, progress=progress, dev_name="held-back" if held else "dev")
+    from_gguf = config.base == DEFAULT_BASE or config.base.endswith(".gguf")
+    trim = export and trim_vocabulary and from_gguf and config.method != "full"
+    base_gguf = None if config.base == DEFAULT_BASE else config.base
+    # The vocabulary comes first: with config.trimmed_head the softmax is trained over it.
+    vocabulary = deployment_vocabulary(records, base=base_gguf).tolist() if trim else None
+    trained = train(
+        records, out, config, dev=dev, progress=progress, dev_name="held-back" if held else "dev", vocabulary=vocabulary
+    )
     result = BuildResult(trained, dev)
     write_drafts(out, records)
-    from_gguf = config.base == DEFAULT_BASE or config.base.endswith(".gguf")
     if not export:
         return result
-    if trim_vocabulary and from_gguf and config.method != "full":
-        keep = write_vocabulary(out, records, base=None if config.base == DEFAULT_BASE else config.base)
+    if vocabulary is not None:
+        keep = save_vocabulary(out, trained.vocabulary if trained.vocabulary is not None else vocabulary)
         say(f"vocabulary: {keep} (the deployment's base is trimmed to the tokens of the prompt and the data)")
     if config.method == "full" and not from_gguf:
         result.notes.append(

@@ -10,7 +10,12 @@ What makes it fast on a small CPU, beyond a plain ``Trainer`` run:
   values are computed for one row and repeated for the others (``share_prefix``). The loss and
   the gradients are the same as without it (a test checks this); with LoRA dropout on, the
   shared tokens share one dropout mask;
-- sequence length is derived from the data (next power of two over the longest example).
+- sequence length is derived from the data (next power of two over the longest example);
+- the passes run under bf16 autocast where the hardware has bf16 arithmetic (``precision``;
+  1.4× on an AVX512-BF16 CPU), the weights and the optimizer staying fp32;
+- when the deployment runs on a trimmed vocabulary, the softmax is trained over that vocabulary
+  alone (``vocabulary``, :class:`TrimmedHead`): the distribution llama.cpp decodes from, over a
+  head of about 106k rows instead of 262k.
 
 The prompt comes from :mod:`intentkit.prompt`; its fingerprint is saved next to the adapter.
 """
@@ -41,7 +46,9 @@ __all__ = [
     "DevEval",
     "TrainConfig",  # re-exported from trainers.config
     "TrainResult",
+    "TrimmedHead",
     "answer_loss",
+    "autocast_dtype",
     "encode_records",
     "evaluate_dev",
     "load_base",
@@ -59,6 +66,7 @@ class TrainResult:
     history: list[dict[str, float]]
     kept: dict[str, float] | None = None  # the dev evaluation whose weights were saved
     resumed_from: int = 0  # the checkpoint's step when the run continued one
+    vocabulary: list[int] | None = None  # the token ids the softmax was trained over (None: all)
 
     @property
     def best_dev_loss(self) -> float | None:
@@ -142,20 +150,80 @@ def shared_prefix(batch: Sequence[Encoded], model_config: Any = None) -> int:
     return n
 
 
-def answer_loss(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int = 0) -> tuple[Any, int]:
-    """Cross-entropy over answer tokens, with the LM head applied only where there are labels.
+def autocast_dtype(precision: str, device: Any) -> Any:
+    """The dtype the passes run in under autocast for ``TrainConfig.precision`` on ``device``,
+    or None for fp32. ``auto`` takes bf16 only where the hardware computes in it (a CUDA device
+    that supports it, a CPU with AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return torch.bfloat16 if any(check is not None and check() for check in checks) else None
+    return None
+
+
+class TrimmedHead:
+    """The output head restricted to ``vocabulary`` (the token ids the deployment keeps): logits
+    over those rows alone, and targets renumbered into them. The head is tied to the frozen
+    embeddings, so its rows are gathered once, in the dtype the passes run in."""
+
+    def __init__(self, model: Any, vocabulary: Sequence[int], dtype: Any = None) -> None:
+        import torch
+
+        head = model.get_output_embeddings()
+        if head.weight.requires_grad:
+            raise ConfigError("a trimmed output head needs frozen output embeddings (train_embeddings=False)")
+        if getattr(head, "bias", None) is not None:
+            raise ConfigError("a trimmed output head needs an output layer without bias")
+        device = head.weight.device
+        self.ids = torch.as_tensor(sorted({int(i) for i in vocabulary}), dtype=torch.long, device=device)
+        if len(self.ids) == 0 or int(self.ids[-1]) >= head.weight.shape[0] or int(self.ids[0]) < 0:
+            raise ConfigError(f"vocabulary: token ids must lie in 0..{head.weight.shape[0] - 1}")
+        self.weight = head.weight.detach().index_select(0, self.ids).to(dtype or head.weight.dtype)
+        self.index = torch.full((head.weight.shape[0],), -1, dtype=torch.long, device=device)
+        self.index[self.ids] = torch.arange(len(self.ids), device=device)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __call__(self, hidden: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.linear(hidden.to(self.weight.dtype), self.weight)
+
+    def targets(self, targets: Any) -> Any:
+        mapped = self.index[targets]
+        if bool((mapped < 0).any()):
+            missing = sorted({int(t) for t in targets[mapped < 0]})
+            raise ConfigError(f"answer tokens {missing[:5]} are not in the trimmed vocabulary")
+        return mapped
+
+
+def answer_loss(
+    model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int = 0, head: TrimmedHead | None = None
+) -> tuple[Any, int]:
+    """Cross-entropy over answer tokens, with the LM head applied only where there are labels
+    (``head``: over a trimmed vocabulary, else the model's own).
 
     ``prefix``: the first ``prefix`` tokens are the same in every row (:func:`shared_prefix`);
     they are evaluated for one row and their keys and values repeated for the rest."""
     import torch.nn.functional as F
 
-    logits, targets, _ = _answer_logits(model, ids, mask, labels, prefix=prefix)
+    logits, targets, _ = _answer_logits(model, ids, mask, labels, prefix=prefix, head=head)
     return F.cross_entropy(logits.float(), targets), len(targets)
 
 
-def _answer_logits(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int = 0) -> tuple[Any, Any, Any]:
-    """The logits at every answer position (the LM head nowhere else), their target tokens, and
-    the batch row of each."""
+def _answer_logits(
+    model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int = 0, head: TrimmedHead | None = None
+) -> tuple[Any, Any, Any]:
+    """The logits at every answer position (the LM head nowhere else), their target tokens (in
+    ``head``'s numbering when given), and the batch row of each."""
     import torch
 
     decoder = model.get_decoder()
@@ -175,11 +243,12 @@ def _answer_logits(model: Any, ids: Any, mask: Any, labels: Any, *, prefix: int 
         hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
         targets = labels[:, 1:]
     where = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][where])
+    logits = (head or model.get_output_embeddings())(hidden[:, :-1][where])
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = (logits / cap).tanh() * cap
-    return logits, targets[where], where.nonzero()[:, 0]
+    answers = targets[where]
+    return logits, head.targets(answers) if head is not None else answers, where.nonzero()[:, 0]
 
 
 def _wrap(model: Any, config: TrainConfig) -> Any:
@@ -238,8 +307,13 @@ def train(
     progress: bool = True,
     on_step: Callable[[dict[str, float]], None] | None = None,
     dev_name: Literal["dev", "held-back"] = "dev",
+    vocabulary: Sequence[int] | None = None,
 ) -> TrainResult:
-    """Fine-tune on ``records``; writes the adapter (or full model) and ``intentkit.json`` to ``output_dir``."""
+    """Fine-tune on ``records``; writes the adapter (or full model) and ``intentkit.json`` to ``output_dir``.
+
+    ``vocabulary``: the token ids the deployment keeps (``keep_tokens.npy``); with
+    ``config.trimmed_head`` the softmax is trained over them, plus every answer token of the
+    data (:attr:`TrainResult.vocabulary` is the set used)."""
     import torch
 
     config = config or TrainConfig()
@@ -263,6 +337,11 @@ def train(
         records, dev = [in_utterance_order(r) for r in records], [in_utterance_order(r) for r in dev]
     examples, length = encode_records(records, tokenizer, prompt, config.max_length)
     dev_examples, _ = encode_records(dev, tokenizer, prompt, length) if dev else ([], length)
+    amp = autocast_dtype(config.precision, device)
+    head = None
+    if vocabulary is not None and config.trimmed_head:
+        answers = {t for e in [*examples, *dev_examples] for t in e.input_ids[e.answer_start :]}
+        head = TrimmedHead(model, sorted(set(vocabulary) | answers), amp)
     steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -299,7 +378,8 @@ def train(
                 loss_sum = 0.0
                 for batch in group:
                     prefix = shared_prefix(batch, model.config) if config.share_prefix else 0
-                    loss, _ = answer_loss(model, *_collate(batch, tokenizer.pad_token_id, device), prefix=prefix)
+                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                        loss, _ = answer_loss(model, *_collate(batch, tokenizer.pad_token_id, device), prefix=prefix, head=head)
                     (loss / len(group)).backward()
                     loss_sum += loss.item() / len(group)
                     batch_tokens = sum(len(e.input_ids) for e in batch)
@@ -319,7 +399,14 @@ def train(
                 }
                 if dev_examples and (step % eval_every == 0 or step == total_steps):
                     dev_eval = evaluate_dev(
-                        model, dev_examples, config.batch_size, tokenizer.pad_token_id, device, share=config.share_prefix
+                        model,
+                        dev_examples,
+                        config.batch_size,
+                        tokenizer.pad_token_id,
+                        device,
+                        share=config.share_prefix,
+                        head=head,
+                        autocast=amp,
                     )
                     record["dev_loss"], record["dev_exact"] = dev_eval.loss, dev_eval.exact_rate
                     improved = best is None or _rank(record, config) < _rank(best, config)
@@ -365,7 +452,8 @@ def train(
     seconds = time.perf_counter() - started
     if not dev_examples:
         _save(model, tokenizer, output_dir, config, prompt, records, history[-1] if history else {})
-    result = TrainResult(output_dir, step, run_tokens, seconds, history, best, resumed_from)
+    trained_on = [int(i) for i in head.ids.tolist()] if head is not None else None
+    result = TrainResult(output_dir, step, run_tokens, seconds, history, best, resumed_from, trained_on)
     _update_meta(
         output_dir,
         {
@@ -374,6 +462,8 @@ def train(
             "tokens_per_second": round(result.tokens_per_second, 1),
             "steps": step,
             "sequence_length": length,
+            "precision": "bf16" if amp is not None else "fp32",
+            "softmax_vocabulary": len(head) if head is not None else None,
             "data": {
                 "training_rows": len(records),
                 "out_of_scope_rows": sum(not r.in_scope for r in records),
@@ -400,22 +490,32 @@ class DevEval:
 
 
 def evaluate_dev(
-    model: Any, examples: Sequence[Encoded], batch_size: int, pad_id: int, device: Any, *, share: bool = True
+    model: Any,
+    examples: Sequence[Encoded],
+    batch_size: int,
+    pad_id: int,
+    device: Any,
+    *,
+    share: bool = True,
+    head: TrimmedHead | None = None,
+    autocast: Any = None,
 ) -> DevEval:
     """Dev loss and exact match in one teacher-forced pass. An answer is an exact match when the
     model's top token is the answer's own at every answer position: exactly the answers greedy
-    decoding (unconstrained, same prompt) would write, end-of-turn marker included, without
-    decoding anything."""
+    decoding (unconstrained, same prompt, over ``head``'s vocabulary when given) would write,
+    end-of-turn marker included, without decoding anything. ``autocast``: the dtype the
+    training passes run in (None: fp32)."""
     import torch
     import torch.nn.functional as F
 
     model.eval()
     total, count, exact = 0.0, 0, []
-    with torch.no_grad():
+    device = torch.device(device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         for i in range(0, len(examples), batch_size):
             batch = list(examples[i : i + batch_size])
             prefix = shared_prefix(batch, model.config) if share else 0
-            logits, targets, rows = _answer_logits(model, *_collate(batch, pad_id, device), prefix=prefix)
+            logits, targets, rows = _answer_logits(model, *_collate(batch, pad_id, device), prefix=prefix, head=head)
             total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
             count += len(targets)
             wrong = torch.zeros(len(batch), dtype=torch.long, device=targets.device)

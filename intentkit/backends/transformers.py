@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import BackendError, MissingDependencyError
 from ..hf import cache_name, quiet_peft
-from ..model_dir import ModelInfo
+from ..model_dir import KEEP_FILE, ModelInfo
 from .base import GenerateRequest, Generation
 from .decoding import reusable_prefix
 from .local import LocalBackend
@@ -44,6 +44,7 @@ class _HFModel:
         self._pieces: dict[int, bytes] = {}
         self._keep_hidden = False
         self._hidden: np.ndarray | None = None
+        self.blocked: np.ndarray | None = None  # token ids outside the model's vocabulary (keep_tokens.npy)
 
     @property
     def n_tokens(self) -> int:
@@ -93,7 +94,10 @@ class _HFModel:
             self._hidden = out.hidden_states[-1][0, -1].float().cpu().numpy()
         self.cache = getattr(out, cache_name())
         self.tokens.extend(tokens)
-        return out.logits[0].float().cpu().numpy()
+        logits = out.logits[0].float().cpu().numpy()
+        if self.blocked is not None:
+            logits[:, self.blocked] = -np.inf
+        return logits
 
     @property
     def hidden_width(self) -> int:
@@ -201,6 +205,12 @@ class TransformersBackend(LocalBackend):
             if isinstance(token, int) and token != tokenizer.unk_token_id:
                 ends.add(token)
         hf_model = _HFModel(model, tokenizer, ends)
+        keep = model_dir / KEEP_FILE if model_dir is not None else None
+        if keep is not None and keep.is_file():
+            # Decode from the vocabulary the model was trained and is deployed over, as llama.cpp does.
+            allowed = np.zeros(int(model.get_output_embeddings().weight.shape[0]), dtype=bool)
+            allowed[np.load(keep).astype(np.int64)] = True
+            hf_model.blocked = np.flatnonzero(~allowed)
         self._start(hf_model, info=info, source=source, constrained=constrained, scope=scope, scope_dir=model_dir, drafts=drafts)
         self._hf = hf_model
 
