@@ -376,7 +376,8 @@ def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path, base_model, fresh
             return [lm(torch.tensor([ids])).logits[0, -1].numpy() for ids in prompts]
 
     before = next_tokens(model)
-    config = TrainConfig(method="full", epochs=1, batch_size=8, learning_rate=2e-4, warmup_ratio=0)
+    # fp32: what is checked is the export of the trained weights, against fp32 inference of them
+    config = TrainConfig(method="full", epochs=1, batch_size=8, learning_rate=2e-4, warmup_ratio=0, precision="fp32")
     train(records, tmp_path, config, model_and_tokenizer=(model, tokenizer), progress=False)
     after = next_tokens(model)
     del model

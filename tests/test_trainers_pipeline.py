@@ -33,7 +33,7 @@ def test_the_deployment_vocabulary_is_the_one_trained_over(tmp_path, fresh_base,
     said: list[str] = []
     result = pipeline.build_model(records, tmp_path, config, scope=False, progress=False, say=said.append)
     keep = np.load(tmp_path / "keep_tokens.npy")
-    assert result.trained.vocabulary == keep.tolist()
+    assert result.train.vocabulary == keep.tolist()
     assert 60_000 < len(keep) < 200_000 and any("vocabulary" in line for line in said)
     _, tokenizer = fresh_base
     encoded, _ = encode_records(records, tokenizer, PromptFormat())
@@ -51,5 +51,5 @@ def test_no_trimmed_vocabulary_trains_the_whole_softmax(tmp_path, fresh_base, mo
     result = pipeline.build_model(
         records, tmp_path, config, scope=False, trim_vocabulary=False, progress=False, say=lambda _: None
     )
-    assert result.trained.vocabulary is None and not (tmp_path / "keep_tokens.npy").exists()
+    assert result.train.vocabulary is None and not (tmp_path / "keep_tokens.npy").exists()
     assert ModelInfo.load(tmp_path).softmax_vocabulary is None
