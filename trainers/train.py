@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -169,12 +169,19 @@ def autocast_dtype(precision: str, device: Any) -> Any:
     return None
 
 
+def _autocast(device: Any, dtype: Any) -> Any:
+    """``torch.autocast`` to ``dtype`` on ``device``'s kind, or a context that changes nothing for None."""
+    import torch
+
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 class TrimmedHead:
     """The output head restricted to ``vocabulary`` (the token ids the deployment keeps): logits
     over those rows alone, and targets renumbered into them. The head is tied to the frozen
     embeddings, so its rows are gathered once, in the dtype the passes run in."""
 
-    def __init__(self, model: Any, vocabulary: Sequence[int], dtype: Any = None) -> None:
+    def __init__(self, model: Any, vocabulary: Iterable[int], dtype: Any = None) -> None:
         import torch
 
         head = model.get_output_embeddings()
@@ -342,7 +349,7 @@ def train(
     head = None
     if vocabulary is not None and config.trimmed_head:
         answers = {t for e in [*examples, *dev_examples] for t in e.input_ids[e.answer_start :]}
-        head = TrimmedHead(model, sorted(set(vocabulary) | answers), amp)
+        head = TrimmedHead(model, {*vocabulary, *answers}, amp)
     steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -379,7 +386,7 @@ def train(
                 loss_sum = 0.0
                 for batch in group:
                     prefix = shared_prefix(batch, model.config) if config.share_prefix else 0
-                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    with _autocast(device, amp):
                         loss, _ = answer_loss(model, *_collate(batch, tokenizer.pad_token_id, device), prefix=prefix, head=head)
                     (loss / len(group)).backward()
                     loss_sum += loss.item() / len(group)
@@ -512,7 +519,7 @@ def evaluate_dev(
     model.eval()
     total, count, exact = 0.0, 0, []
     device = torch.device(device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+    with torch.no_grad(), _autocast(device, autocast):
         for i in range(0, len(examples), batch_size):
             batch = list(examples[i : i + batch_size])
             prefix = shared_prefix(batch, model.config) if share else 0
