@@ -288,6 +288,27 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
         assert router.handle("我想听音乐", dispatch=False).scope is None
 
 
+def test_hidden_state_is_read_back_from_the_logits_as_llama_cpp_computes_it():
+    import numpy as np
+
+    texts = [*MAIN_JOB, "把客厅的灯调到百分之三十", "今天股市怎么样"]
+    with LlamaCppBackend.default() as backend:
+        model = backend._model
+        first = backend.hidden_state(texts[0])  # llama.cpp's own hidden state, which checks the read-back
+        assert isinstance(model._inverse, tuple), "gemma-3's head has no soft-capping: the read-back must hold"
+        read_back = [backend.hidden_state(t) for t in texts]
+        inverse, model._inverse = model._inverse, False  # embeddings mode, as for a model where it fails
+        direct = [backend.hidden_state(t) for t in texts]
+        model._inverse = inverse
+        # Logits that do not come from the hidden state (a soft-capped or biased head) fail the
+        # check, and such a model keeps asking llama.cpp for it.
+        logits = model.feed(model.tokenize("我想听音乐"))[0]
+        assert model._head_inverse(logits, np.random.default_rng(1).normal(size=model.n_embd)) is False
+    assert np.allclose(first, direct[0])
+    for a, b in zip(read_back, direct, strict=True):
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.9999
+
+
 def test_bad_model_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
         LlamaCppBackend(tmp_path / "missing.gguf")

@@ -55,6 +55,10 @@ class LlamaModel:
         self.n_embd = lc.llama_model_n_embd(self.model)
         self.keep_hidden = False
         self._hidden: np.ndarray | None = None
+        self._path = path
+        #: Reads the hidden state back from the logits row (:meth:`_head_inverse`); None until
+        #: checked against llama.cpp's own hidden state on the first prompt, False where it failed.
+        self._inverse: tuple[np.ndarray, np.ndarray] | bool | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -141,7 +145,8 @@ class LlamaModel:
         common = reusable_prefix(self.tokens, tokens)
         self.rewind(common)
         rest = [*tokens[common:], *draft]
-        if len(rest) > self.n_batch or self.keep_hidden:
+        from_logits = self.keep_hidden and isinstance(self._inverse, tuple)
+        if len(rest) > self.n_batch or (self.keep_hidden and not from_logits):
             # Embeddings make every token of a batch an output (the LM head on each): the prompt
             # before its last token goes first without them.
             if len(tokens) - common > 1:
@@ -151,6 +156,10 @@ class LlamaModel:
         outputs = [last, *(last + 1 + i for i in reads)]
         if not self.keep_hidden:
             return self.feed(rest, outputs=outputs), common
+        if from_logits:
+            rows = self.feed(rest, outputs=outputs)
+            self._hidden = self._from_logits(rows[0])
+            return rows, common
         self.lc.llama_set_embeddings(self.ctx, True)
         try:
             rows = self.feed(rest, outputs=outputs)
@@ -160,7 +169,43 @@ class LlamaModel:
             self._hidden = np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy()
         finally:
             self.lc.llama_set_embeddings(self.ctx, False)
+        if self._inverse is None:
+            self._inverse = self._head_inverse(rows[0], self._hidden)
         return rows, common
+
+    def _from_logits(self, logits: np.ndarray) -> np.ndarray:
+        rows, inverse = self._inverse  # type: ignore[misc]
+        # einsum's own loop, not BLAS: OpenBLAS's threads spin on after a call and took the two
+        # cores from llama.cpp's (p50 2.2x slower on the demo set).
+        return np.einsum("ij,j->i", inverse, logits[rows])
+
+    # The logits are the output head times the final hidden state, so that state can be read back
+    # from the logits row decoding needs anyway (least squares over a few thousand head rows)
+    # instead of asking llama.cpp for embeddings, which makes every token of the batch an output:
+    # the head over the whole vocabulary on each drafted token, and the prompt split in two batches.
+    # It holds for a head without soft-capping or bias (gemma-3); it is checked once against
+    # llama.cpp's own hidden state, and any model where it does not hold keeps the embeddings.
+    _HEAD_ROWS = 4096
+    _MIN_COSINE = 0.9999
+
+    def _head_inverse(self, logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | bool:
+        try:
+            import gguf
+
+            reader = gguf.GGUFReader(str(self._path))
+            tensors = {t.name: t for t in reader.tensors}
+            head = tensors.get("output.weight") or tensors.get("token_embd.weight")
+            if head is None or int(head.shape[-1]) != self.n_vocab or self.adapter is not None:
+                return False
+            rng = np.random.default_rng(0)
+            rows = np.sort(rng.choice(self.n_vocab, min(self._HEAD_ROWS, self.n_vocab), replace=False))
+            weights = gguf.quants.dequantize(np.asarray(head.data)[rows], head.tensor_type).astype(np.float64)
+            inverse = np.linalg.pinv(weights).astype(np.float32)
+        except Exception:  # an unreadable or unusual GGUF: keep asking llama.cpp for the hidden state
+            return False
+        guess = inverse @ logits[rows]
+        cosine = float(guess @ hidden / (np.linalg.norm(guess) * np.linalg.norm(hidden) + 1e-12))
+        return (rows, inverse) if cosine >= self._MIN_COSINE else False
 
     @property
     def hidden_width(self) -> int:
