@@ -59,6 +59,7 @@ class LlamaModel:
         #: Reads the hidden state back from the logits row (:meth:`_head_inverse`); None until
         #: checked against llama.cpp's own hidden state on the first prompt, False where it failed.
         self._inverse: tuple[np.ndarray, np.ndarray] | bool | None = None
+        self._built: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -188,7 +189,8 @@ class LlamaModel:
     _HEAD_ROWS = 4096
     _MIN_COSINE = 0.9999
 
-    def _head_inverse(self, logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | bool:
+    def _build_inverse(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The head rows and their pseudo-inverse, or ``None`` where the head cannot be read."""
         try:
             import gguf
 
@@ -196,22 +198,32 @@ class LlamaModel:
             tensors = {t.name: t for t in reader.tensors}
             head = tensors.get("output.weight") or tensors.get("token_embd.weight")
             if head is None or int(head.shape[-1]) != self.n_vocab or self.adapter is not None:
-                return False
+                return None
             rng = np.random.default_rng(0)
             rows = np.sort(rng.choice(self.n_vocab, min(self._HEAD_ROWS, self.n_vocab), replace=False))
             weights = gguf.quants.dequantize(np.asarray(head.data)[rows], head.tensor_type).astype(np.float64)
-            inverse = np.linalg.pinv(weights).astype(np.float32)
+            return rows, np.linalg.pinv(weights).astype(np.float32)
         except Exception:  # an unreadable or unusual GGUF: keep asking llama.cpp for the hidden state
+            return None
+
+    def _head_inverse(self, logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | bool:
+        """The read-back (built at :meth:`enable_hidden`) if it gives ``hidden`` from ``logits``, else False."""
+        built = self._built if self._built is not None else self._build_inverse()
+        if built is None:
             return False
-        guess = inverse @ logits[rows]
+        rows, inverse = built
+        guess = np.einsum("ij,j->i", inverse, logits[rows])
         cosine = float(guess @ hidden / (np.linalg.norm(guess) * np.linalg.norm(hidden) + 1e-12))
-        return (rows, inverse) if cosine >= self._MIN_COSINE else False
+        return built if cosine >= self._MIN_COSINE else False
 
     @property
     def hidden_width(self) -> int:
         return int(self.n_embd)
 
     def enable_hidden(self) -> None:
+        # Built here, at load, not on the first request: parsing the GGUF took about 4 s.
+        if not self.keep_hidden and self._inverse is None:
+            self._built = self._build_inverse()
         self.keep_hidden = True
 
     def hidden(self) -> np.ndarray:
