@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # ggml_backend_amx_mul_mat); build for the AVX2/FMA baseline instead.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install demo test bench lint ha-venv ha-e2e
+.PHONY: install demo test bench lint ha-venv ha-e2e llamafactory-venv llamafactory-e2e
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -50,3 +50,19 @@ ha-venv: $(HA_VENV)/.installed
 
 ha-e2e: install ha-venv
 	INTENTKIT_REQUIRE_HA=1 $(PY) -m pytest -q -p no:cacheprovider -m ha_e2e tests/e2e
+
+# LLaMA-Factory, the engine for training beyond one machine, in its own venv: it pins transformers,
+# peft and accelerate older than intentkit's. The CPU torch wheel first, as for .venv.
+LF_VENV ?= .lf-venv
+LF_VERSION ?= 0.9.5
+
+$(LF_VENV)/.installed: Makefile
+	python3 -m venv $(LF_VENV)
+	$(LF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LF_VENV)/bin/python -m pip install -q torch==2.13.0 llamafactory==$(LF_VERSION)
+	touch $@
+
+llamafactory-venv: $(LF_VENV)/.installed
+
+llamafactory-e2e: install llamafactory-venv
+	INTENTKIT_REQUIRE_LLAMAFACTORY=1 $(PY) -m pytest -q -p no:cacheprovider -m llamafactory_e2e tests/e2e/test_llamafactory.py

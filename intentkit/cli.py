@@ -481,12 +481,15 @@ def export(
     out-of-scope detector. Every file describes the trained prompt (chat template, end of turn)."""
     from trainers.data import load_records
     from trainers.export import export_full_gguf, export_gguf_lora, export_merged_gguf, write_vocabulary
+    from trainers.llamafactory import is_llamafactory_project, sync_trained_project
     from trainers.pipeline import fit_model_scope
 
     from .model_dir import ModelInfo
 
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory not found: {model_dir}")
+    if is_llamafactory_project(model_dir):
+        sync_trained_project(model_dir)
     if vocabulary_from is not None:
         import numpy as np
 
@@ -679,15 +682,35 @@ def data_convert(
     source: Path,
     target: Path,
     from_format: Annotated[str, typer.Option("--from", help="itag | alpaca | sharegpt | dialogue | jsonl")] = "jsonl",
-    to_format: Annotated[str, typer.Option("--to", help="jsonl | alpaca | sharegpt")] = "jsonl",
+    to_format: Annotated[
+        str, typer.Option("--to", help="jsonl | alpaca | sharegpt | llamafactory (a project directory to train in LLaMA-Factory)")
+    ] = "jsonl",
+    dev: Annotated[Path | None, typer.Option(help="--to llamafactory: dev data, whose loss LLaMA-Factory reports")] = None,
+    base: Annotated[
+        str, typer.Option(help="--to llamafactory: 'default' (the bundled gemma-3-270m), an HF dir, a .gguf")
+    ] = "default",
+    method: Annotated[str, typer.Option(help="--to llamafactory: lora | qlora | full")] = "lora",
 ) -> None:
-    """Convert between intentkit's format and iTAG, LLaMA-Factory alpaca/sharegpt and dialogue records."""
+    """Convert between intentkit's format and iTAG, LLaMA-Factory alpaca/sharegpt and dialogue
+    records; ``--to llamafactory`` writes a LLaMA-Factory project (data, config with intentkit's
+    recipe, training record) that is an intentkit model directory once trained."""
+    from trainers.config import TrainConfig
     from trainers.convert import export_rows, import_rows
     from trainers.data import load_records, records_from_rows
+    from trainers.llamafactory import write_llamafactory_project
 
     records = load_records(source) if from_format == "jsonl" else records_from_rows(import_rows(source, from_format))
-    path = export_rows(records, target, to_format)
-    typer.echo(f"wrote {len(records)} records to {path}")
+    if to_format != "llamafactory":
+        path = export_rows(records, target, to_format)
+        typer.echo(f"wrote {len(records)} records to {path}")
+        return
+    config = TrainConfig.model_validate({"base": base, "method": method})
+    project = write_llamafactory_project(
+        records, target, config, dev=load_records(dev) if dev else (), files=[str(source), *([str(dev)] if dev else [])]
+    )
+    typer.echo(f"wrote a LLaMA-Factory project to {project.directory} ({project.train_rows} rows, cutoff {project.cutoff_len})")
+    typer.echo(f"train it: {project.command}")
+    typer.echo(f"then:     intentkit export {target} --vocabulary-from {source} --scope-from {source}")
 
 
 @data_app.command("augment")
