@@ -145,6 +145,8 @@ def build_router(
         from trainers.data import build_registry, load_records
 
         registry = build_registry(load_records(intents_from))
+    elif backend != "openai" and (model or adapter) is not None:
+        registry = _registry_of_model(Path(model or adapter))  # type: ignore[arg-type]
     options: dict[str, Any] = {"mode": api_mode} if backend == "openai" else {}
     made = load_backend(backend, model=model, adapter=adapter, base_url=base_url, api_key=api_key, api_model=api_model, **options)
     try:
@@ -157,6 +159,34 @@ def build_router(
         made.close()
         raise
     return router
+
+
+def _registry_of_model(path: Path) -> Any:
+    """The intents of a trained model that the demo's handlers do not cover, derived from the
+    training rows its directory keeps (``drafts.jsonl``); ``None`` where the demo's handlers do
+    (the bundled model, or one trained on the demo's data). A model answering other intents with
+    no rows to derive them from is an error: routed through the demo's handlers, every answer
+    would be turned away."""
+    from trainers.data import build_registry, load_records
+
+    from .backends.fake import FakeBackend
+    from .calls import NO_INTENT
+    from .demo import SmartHome
+    from .drafts import DRAFTS_FILE
+    from .model_dir import ModelInfo
+
+    directory = path if path.is_dir() else path.parent
+    intents = set(ModelInfo.load(directory).intents) - {NO_INTENT}
+    demo = SmartHome().register(Router(FakeBackend([]))).registry
+    unknown = sorted(name for name in intents if name not in demo)
+    if not unknown:
+        return None
+    if (directory / DRAFTS_FILE).is_file():
+        return build_registry(load_records(directory / DRAFTS_FILE))
+    raise ConfigError(
+        f"{directory} answers {len(unknown)} intents the demo's handlers do not register ({', '.join(unknown[:4])}"
+        f"{' …' if len(unknown) > 4 else ''}): pass --intents-from with its training data"
+    )
 
 
 def _home_assistant_model(model: Path | None, adapter: Path | None, language: str) -> Path | None:

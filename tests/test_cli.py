@@ -119,3 +119,26 @@ def test_data_dialogues_writes_a_training_file(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert sum(isinstance(r["instruction"], list) for r in rows) == 408
     assert out.read_text(encoding="utf-8") == (DEMO / "train-dialogues.jsonl").read_text(encoding="utf-8")  # as bundled
+
+
+def test_a_model_answering_other_intents_routes_with_its_own(tmp_path: Path) -> None:
+    """``--model DIR`` alone: the demo's handlers for a model trained on the demo's intents, the
+    intents of the training rows the directory keeps for any other, an error where it keeps none."""
+    from intentkit.cli import _registry_of_model
+    from intentkit.errors import ConfigError
+    from intentkit.model_dir import ModelInfo
+
+    ModelInfo(intents=["no_intent", "play_music", "weather_search"]).save(tmp_path)
+    assert _registry_of_model(tmp_path) is None
+    ModelInfo(intents=["poetry_default", "tvchannel_play"]).save(tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"answers 2 intents the demo's handlers do not register \(poetry_default, tvchannel_play\)"
+    ):
+        _registry_of_model(tmp_path)
+    rows = [
+        {"instruction": "念首诗", "output": "poetry_default()"},
+        {"instruction": "播放湖南卫视", "output": 'tvchannel_play(name="湖南卫视")'},
+    ]
+    (tmp_path / "drafts.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    registry = _registry_of_model(tmp_path / "model.gguf")  # a file in the directory: the same record
+    assert sorted(registry.names) == ["poetry_default", "tvchannel_play"]
