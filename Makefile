@@ -52,7 +52,11 @@ ha-e2e: install ha-venv
 	INTENTKIT_REQUIRE_HA=1 $(PY) -m pytest -q -p no:cacheprovider -m ha_e2e tests/e2e
 
 # LLaMA-Factory, the engine for training beyond one machine, in its own venv: it pins transformers,
-# peft and accelerate older than intentkit's. The CPU torch wheel first, as for .venv.
+# peft and accelerate older than intentkit's. The CPU torch wheel first, as for .venv. PyPI's
+# torchvision and torchaudio are built for CUDA torch and an older torch (torchaudio stops at 2.11)
+# and their compiled parts fail to load beside the CPU torch 2.13; LLaMA-Factory imports
+# torchaudio at start-up but needs neither for text: torchvision is removed, torchaudio is kept
+# without its compiled extension (it then imports as "extension not available").
 LF_VENV ?= .lf-venv
 LF_VERSION ?= 0.9.5
 
@@ -60,6 +64,9 @@ $(LF_VENV)/.installed: Makefile
 	python3 -m venv $(LF_VENV)
 	$(LF_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LF_VENV)/bin/python -m pip install -q torch==2.13.0 llamafactory==$(LF_VERSION)
+	$(LF_VENV)/bin/python -m pip uninstall -q -y torchvision
+	rm -f $(LF_VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
+	$(LF_VENV)/bin/python -c "import llamafactory.train.tuner"
 	touch $@
 
 llamafactory-venv: $(LF_VENV)/.installed

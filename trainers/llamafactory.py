@@ -125,7 +125,7 @@ def write_llamafactory_project(
         model_type=model_type,
         prompt=prompt.to_dict(),
         intents=sorted({r.intent for r in records}),
-        config={**config.model_dump(), "engine": "llamafactory", "engine_config": CONFIG_FILE},
+        config={"engine": "llamafactory", "engine_config": CONFIG_FILE, **_recipe(config)},
         data={"training_rows": len(records), "dev_rows": len(dev), "files": list(files)},
     ).save(out)
     return LlamaFactoryProject(out, yaml_path, checkpoint, cutoff, len(records), len(dev))
@@ -252,6 +252,13 @@ _RECIPE_KEYS = {
     "seed": "seed",
     "cutoff_len": "max_length",
 }
+
+
+def _recipe(config: TrainConfig) -> dict[str, Any]:
+    """What the LLaMA-Factory config carries of ``config``: the rest (held-back selection, the
+    trimmed softmax, bf16 autocast on a CPU) is intentkit's trainer's alone and not recorded."""
+    fields = ["base", "method", "target_modules", *_RECIPE_KEYS.values()]
+    return {field: value for field, value in config.model_dump().items() if field in fields}
 
 
 def is_llamafactory_project(model_dir: str | Path) -> bool:

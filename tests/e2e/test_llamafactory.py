@@ -56,9 +56,8 @@ def test_a_model_trained_in_llamafactory_routes_through_intentkit(tmp_path: Path
 
     # LLaMA-Factory's template gives every row the tokens intentkit trains on and serves with.
     config = project / "llamafactory.yaml"
-    encoded = [
-        json.loads(line) for line in _run(LF_PYTHON, ROOT / "tests" / "e2e" / "llamafactory_encode.py", config).splitlines()
-    ]
+    _run(LF_PYTHON, ROOT / "tests" / "e2e" / "llamafactory_encode.py", config, tmp_path / "encoded.jsonl")
+    encoded = [json.loads(line) for line in (tmp_path / "encoded.jsonl").read_text(encoding="utf-8").splitlines()]
     from transformers import AutoTokenizer
 
     settings = _yaml(config)

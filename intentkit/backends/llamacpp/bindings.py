@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...cache import build_once, digest
 from ...errors import BackendError
 from ..decoding import reusable_prefix
 
@@ -190,21 +191,33 @@ class LlamaModel:
     _MIN_COSINE = 0.9999
 
     def _build_inverse(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The head rows and their pseudo-inverse, or ``None`` where the head cannot be read."""
+        """The head rows and their pseudo-inverse, or ``None`` where the head cannot be read.
+        Built once per GGUF file into the cache: parsing the GGUF took about 4 s at each load."""
+        if self.adapter is not None:
+            return None
+        stat = self._path.stat()
+        key = digest(self._path.name.encode(), f"{stat.st_size}:{stat.st_mtime_ns}:{self._HEAD_ROWS}".encode())
         try:
-            import gguf
+            with np.load(build_once(f"{self._path.stem}.head-inverse-{key}.npz", self._write_inverse)) as saved:
+                rows, inverse = saved["rows"], saved["inverse"]
+        except Exception:  # an unreadable or unusual GGUF: keep asking llama.cpp for the hidden state
+            return None
+        return (rows, inverse) if len(rows) else None
 
-            reader = gguf.GGUFReader(str(self._path))
-            tensors = {t.name: t for t in reader.tensors}
-            head = tensors.get("output.weight") or tensors.get("token_embd.weight")
-            if head is None or int(head.shape[-1]) != self.n_vocab or self.adapter is not None:
-                return None
+    def _write_inverse(self, out: Path) -> None:
+        import gguf
+
+        rows, inverse = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)  # saved as such: no head to read
+        reader = gguf.GGUFReader(str(self._path))
+        tensors = {t.name: t for t in reader.tensors}
+        head = tensors.get("output.weight") or tensors.get("token_embd.weight")
+        if head is not None and int(head.shape[-1]) == self.n_vocab:
             rng = np.random.default_rng(0)
             rows = np.sort(rng.choice(self.n_vocab, min(self._HEAD_ROWS, self.n_vocab), replace=False))
             weights = gguf.quants.dequantize(np.asarray(head.data)[rows], head.tensor_type).astype(np.float64)
-            return rows, np.linalg.pinv(weights).astype(np.float32)
-        except Exception:  # an unreadable or unusual GGUF: keep asking llama.cpp for the hidden state
-            return None
+            inverse = np.linalg.pinv(weights).astype(np.float32)
+        with out.open("wb") as file:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez(file, rows=rows, inverse=inverse)
 
     def _head_inverse(self, logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | bool:
         """The read-back (built at :meth:`enable_hidden`) if it gives ``hidden`` from ``logits``, else False."""
@@ -221,7 +234,7 @@ class LlamaModel:
         return int(self.n_embd)
 
     def enable_hidden(self) -> None:
-        # Built here, at load, not on the first request: parsing the GGUF took about 4 s.
+        # Built here, at load (or read from the cache), not on the first request.
         if not self.keep_hidden and self._inverse is None:
             self._built = self._build_inverse()
         self.keep_hidden = True
