@@ -15,6 +15,11 @@ intentkit's trainer with each of those two switched off, side by side in the sam
 
     python benchmarks/train_speed.py --train ../shared/datasets/smp2020/train.jsonl --steps 30 --variants
 
+``--ranks 16,64`` instead runs intentkit's trainer alone at each LoRA rank, side by side on the same
+batches (what a rank costs in training time):
+
+    python benchmarks/train_speed.py --train ../shared/datasets/smp2020/train.jsonl --steps 15 --ranks 16,64
+
 Tokens are counted the same way for all: the examples' unpadded lengths. Prints tokens/s of each
 and the ratios; ``--json`` also writes them to a file.
 """
@@ -163,6 +168,7 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--base", default="default", help="'default', an HF model directory or a GGUF file")
     parser.add_argument("--variants", action="store_true", help="also intentkit's trainer with bf16 or the trimmed head off")
+    parser.add_argument("--ranks", help="comma-separated LoRA ranks: intentkit's trainer at each, nothing else")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.steps < 1 or args.batch_size < 1:
@@ -180,6 +186,20 @@ def main() -> None:
         from trainers.export import deployment_vocabulary
 
         vocabulary = deployment_vocabulary(records, base=None if args.base == "default" else args.base).tolist()
+    if args.ranks:
+        chosen = sample(records, args.steps, args.batch_size)
+        figures = {}
+        for rank in (int(r) for r in args.ranks.split(",")):
+            config = TrainConfig(epochs=1, batch_size=args.batch_size, lora_r=rank, lora_alpha=2 * rank)
+            figures[f"r={rank}"] = run = intentkit_trainer(chosen, copy.deepcopy(model), tokenizer, config, vocabulary)
+            first = next(iter(figures.values()))
+            print(
+                f"r={rank:<4} {run['tokens']:7d} tokens in {run['seconds']:6.1f} s = {run['tokens_per_s']:6.1f} tokens/s"
+                f"  ({first['tokens_per_s'] / run['tokens_per_s']:.2f}× the first rank's time per token)"
+            )
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+        return
     figures = measure(
         records,
         model,
