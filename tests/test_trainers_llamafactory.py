@@ -84,10 +84,10 @@ def test_the_record_follows_the_config_that_ran(tiny_records, tiny_base, tmp_pat
     with pytest.raises(ConfigError, match=r"no adapter_model.safetensors yet; train the project first: llamafactory-cli train"):
         sync_trained_project(tmp_path)
     config = tmp_path / "llamafactory.yaml"
-    config.write_text(config.read_text(encoding="utf-8").replace("lora_rank: 16", "lora_rank: 64"), encoding="utf-8")
+    config.write_text(config.read_text(encoding="utf-8").replace("lora_rank: 64", "lora_rank: 32"), encoding="utf-8")
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")  # what LLaMA-Factory leaves; only its presence matters here
     info = sync_trained_project(tmp_path)
-    assert info.config["lora_r"] == 64 and ModelInfo.load(tmp_path).config["lora_r"] == 64
+    assert info.config["lora_r"] == 32 and ModelInfo.load(tmp_path).config["lora_r"] == 32
 
     config.write_text(config.read_text(encoding="utf-8").replace("template: gemma", "template: qwen"), encoding="utf-8")
     with pytest.raises(ConfigError, match="template 'qwen' renders another prompt"):

