@@ -740,7 +740,8 @@ def data_convert(
     )
     typer.echo(f"wrote a LLaMA-Factory project to {project.directory} ({project.train_rows} rows, cutoff {project.cutoff_len})")
     typer.echo(f"train it: {project.command}")
-    typer.echo(f"then:     intentkit export {target} --vocabulary-from {source} --scope-from {source}")
+    train = source if from_format == "jsonl" else "TRAIN.jsonl"  # export reads intentkit's format
+    typer.echo(f"then:     intentkit export {target} --vocabulary-from {train} --scope-from {train}")
 
 
 @data_app.command("augment")

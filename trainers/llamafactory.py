@@ -25,7 +25,6 @@ the adapter is then exported over the GGUF it came from, as ``intentkit train``'
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,19 +149,17 @@ def _model_type(checkpoint: Path) -> str | None:
 
 
 def _cutoff_len(checkpoint: Path, records: Sequence[Record], prompt: PromptFormat, fixed: int | None) -> int:
-    """The next power of two over the longest prompt + answer, as ``intentkit train`` pads to:
-    LLaMA-Factory cuts longer rows, and a cut answer teaches a wrong call."""
+    """The length ``intentkit train`` pads to (the next power of two over the longest prompt +
+    answer), doubled where LLaMA-Factory's newline after the end of turn would not fit: it cuts
+    longer rows, and a cut answer teaches a wrong call."""
     if fixed:
         return fixed
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    longest = max(
-        len(tokenizer(prompt.render(r.instruction))["input_ids"])
-        + len(tokenizer(r.target + prompt.answer_end, add_special_tokens=False)["input_ids"])
-        for r in records
-    )
-    return 2 ** math.ceil(math.log2(max(longest + 1, 2)))  # + 1: LLaMA-Factory's "\n" after the end of turn
+    from .train import encode_records
+
+    examples, length = encode_records(records, AutoTokenizer.from_pretrained(checkpoint), prompt)
+    return length if max(len(e.input_ids) for e in examples) < length else 2 * length
 
 
 def _config_text(config: TrainConfig, prompt: PromptFormat, checkpoint: Path, out: Path, cutoff: int, has_dev: bool) -> str:
