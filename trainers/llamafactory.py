@@ -281,10 +281,11 @@ def sync_trained_project(model_dir: str | Path) -> ModelInfo:
         raise ConfigError(f"{config_path}: unreadable LLaMA-Factory config ({exc})") from None
     if not isinstance(settings, dict):
         raise ConfigError(f"{config_path}: a LLaMA-Factory config is a mapping, not {type(settings).__name__}")
-    if settings.get("template") != TEMPLATES[(info.prompt_format or PromptFormat()).template]:
+    template = TEMPLATES[(info.prompt_format or PromptFormat()).template]
+    if settings.get("template") != template:
         raise ConfigError(
             f"{config_path}: template {settings.get('template')!r} renders another prompt than the one intentkit serves "
-            f"({TEMPLATES[(info.prompt_format or PromptFormat()).template]!r}); train again with it"
+            f"({template!r}); train again with it"
         )
     recipe = {field: settings[key] for key, field in _RECIPE_KEYS.items() if key in settings}
     method = "full" if settings.get("finetuning_type") == "full" else "qlora" if settings.get("quantization_bit") else "lora"

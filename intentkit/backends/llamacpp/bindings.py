@@ -176,7 +176,11 @@ class LlamaModel:
         return rows, common
 
     def _from_logits(self, logits: np.ndarray) -> np.ndarray:
-        rows, inverse = self._inverse  # type: ignore[misc]
+        return self._read_back(self._inverse, logits)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _read_back(built: tuple[np.ndarray, np.ndarray], logits: np.ndarray) -> np.ndarray:
+        rows, inverse = built
         # einsum's own loop, not BLAS: OpenBLAS's threads spin on after a call and took the two
         # cores from llama.cpp's (p50 2.2x slower on the demo set).
         return np.einsum("ij,j->i", inverse, logits[rows])
@@ -221,11 +225,10 @@ class LlamaModel:
 
     def _head_inverse(self, logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | bool:
         """The read-back (built at :meth:`enable_hidden`) if it gives ``hidden`` from ``logits``, else False."""
-        built = self._built if self._built is not None else self._build_inverse()
+        built = self._built
         if built is None:
             return False
-        rows, inverse = built
-        guess = np.einsum("ij,j->i", inverse, logits[rows])
+        guess = self._read_back(built, logits)
         cosine = float(guess @ hidden / (np.linalg.norm(guess) * np.linalg.norm(hidden) + 1e-12))
         return built if cosine >= self._MIN_COSINE else False
 
