@@ -126,14 +126,18 @@ def build_router(
     api_model: str | None = None,
     api_mode: str = "chat",
     threshold: float | None = None,
+    parallel: int | None = None,
     **extra: Any,
 ) -> Router:
     """The router the CLI options describe (``extra``: more :class:`RouterConfig` fields): the
     backend from :func:`~intentkit.backends.load_backend`, the intents from ``intents_from`` (a
-    data file), ``home`` (Home Assistant's intents over a home file) or the demo's handlers."""
+    data file), ``home`` (Home Assistant's intents over a home file) or the demo's handlers;
+    ``parallel``: requests the llama.cpp backend evaluates together."""
     registry = None
     if intents_from is not None and home is not None:
         raise ConfigError("give --intents-from or --home, not both")
+    if parallel is not None and backend not in ("llamacpp", "llama.cpp"):
+        raise ConfigError(f"--parallel is for the llama.cpp backend (the {backend} backend batches on its own server)")
     if home is not None:
         from .homeassistant import Home, registry_for
 
@@ -148,6 +152,8 @@ def build_router(
     elif backend != "openai" and (model or adapter) is not None:
         registry = _registry_of_model(Path(model or adapter))  # type: ignore[arg-type]
     options: dict[str, Any] = {"mode": api_mode} if backend == "openai" else {}
+    if parallel is not None:
+        options["parallel"] = parallel
     made = load_backend(backend, model=model, adapter=adapter, base_url=base_url, api_key=api_key, api_model=api_model, **options)
     try:
         router = Router(made, registry=registry, confidence_threshold=threshold, **extra)
@@ -207,6 +213,10 @@ def _home_assistant_model(model: Path | None, adapter: Path | None, language: st
     return bundled_model_dir(name or "home-assistant")
 
 
+#: Requests ``intentkit serve`` evaluates together by default (llama.cpp): 1.3x the throughput of
+#: one at a time at concurrency 4 and more on 2 cores, the same latency at concurrency 1.
+SERVE_PARALLEL = 4
+
 _ROUTER_OPTIONS = (
     "model",
     "adapter",
@@ -218,6 +228,7 @@ _ROUTER_OPTIONS = (
     "api_model",
     "api_mode",
     "threshold",
+    "parallel",
 )
 
 
@@ -322,8 +333,17 @@ def serve(
         float | None, typer.Option(help="delete logged requests older than this without feedback")
     ] = None,
     review_threshold: Annotated[float, typer.Option(help="answers below this confidence join the review queue")] = 0.6,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"requests the llama.cpp model evaluates together, in one batch (default {SERVE_PARALLEL}; 1: one at a time)",
+        ),
+    ] = None,
 ) -> None:
     """Serve the route API and OpenAI-compatible endpoints with uvicorn (with --log: feedback and the review page)."""
+    if parallel is None and backend in ("llamacpp", "llama.cpp"):
+        parallel = SERVE_PARALLEL
     try:
         import uvicorn
 

@@ -155,8 +155,8 @@ def test_merged_adapter_routes_like_the_adapter_on_top():
     separate = Router(backend, prompt=backend.prompt, fast_path=False)
     SmartHome().register(separate)
     try:
-        assert merged.backend.loaded_path != merged.backend.model_path and merged.backend._model.adapter is None
-        assert separate.backend._model.adapter is not None
+        assert merged.backend.loaded_path != merged.backend.model_path and merged.backend._context.adapter is None
+        assert separate.backend._context.adapter is not None
         pairs = [(merged.handle(r.instruction, dispatch=False), separate.handle(r.instruction, dispatch=False)) for r in records]
     finally:
         merged.close()
@@ -293,17 +293,17 @@ def test_hidden_state_is_read_back_from_the_logits_as_llama_cpp_computes_it():
 
     texts = [*MAIN_JOB, "把客厅的灯调到百分之三十", "今天股市怎么样"]
     with LlamaCppBackend.default() as backend:
-        model = backend._model
+        model, context = backend._model, backend._context
         first = backend.hidden_state(texts[0])  # llama.cpp's own hidden state, which checks the read-back
-        assert isinstance(model._inverse, tuple), "gemma-3's head has no soft-capping: the read-back must hold"
+        assert isinstance(context._inverse, tuple), "gemma-3's head has no soft-capping: the read-back must hold"
         read_back = [backend.hidden_state(t) for t in texts]
-        inverse, model._inverse = model._inverse, False  # embeddings mode, as for a model where it fails
+        inverse, context._inverse = context._inverse, False  # embeddings mode, as for a model where it fails
         direct = [backend.hidden_state(t) for t in texts]
-        model._inverse = inverse
+        context._inverse = inverse
         # Logits that do not come from the hidden state (a soft-capped or biased head) fail the
         # check, and such a model keeps asking llama.cpp for it.
         logits = model.feed(model.tokenize("我想听音乐"))[0]
-        assert model._head_inverse(logits, np.random.default_rng(1).normal(size=model.n_embd)) is False
+        assert context._head_inverse(logits, np.random.default_rng(1).normal(size=context.n_embd)) is False
     assert np.allclose(first, direct[0])
     for a, b in zip(read_back, direct, strict=True):
         assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.9999
@@ -458,3 +458,100 @@ def test_qlora_over_the_default_base_runs_in_llama_cpp(tmp_path, monkeypatch, ba
         # toward those of the model it was trained over.
         # Measured: 0.958-0.964 with the adapter, 0.498-0.581 without.
         assert np.corrcoef(with_adapter, target)[0, 1] > max(0.9, np.corrcoef(without, target)[0, 1] + 0.2)
+
+
+def test_parallel_requests_share_batches_and_answer_as_one_at_a_time(router):
+    import asyncio
+
+    from trainers.data import load_records
+
+    texts = [r.instruction for r in load_records(Path(__file__).parent.parent / "examples" / "demo" / "dev.jsonl")[::8]]
+    one_at_a_time = [router.handle(t, dispatch=False) for t in texts]
+    backend = LlamaCppBackend.default(parallel=4)
+    assert backend.parallel == 4
+    with Router(backend, prompt=backend.prompt, fast_path=False) as together:
+        SmartHome().register(together)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: together.handle(t, dispatch=False), texts))
+        stats = backend.batching
+        assert stats is not None and stats["jobs"] >= 1.5 * stats["batches"]  # requests did share batches
+        for alone, batched in zip(one_at_a_time, answers, strict=True):
+            assert (batched.text, batched.call_text) == (alone.text, alone.call_text)
+            # Another batch shape sums in another order: the same answers, confidence within a point or two.
+            assert batched.confidence == pytest.approx(alone.confidence, abs=0.02)
+
+        async def at_once() -> list[str]:
+            requests = [GenerateRequest(t, together.registry.catalog, together.prompt) for t in MAIN_JOB]
+            return [g.text for g in await asyncio.gather(*(backend.agenerate(r) for r in requests))]
+
+        assert asyncio.run(at_once()) == [
+            router.backend.generate(GenerateRequest(t, router.registry.catalog, router.prompt)).text for t in MAIN_JOB
+        ]
+
+
+def test_closing_a_parallel_backend_lets_running_requests_finish():
+    backend = LlamaCppBackend.default(parallel=3)
+    with Router(backend, prompt=backend.prompt, fast_path=False) as r:
+        SmartHome().register(r)
+        with ThreadPoolExecutor(6) as pool:
+            running = [pool.submit(r.handle, text, dispatch=False) for text in list(MAIN_JOB) * 2]
+            backend.close()
+            results = [f.result(timeout=60) for f in running]
+    # Each request either answered or was told the backend is closed; none hung or crashed.
+    assert all(x.ok or (x.status.value == "backend_error" and "closed" in str(x.error)) for x in results)
+    assert r.handle("我想听音乐").status.value == "backend_error"
+
+
+def test_a_failed_sequence_in_a_shared_batch_fails_alone():
+    import numpy as np
+
+    from intentkit.backends.llamacpp.bindings import LlamaContext, _Job, _Scheduler
+
+    class Context:  # a stand-in for llama.cpp: token -1 makes llama_decode fail
+        n_batch, n_seq = 8, 3
+
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def _run(self, jobs: list[_Job]) -> None:
+            self.batches.append(len(jobs))
+            if any(-1 in job.tokens for job in jobs):
+                raise BackendError("llama_decode failed with status 1")
+            for job in jobs:
+                job.rows = np.full((len(job.outputs), 2), job.seq, dtype=np.float32)
+
+    context = Context()
+    scheduler = _Scheduler(context, gather_s=1.0)  # type: ignore[arg-type]
+    jobs = [_Job(seq, 0, [5, -1 if seq == 1 else 6], [1]) for seq in range(3)]
+
+    ready = threading.Barrier(3)
+
+    def ask(job: _Job) -> BaseException | None:
+        with scheduler.active():
+            ready.wait()  # three requests running: the scheduler waits for all three to ask
+            try:
+                LlamaContext.evaluate(type("C", (), {"_scheduler": scheduler})(), job)  # type: ignore[arg-type]
+            except BackendError as exc:
+                return exc
+        return None
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            outcomes = list(pool.map(ask, jobs))
+    finally:
+        scheduler.close()
+    assert context.batches[0] == 3  # the three waited for each other, then each ran again alone
+    assert [outcome is None for outcome in outcomes] == [True, False, True]
+    assert jobs[0].rows is not None and jobs[2].rows is not None and jobs[2].rows[0, 0] == 2
+
+
+def test_parallel_is_at_least_one_and_only_for_llama_cpp():
+    from intentkit.cli import build_router
+    from intentkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="parallel"):
+        LlamaCppBackend.default(parallel=0)
+    with pytest.raises(ConfigError, match=r"--parallel is for the llama\.cpp backend"):
+        build_router(backend="openai", base_url="http://127.0.0.1:9/v1", api_model="m", parallel=2)
+    with build_router(parallel=2) as r:
+        assert r.backend.parallel == 2 and r.handle("我想听音乐", dispatch=False).call_text == "play_music()"

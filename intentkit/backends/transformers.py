@@ -223,7 +223,7 @@ class TransformersBackend(LocalBackend):
         torch = self._hf.torch
         tokenizer, model = self._hf.tokenizer, self._hf.model
         answers: list[Generation] = []
-        with self._lock:
+        with self._every_generator():
             self._check_open()
             side, tokenizer.padding_side = tokenizer.padding_side, "left"
             if tokenizer.pad_token_id is None:

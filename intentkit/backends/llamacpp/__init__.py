@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import MissingDependencyError, ModelDirError
+from ...errors import ConfigError, MissingDependencyError, ModelDirError
 from ...model_dir import ModelInfo
 from ..local import LocalBackend
 from .bundled import (
@@ -57,6 +57,11 @@ class LlamaCppBackend(LocalBackend):
     intentkit's call format, and for comparison). ``n_threads`` defaults to the CPU count;
     ``n_ctx`` bounds prompt + answer tokens.
 
+    ``parallel`` is how many requests run at once (for a service): each on its own sequence of
+    one llama.cpp context, their evaluations put together in one batch, so that one pass through
+    the weights serves every waiting request. Answers are the same as one at a time; a request
+    waits at most ``gather_ms`` for the others to join a batch.
+
     ``merge_adapter=True`` folds the adapter into the weights once (an 8-bit copy of the model in
     the cache, :func:`~intentkit.backends.llamacpp.bundled.merged_model_path`) and runs that
     instead: the adapter's extra matrix products are gone, the answers stay the same.
@@ -81,6 +86,8 @@ class LlamaCppBackend(LocalBackend):
         n_ctx: int = 1024,
         n_batch: int = 64,
         n_threads: int | None = None,
+        parallel: int = 1,
+        gather_ms: float = 5.0,
         constrained: bool = True,
         merge_adapter: bool = False,
         scope: ScopeDetector | str | Path | None = "auto",
@@ -93,9 +100,11 @@ class LlamaCppBackend(LocalBackend):
             import llama_cpp as lc
         except ImportError:
             raise MissingDependencyError("llama-cpp-python") from None
-        from .bindings import LlamaModel
+        from .bindings import LlamaContext
         from .logs import init_backend
 
+        if parallel < 1:
+            raise ConfigError(f"parallel must be at least 1 (requests evaluated together), not {parallel}")
         path = Path(model_path) if model_path is not None else base_model_path()
         adapter_path = Path(adapter) if adapter is not None else None
         for what, p in (("model", path), ("adapter", adapter_path)):
@@ -113,11 +122,20 @@ class LlamaCppBackend(LocalBackend):
             else path
         )
         threads = n_threads or os.cpu_count() or 1
-        model = LlamaModel(self.loaded_path, None if merged else adapter_path, n_ctx, n_batch, threads, adapter_scale)
+        self._context = LlamaContext(
+            self.loaded_path,
+            None if merged else adapter_path,
+            n_ctx,
+            n_batch,
+            threads,
+            adapter_scale,
+            n_seq=parallel,
+            gather_s=gather_ms / 1e3,
+        )
         self.model_path, self.adapter_path = path, adapter_path
         try:
             self._start(
-                model,
+                *self._context.sequences(),
                 info=info,
                 source=str(adapter_path or path),
                 constrained=constrained,
@@ -127,7 +145,7 @@ class LlamaCppBackend(LocalBackend):
                 drafts=drafts,
             )
         except BaseException:
-            model.close()
+            self._context.close()
             raise
 
     @classmethod
@@ -172,5 +190,15 @@ class LlamaCppBackend(LocalBackend):
             bundled_model_dir(DEFAULT_ADAPTER), trim_vocabulary=trim_vocabulary, merge_adapter=merge_adapter, **kwargs
         )
 
+    @property
+    def batching(self) -> dict[str, float] | None:
+        """With ``parallel > 1``, what the batches held so far: ``batches``, ``jobs`` (one
+        sequence's tokens in a batch), ``tokens``, ``rows`` (logits rows computed) and ``busy_s``
+        (seconds evaluating); ``None`` with one sequence."""
+        scheduler = self._context._scheduler
+        if scheduler is None:
+            return None
+        return {key: getattr(scheduler, key) for key in ("batches", "jobs", "tokens", "rows", "busy_s")}
+
     def _release(self) -> None:
-        self._model.close()  # type: ignore[attr-defined]
+        self._context.close()
