@@ -9,7 +9,8 @@ process, where the two share one GIL and the client's own work is counted agains
   responses, throughput and p50/p95/p99 latency;
 - ``llama``: the embedded default (llama.cpp), ``--llama-requests`` at each ``--llama-concurrency``
   level, compared with the same router's single-stream capacity (sequential ``handle`` calls
-  in-process).
+  in-process); one service for each ``--parallel`` value (requests evaluated together in one
+  llama.cpp batch; 1: one at a time).
 
 One service process per backend serves every level, one after the other (warmed up first).
 
@@ -89,19 +90,23 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int, tim
     }
 
 
-def _router(kind: str) -> Any:
+def _router(kind: str, parallel: int = 1) -> Any:
     from intentkit import Router
     from intentkit.demo import SmartHome
     from intentkit.testing import FakeBackend
 
     if kind == "llama":
-        return Router.default(fast_path=False)
-    router = Router(FakeBackend('weather_search(city="杭州")'), fast_path=False)
+        from intentkit.backends.llamacpp import LlamaCppBackend
+
+        backend: Any = LlamaCppBackend.default(parallel=parallel)
+    else:
+        backend = FakeBackend('weather_search(city="杭州")')
+    router = Router(backend, fast_path=False)
     SmartHome().register(router)
     return router
 
 
-def _serve_process(kind: str, log: str | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+def _serve_process(kind: str, log: str | None = None, parallel: int = 1) -> tuple[str, subprocess.Popen[bytes]]:
     """The service in a process of its own, as it is deployed: the load generator (httpx, in
     this process) then competes with it for CPU but not for the GIL."""
     import httpx
@@ -109,7 +114,8 @@ def _serve_process(kind: str, log: str | None = None) -> tuple[str, subprocess.P
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), *(["--log", log] if log else [])]
+    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--parallel", str(parallel)]
+    command += ["--log", log] if log else []
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -125,17 +131,17 @@ def _serve_process(kind: str, log: str | None = None) -> tuple[str, subprocess.P
     raise RuntimeError("the service did not start within 300 s")
 
 
-def _serve_here(kind: str, port: int, log: str | None = None) -> None:
+def _serve_here(kind: str, port: int, log: str | None = None, parallel: int = 1) -> None:
     import uvicorn
 
     from intentkit.server import create_app
 
-    app = create_app(_router(kind), log=log)
+    app = create_app(_router(kind, parallel), log=log)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
 def _run(
-    kind: str, texts: list[str], requests: int, levels: list[int], *, separate: bool, timeout_s: float
+    kind: str, texts: list[str], requests: int, levels: list[int], *, separate: bool, timeout_s: float, parallel: int = 1
 ) -> list[dict[str, Any]]:
     """Each concurrency level against one service (warmed up with a few requests first)."""
     from intentkit.server import create_app
@@ -145,13 +151,13 @@ def _run(
         return [asyncio.run(_load(url, texts, requests, level, timeout_s=timeout_s)) for level in levels]
 
     if separate:
-        url, process = _serve_process(kind)
+        url, process = _serve_process(kind, parallel=parallel)
         try:
             return at_each(url)
         finally:
             process.terminate()
             process.wait(30)
-    router = _router(kind)
+    router = _router(kind, parallel)
     url, server, thread = _serve(create_app(router))
     try:
         return at_each(url)
@@ -175,12 +181,17 @@ def _single_stream(kind: str, texts: list[str]) -> float:
         router.close()
 
 
-def run(kind: str, texts: list[str], requests: int, levels: list[int], *, separate: bool = True) -> list[dict[str, Any]]:
+def run(
+    kind: str, texts: list[str], requests: int, levels: list[int], *, separate: bool = True, parallel: tuple[int, ...] = (1,)
+) -> list[dict[str, Any]]:
     single = _single_stream(kind, texts)
-    results = _run(kind, texts, requests, levels, separate=separate, timeout_s=60 if kind == "fake" else 300)
-    for result in results:
-        result["single_stream_rps"] = round(single, 1)
-        result["vs_single_stream"] = round(result["throughput_rps"] / single, 3)
+    results = []
+    for together in parallel:
+        timeout_s = 60 if kind == "fake" else 300
+        for result in _run(kind, texts, requests, levels, separate=separate, timeout_s=timeout_s, parallel=together):
+            result.update(parallel=together, single_stream_rps=round(single, 1))
+            result["vs_single_stream"] = round(result["throughput_rps"] / single, 3)
+            results.append(result)
     return results
 
 
@@ -208,13 +219,16 @@ def main() -> None:
         default=True,
         help="run the service in its own process (default); --no-separate: in a thread of this one",
     )
+    parser.add_argument(
+        "--parallel", type=_levels, default=[1, 4, 8], help="embedded model: requests evaluated together, one service each"
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--serve", choices=["fake", "llama"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _serve_here(args.serve, args.port, args.log)
+        _serve_here(args.serve, args.port, args.log, args.parallel[0])
         return
     from trainers.data import load_records
 
@@ -223,13 +237,16 @@ def main() -> None:
     if args.only in (None, "fake"):
         results["fake"] = run("fake", texts, args.requests, args.concurrency, separate=args.separate)
     if args.only in (None, "llama"):
-        results["llama"] = run("llama", texts, args.llama_requests, args.llama_concurrency, separate=args.separate)
-    print("| backend | concurrency | requests | errors | req/s | × sequential in-process | p50 ms | p95 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        results["llama"] = run(
+            "llama", texts, args.llama_requests, args.llama_concurrency, separate=args.separate, parallel=tuple(args.parallel)
+        )
+    print("| backend | parallel | concurrency | requests | errors | req/s | × sequential in-process | p50 ms | p95 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for kind, levels in results.items():
         for r in levels:
             print(
-                f"| {kind} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['throughput_rps']} | "
+                f"| {kind} | {r.get('parallel', 1) if kind == 'llama' else '—'} | {r['concurrency']} | {r['requests']} | "
+                f"{r['errors']} | {r['throughput_rps']} | "
                 f"{r['vs_single_stream']} ({r['single_stream_rps']} req/s) | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |"
             )
     if args.out:
