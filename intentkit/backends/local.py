@@ -74,8 +74,9 @@ class LocalBackend(Backend):
             for m in (model, *more)
         ]
         self._generator = self._generators[0]
-        #: The generators no request is running on.
-        self._free: queue.SimpleQueue[LocalGenerator] = queue.SimpleQueue()
+        #: The generators no request is running on, the last one freed first: at low concurrency
+        #: one sequence serves every request (its cache and the model's stay small).
+        self._free: queue.LifoQueue[LocalGenerator] = queue.LifoQueue()
         for generator in self._generators:
             self._free.put(generator)
         detector, index = resolve_scope(scope, scope_dir, model.hidden_width), resolve_drafts(drafts, scope_dir)
