@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from itertools import pairwise
@@ -127,17 +127,24 @@ class DraftIndex:
                 out.write(json.dumps({"instruction": utterance, "output": output}, ensure_ascii=False) + "\n")
         return path
 
-    def nearest(self, utterance: str) -> tuple[str, Call] | None:
+    def nearest(
+        self, utterance: str, *, intents: Collection[str] | None = None, fits: Callable[[Call], bool] | None = None
+    ) -> tuple[str, Call] | None:
         """The most similar indexed utterance and its call, when its similarity (0–1) reaches
-        the cutoff."""
+        the cutoff. With ``intents`` (the model has narrowed the intent down to these), the most
+        similar one answered with one of them whose call ``fits`` (any of their rows shows the
+        call's shape: no cutoff)."""
         scores: dict[int, float] = {}
         for gram, weight in _weights(_grams(utterance), self._idf, self._unseen).items():
             for row, row_weight in self._postings.get(gram, ()):
                 scores[row] = scores.get(row, 0.0) + weight * row_weight
+        if intents is not None:
+            wanted = set(intents)
+            scores = {r: v for r, v in scores.items() if self.calls[r].name in wanted and (fits is None or fits(self.calls[r]))}
         if not scores:
             return None
         best = max(scores.values())
-        if best < self.cutoff:
+        if intents is None and best < self.cutoff:
             return None
         from rapidfuzz import fuzz
 
@@ -145,10 +152,13 @@ class DraftIndex:
         row = max(tied, key=lambda r: (fuzz.ratio(utterance, self.utterances[r]), -r))
         return self.utterances[row], self.calls[row]
 
-    def draft(self, utterance: str) -> Draft | None:
+    def draft(
+        self, utterance: str, *, intents: Collection[str] | None = None, fits: Callable[[Call], bool] | None = None
+    ) -> Draft | None:
         """The nearest utterance's call with its values carried over to ``utterance`` (a value
-        that cannot be placed is ``None``: the draft stops there); ``None`` when nothing is near."""
-        found = self.nearest(utterance)
+        that cannot be placed is ``None``: the draft stops there); ``None`` when nothing is near.
+        ``intents``, ``fits``: as for :meth:`nearest`."""
+        found = self.nearest(utterance, intents=intents, fits=fits)
         if found is None:
             return None
         nearest, call = found

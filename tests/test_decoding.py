@@ -412,3 +412,60 @@ def test_a_row_the_draft_did_not_keep_is_evaluated_when_asked_for():
     assert drafted.n_tokens == model.n_tokens == len(prompt) + 1
     assert np.array_equal(first[-1], model._logits(len(prompt) + 1))
     assert drafted.evaluations == 2  # the draft (no prefill_draft here), then the row asked for
+
+
+@pytest.mark.parametrize(
+    ("answer", "utterance", "wrong"),
+    [
+        ('weather_search(city="杭州", date="明天")', "帮我查杭州明天的天气", Draft("music_exit")),
+        ('listen(singer="周杰伦", song="晴天")', "播放周杰伦的晴天", Draft("play_music")),
+        ('set_alarm(time="明天早上六点半")', "明天早上六点半叫我", Draft("weather_search", (("city", None),))),
+    ],
+)
+def test_drafting_again_where_the_prompts_draft_stops_holding(catalog, answer, utterance, wrong):
+    """The prompt's draft guessed another call: once the model's choice leaves it, the call is
+    drafted again among the intents still possible, and the rest is verified in the evaluation
+    the next decision needs anyway. The answer is the same; the evaluations fewer."""
+    call = parse_calls(answer)[0]
+    asked: list[tuple[list[str], bool]] = []
+
+    def redraft(intents, fits):
+        right = Draft(call.name, tuple(call.kwargs.items()))
+        asked.append((intents, fits(call)))
+        return right if call.name in intents and fits(call) else None
+
+    def run(again):
+        model = ScriptedModel(answer)
+        drafted = DraftedModel(model)
+        decoder = ConstrainedDecoder(drafted, catalog)
+        decoder.decode(drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"))[0], utterance)  # vocabulary
+        tokens, reads = decoder.draft_tokens(wrong, utterance)
+        logits, _ = drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"), draft=tokens, reads=reads)
+        before = drafted.evaluations
+        decoded = decoder.decode(logits, utterance, redraft=again)
+        drafted.settle()
+        said = b"".join(model.pieces[t] for t in model.tokens[model.prompt_len :]).decode()
+        return decoded, drafted.evaluations - before, said
+
+    alone, alone_evaluations, _ = run(None)
+    again, again_evaluations, said = run(redraft)
+    assert again.text == alone.text == answer
+    assert again.confidence == pytest.approx(alone.confidence)
+    assert asked and asked[-1] == ([call.name], True)
+    assert again_evaluations < alone_evaluations
+    assert answer.startswith(said)  # nothing drafted and rejected is left in the cache
+
+
+def test_extend_evaluates_the_chosen_tokens_and_a_new_draft_in_one_batch():
+    model = ScriptedModel('set_alarm(time="六点")')
+    drafted = DraftedModel(model)
+    prompt = model.tokenize("<prompt>六点叫我<answer>")
+    drafted.prefill(prompt)
+    chosen, draft = model.tokenize("set_alarm("), model.tokenize('time="六点')
+    assert not drafted.holds(chosen)  # no draft ahead
+    row = drafted.extend(chosen, draft, [len(draft) - 1])
+    assert model.fed_batches[-1] == len(chosen) + len(draft) and drafted.ahead == len(draft)
+    assert np.array_equal(row, model._logits(len(prompt) + len(chosen)))
+    assert drafted.holds(draft[:2]) and not drafted.holds([END])
+    last = drafted.feed(draft)  # every drafted token taken: the kept row, no evaluation
+    assert drafted.evaluations == 1 and np.array_equal(last[-1], model._logits(len(prompt) + len(chosen) + len(draft)))

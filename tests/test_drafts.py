@@ -79,3 +79,16 @@ def test_a_bad_row_names_the_file_and_line(tmp_path, line):
     path.write_text(json.dumps({"instruction": "我想听音乐", "output": "play_music()"}) + "\n" + line + "\n", encoding="utf-8")
     with pytest.raises(ModelDirError, match=r"drafts\.jsonl.*line 2"):
         DraftIndex.load(path)
+
+
+def test_nearest_within_the_intents_the_model_chose(index):
+    # Nearest overall is the lights row; once the model has chosen weather_search, its row is drafted.
+    assert index.draft("把客厅的灯打开") == Draft("light_on", (("room", "客厅"),))
+    assert index.draft("把客厅的灯打开", intents=["weather_search"]) == Draft("weather_search", (("city", None),))
+    # Within chosen intents there is no cutoff: any of their rows shows the call's shape.
+    assert index.draft("zzzzzzzzzzzzzzzzzzzz") is None
+    assert index.nearest("z音量z", intents=["volume"]) == ("音量调到30", index.calls[3])
+    # ``fits`` keeps only calls that go along what the model has chosen so far.
+    assert index.draft("查一下天气", intents=["weather_search"], fits=lambda call: "date" in call.kwargs) is not None
+    assert index.draft("查一下天气", intents=["weather_search"], fits=lambda call: "room" in call.kwargs) is None
+    assert index.draft("查一下天气", intents=["not_indexed"]) is None

@@ -27,15 +27,16 @@ would have produced something the registry rejects.
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import regex
 
-from ..calls import NO_INTENT, Value
+from ..calls import NO_INTENT, Call, Value
 from ..registry import IntentCatalog, IntentSpec, ParamSpec
 from ..text import can_copy, occurrences, word_boundaries
 
@@ -235,6 +236,31 @@ class DraftedModel:
         self._draft = list(draft)
         return logits, reused
 
+    def holds(self, tokens: Sequence[int]) -> bool:
+        """Whether a draft is ahead and ``tokens`` (chosen, not yet evaluated) go along it."""
+        return bool(self._draft) and all(a == b for a, b in zip(tokens, self._draft, strict=False))
+
+    def extend(self, tokens: Sequence[int], draft: Sequence[int], reads: Sequence[int]) -> np.ndarray | None:
+        """Evaluate ``tokens`` (chosen, not yet evaluated) and a new ``draft`` after them in one
+        batch; returns the logits after the last of ``tokens`` (``None`` when there are none).
+        The draft is then taken as :meth:`prefill`'s is, with logits kept after the drafted
+        tokens ``reads`` indexes."""
+        self.settle()
+        wanted = sorted(set(reads))
+        outputs = [*([len(tokens) - 1] if tokens else []), *(len(tokens) + i for i in wanted)]
+        together = [*tokens, *draft]
+        if "outputs" in inspect.signature(self.base.feed).parameters:  # llama.cpp: only the rows read
+            rows = self.base.feed(together, outputs=outputs)  # type: ignore[call-arg]
+        else:
+            rows = self.base.feed(together, all_logits=True)[outputs]
+        self.evaluations += 1
+        last = rows[0] if tokens else None
+        self._rows = [None] * len(draft)
+        for index, row in zip(wanted, rows[1:] if tokens else rows, strict=True):
+            self._rows[index] = row
+        self._draft = list(draft)
+        return last
+
     def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
         rows: list[np.ndarray | None] = []
         taken = 0
@@ -396,14 +422,30 @@ class ConstrainedDecoder:
         return [replace(c, tokens=self._tok(v + c.text), text=v + c.text) for v in values for c in closers]
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, logits: np.ndarray, utterance: str, *, max_tokens: int = 64) -> Decoded:
-        """Decode one call given the logits after the prompt; ``utterance`` bounds copied values."""
+    def decode(
+        self,
+        logits: np.ndarray,
+        utterance: str,
+        *,
+        max_tokens: int = 64,
+        redraft: Callable[[list[str], Callable[[Call], bool]], Draft | None] | None = None,
+    ) -> Decoded:
+        """Decode one call given the logits after the prompt; ``utterance`` bounds copied values.
+
+        ``redraft(intents, fits)`` drafts the call again (one of ``intents``, a call that ``fits``
+        what is chosen) at each decision of the call's opening where the prompt's draft no longer
+        holds (it guessed another intent or first parameter, or there was none): the rest is then
+        verified in the evaluation that decision needs anyway, not decided step by step."""
         decoded = Decoded("", NO_INTENT, 0.0, {})
         start = self.model.n_tokens  # the prompt; max_tokens bounds what is added after it
         cursor = _Cursor(self.model, logits, decoded)
-        option, _, intent_prob = self._walk(cursor, self.openers, scores=decoded.intent_scores)
+        again = None
+        if redraft is not None and getattr(self.model, "holds", None) is not None:
+            again = lambda alive, done: self._redraft(cursor, alive, done, redraft, utterance)  # noqa: E731
+        option, _, intent_prob = self._walk(cursor, self.openers, scores=decoded.intent_scores, redraft=again)
         decoded.intent, decoded.confidence = option.intent, intent_prob
         decoded.intent_scores[option.intent] = intent_prob
+
         parts = [option.text]
         used: set[str] = set()
 
@@ -432,8 +474,46 @@ class ConstrainedDecoder:
         decoded.text = "".join(parts)
         return decoded
 
+    def _redraft(
+        self,
+        cursor: _Cursor,
+        alive: list[_Option],
+        done: int,
+        redraft: Callable[[list[str], Callable[[Call], bool]], Draft | None],
+        utterance: str,
+    ) -> None:
+        """Where the draft ahead no longer holds after ``done`` tokens of the call's opening (the
+        ``alive`` options share them), evaluate what is pending with a new draft that continues
+        them, in one batch, to be taken as the prompt's draft is."""
+        if self.model.holds(cursor.pending):  # type: ignore[attr-defined]
+            return
+        chosen = alive[0].tokens[:done]
+        openers = {(o.intent, o.param.name if o.param else None): o for o in alive}
+
+        def fits(call: Call) -> bool:
+            first = next(iter(call.kwargs), None)
+            return not call.args and (call.name, first) in openers
+
+        draft = redraft(list(dict.fromkeys(o.intent for o in alive)), fits)
+        if draft is None:
+            return
+        tokens, reads = self.draft_tokens(draft, utterance)
+        if len(tokens) <= done or tuple(tokens[:done]) != chosen:
+            return
+        # A read at q is the logits after token q; the one after the chosen tokens is the pending row.
+        logits = self.model.extend(cursor.pending, tokens[done:], [q - done for q in reads if q >= done])  # type: ignore[attr-defined]
+        cursor.decoded.evaluations += 1
+        if logits is not None:
+            cursor.logits, cursor.pending = logits, []
+
     def _walk(
-        self, cursor: _Cursor, options: list[_Option], *, first: int | None = None, scores: dict[str, float] | None = None
+        self,
+        cursor: _Cursor,
+        options: list[_Option],
+        *,
+        first: int | None = None,
+        scores: dict[str, float] | None = None,
+        redraft: Callable[[list[_Option], int], None] | None = None,
     ) -> tuple[_Option, float, float]:
         """Follow the token trie of ``options``; consult the model only where it branches.
 
@@ -472,6 +552,8 @@ class ConstrainedDecoder:
                 cursor.push(branches[best], forced=False)
             alive = [o for o in alive if o.tokens[pos] == cursor.pending[-1]]
             pos += 1
+            if redraft is not None and len(branches) > 1:
+                redraft(alive, pos)
         # The rest is forced. It is queued so a later decision sees it; a finished call never evaluates it.
         for token in alive[0].tokens[pos:]:
             cursor.push(token, forced=True)

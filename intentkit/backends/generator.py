@@ -45,6 +45,9 @@ class LocalGenerator:
         self.scope: ScopeDetector | None = None
         #: Drafts the call from the nearest training utterance (``None``: decode step by step).
         self.drafts: DraftIndex | None = None
+        #: Draft again where the prompt's draft stops holding in the call's opening (False: the
+        #: prompt's draft only, as before; the answers are the same either way).
+        self.redraft = True
         self._hidden_on = False
         self._decoders: dict[str, ConstrainedDecoder] = {}
         self._checked: set[str] = set()
@@ -124,7 +127,11 @@ class LocalGenerator:
             text, generated = greedy_decode(self.model, logits, request.max_tokens)
             info.update(decode_ms=(time.perf_counter() - t1) * 1e3)
             return Generation(text, prompt_tokens=prompt_tokens, completion_tokens=generated, info=info)
-        decoded = self._decoder(request).decode(logits, request.text, max_tokens=request.max_tokens)
+        drafts = self.drafts
+        redraft = None
+        if drafts is not None and self.redraft:
+            redraft = lambda intents, fits: drafts.draft(request.text, intents=intents, fits=fits)  # noqa: E731
+        decoded = self._decoder(request).decode(logits, request.text, max_tokens=request.max_tokens, redraft=redraft)
         info.update(
             decode_ms=(time.perf_counter() - t1) * 1e3,
             sampled=decoded.sampled,
