@@ -54,7 +54,9 @@ def home_of(fixture: dict[str, Any], language: str) -> Any:
     return Home(language=language, areas=areas, floors=sorted(floors), entities=entities)
 
 
-def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = True, templates: str = "answer") -> Predict:
+def intentkit_predictor(
+    model: Path | None, language: str, *, drafts: bool = True, templates: str = "answer", redraft: bool = True
+) -> Predict:
     from intentkit import Router
     from intentkit.backends.llamacpp import LlamaCppBackend
     from intentkit.homeassistant import registry_for, slot_values
@@ -62,6 +64,8 @@ def intentkit_predictor(model: Path | None, language: str, *, drafts: bool = Tru
 
     bundled = ROOT / "models" / (bundled_model_name(language) or "home-assistant")
     backend = LlamaCppBackend.from_model_dir(model or bundled, drafts="auto" if drafts else None)
+    for generator in backend._generators:
+        generator.redraft = redraft
     routers: dict[str, Any] = {}
 
     def predict(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -162,6 +166,12 @@ def main() -> None:
         help="draft calls from the model directory's drafts.jsonl (default; --no-drafts: decode step by step)",
     )
     parser.add_argument(
+        "--redraft",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draft again where the first draft stops holding (default; --no-redraft: the first draft only)",
+    )
+    parser.add_argument(
         "--templates",
         choices=["answer", "draft", "off"],
         default="answer",
@@ -177,7 +187,7 @@ def main() -> None:
     if args.only in (None, "intentkit"):
         report["intentkit"] = score(
             rows,
-            intentkit_predictor(args.model, args.language, drafts=args.drafts, templates=args.templates),
+            intentkit_predictor(args.model, args.language, drafts=args.drafts, templates=args.templates, redraft=args.redraft),
             examples_kept=args.examples,
         )
     for name, figures in report.items():
