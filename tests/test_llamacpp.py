@@ -568,3 +568,22 @@ def test_parallel_is_at_least_one_and_only_for_llama_cpp():
         build_router(backend="openai", base_url="http://127.0.0.1:9/v1", api_model="m", parallel=2)
     with build_router(parallel=2) as r:
         assert r.backend.parallel == 2 and r.handle("我想听音乐", dispatch=False).call_text == "play_music()"
+
+
+def test_the_service_reports_how_requests_share_batches(live_server):
+    import httpx
+
+    from intentkit.server import create_app
+
+    backend = LlamaCppBackend.default(parallel=2)
+    with Router(backend, prompt=backend.prompt, fast_path=False) as r:
+        SmartHome().register(r)
+        with live_server(create_app(r)) as url, ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda t: httpx.post(f"{url}/v1/route", json={"text": t}, timeout=60), MAIN_JOB))
+            assert [reply.json()["calls"][0]["name"] if reply.json()["calls"] else None for reply in replies] == [
+                call.split("(")[0] if call != "no_intent()" else None for call in MAIN_JOB.values()
+            ]
+            metrics = httpx.get(f"{url}/metrics").text
+    counts = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("intentkit_llama_")}
+    jobs, batches = counts["intentkit_llama_jobs"], counts["intentkit_llama_batches"]
+    assert jobs >= len(MAIN_JOB) and 0 < batches <= jobs

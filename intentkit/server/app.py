@@ -182,7 +182,7 @@ def create_app(
     app = FastAPI(
         title="intentkit", version="1", summary="Intent routing: utterance in, validated function call out.", lifespan=lifespan
     )
-    metrics = Metrics(log=request_log)
+    metrics = Metrics(log=request_log, batching=lambda: getattr(router.backend, "batching", None))
     sessions: OrderedDict[str, Session] = OrderedDict()
     fingerprint = router.prompt.fingerprint
 

@@ -9,6 +9,7 @@ request log, its backlog and dropped rows. ``docs/grafana-dashboard.json`` chart
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,10 @@ _DISTANCE = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0)
 
 
 class Metrics:
-    def __init__(self, *, log: RequestLog | None = None) -> None:
+    def __init__(
+        self, *, log: RequestLog | None = None, batching: Callable[[], Mapping[str, float] | None] | None = None
+    ) -> None:
+        """``batching``: the backend's batch counts (``LlamaCppBackend.batching``), where it has them."""
         self.registry = r = CollectorRegistry()
         self.requests = Counter("intentkit_requests", "Routed requests", ["endpoint", "status", "path"], registry=r)
         self.stage = Histogram("intentkit_stage_seconds", "Time per routing stage", ["stage"], buckets=_BUCKETS, registry=r)
@@ -47,6 +51,14 @@ class Metrics:
         )
         self.feedback_votes = Counter("intentkit_feedback", "Feedback received", ["vote", "corrected"], registry=r)
         self.errors = Counter("intentkit_errors", "Errors by type", ["type"], registry=r)
+        if batching is not None and batching() is not None:  # llama.cpp with parallel > 1
+            for key, help_text in (
+                ("batches", "llama.cpp batches evaluated (concurrent requests share them)"),
+                ("jobs", "Requests' evaluations in those batches: jobs / batches is requests per batch"),
+                ("tokens", "Tokens evaluated in those batches"),
+                ("busy_s", "Seconds spent evaluating batches"),
+            ):
+                Gauge(f"intentkit_llama_{key}", help_text, registry=r).set_function(_reader(batching, key))
         if log is not None:
             Gauge("intentkit_log_pending", "Request rows queued, not yet committed", registry=r).set_function(lambda: log.pending)
             Gauge(
@@ -83,3 +95,7 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _reader(counts: Callable[[], Mapping[str, float] | None], key: str) -> Callable[[], float]:
+    return lambda: float((counts() or {}).get(key, 0))
