@@ -445,7 +445,6 @@ class ConstrainedDecoder:
         option, _, intent_prob = self._walk(cursor, self.openers, scores=decoded.intent_scores, redraft=again)
         decoded.intent, decoded.confidence = option.intent, intent_prob
         decoded.intent_scores[option.intent] = intent_prob
-
         parts = [option.text]
         used: set[str] = set()
 
@@ -488,11 +487,10 @@ class ConstrainedDecoder:
         if self.model.holds(cursor.pending):  # type: ignore[attr-defined]
             return
         chosen = alive[0].tokens[:done]
-        openers = {(o.intent, o.param.name if o.param else None): o for o in alive}
+        openings = {(o.intent, o.param.name if o.param else None) for o in alive}
 
-        def fits(call: Call) -> bool:
-            first = next(iter(call.kwargs), None)
-            return not call.args and (call.name, first) in openers
+        def fits(call: Call) -> bool:  # the intent and first parameter of an option still possible
+            return not call.args and (call.name, next(iter(call.kwargs), None)) in openings
 
         draft = redraft(list(dict.fromkeys(o.intent for o in alive)), fits)
         if draft is None:
