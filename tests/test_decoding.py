@@ -420,6 +420,9 @@ def test_a_row_the_draft_did_not_keep_is_evaluated_when_asked_for():
         ('weather_search(city="杭州", date="明天")', "帮我查杭州明天的天气", Draft("music_exit")),
         ('listen(singer="周杰伦", song="晴天")', "播放周杰伦的晴天", Draft("play_music")),
         ('set_alarm(time="明天早上六点半")', "明天早上六点半叫我", Draft("weather_search", (("city", None),))),
+        # the right opening, but the draft stops after the first value: the rest is drafted at the next opener
+        ('weather_search(city="杭州", date="明天")', "帮我查杭州明天的天气", Draft("weather_search", (("city", "杭州"),))),
+        ('listen(singer="周杰伦", song="晴天")', "播放周杰伦的晴天", Draft("listen", (("singer", "周杰伦"),))),
     ],
 )
 def test_drafting_again_where_the_prompts_draft_stops_holding(catalog, answer, utterance, wrong):
@@ -451,7 +454,7 @@ def test_drafting_again_where_the_prompts_draft_stops_holding(catalog, answer, u
     again, again_evaluations, said = run(redraft)
     assert again.text == alone.text == answer
     assert again.confidence == pytest.approx(alone.confidence)
-    assert asked and asked[-1] == ([call.name], True)
+    assert asked and asked[-1] == ([call.name], True)  # the last asked for the intent chosen, and fit
     assert again_evaluations < alone_evaluations
     assert answer.startswith(said)  # nothing drafted and rejected is left in the cache
 

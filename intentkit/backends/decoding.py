@@ -350,14 +350,21 @@ class ConstrainedDecoder:
         return self._options(texts)
 
     # ------------------------------------------------------------------ drafting
-    def draft_tokens(self, draft: Draft, utterance: str) -> tuple[list[int], list[int]]:
+    def draft_tokens(
+        self, draft: Draft, utterance: str, *, opened: tuple[str, frozenset[str]] | None = None
+    ) -> tuple[list[int], list[int]]:
         """The tokens this decoder writes for ``draft``, in its own segmentation (openers,
         values, closers as they are walked), and the indices of those whose logits a decision
         reads. The tokens go as far as the last decision they answer: tokens after it are forced
         and never evaluated, so drafting them would only cost. The draft also ends at the first
         item it cannot vouch for (an unknown parameter or value, a choice not declared, a copied
         value ``utterance`` does not hold, a list). Empty when the intent is not in the catalog
-        or no decision after the first needs the draft."""
+        or no decision after the first needs the draft.
+
+        ``opened=(opener, written)``: the call is written up to the ``opener`` of one of
+        ``draft``'s parameters (``date="``), after the parameters ``written``; the tokens are
+        then the rest of the call from that parameter's value on (the draft's items from it,
+        up to one already written)."""
         tokens: list[int] = []
         decisions: set[int] = set()  # a decision at position q reads the logits after token q - 1
 
@@ -377,16 +384,24 @@ class ConstrainedDecoder:
             return tokens[:end], sorted(q - 1 for q in decisions if 0 < q <= end)
 
         spec = self._specs.get(draft.intent)
-        if draft.intent == NO_INTENT or (spec is not None and not draft.items):
+        if opened is None and (draft.intent == NO_INTENT or (spec is not None and not draft.items)):
             walk(self.openers, self._tok(f"{draft.intent}()"))
             return drafted()
         if spec is None:
             return [], []
         params = {p.name: p for p in spec.params}
+        items = draft.items
+        if opened is not None:  # from the opened parameter on
+            start = next((i for i, (key, _) in enumerate(items) if opened[0].startswith(f"{key}=")), None)
+            if start is None:
+                return [], []
+            items = items[start:]
         steps: list[tuple[ParamSpec, str, str | None, bool]] = []  # (param, opener, value text, quoted)
-        for key, value in draft.items:
+        for key, value in items:
             param = params.get(key)
             if param is None or not _decodable(param) or key in {s[0].name for s in steps}:
+                break
+            if opened is not None and key in opened[1]:
                 break
             step = _draft_step(param, value, utterance)
             if step is None:
@@ -396,8 +411,13 @@ class ConstrainedDecoder:
                 break
         if not steps:
             return [], []
-        walk(self.openers, self._tok(f"{draft.intent}({steps[0][1]}"))
-        used: set[str] = set()
+        if opened is None:
+            walk(self.openers, self._tok(f"{draft.intent}({steps[0][1]}"))
+            used: set[str] = set()
+        elif steps[0][1] != opened[0]:
+            return [], []  # the value is written otherwise (a bare number's sign, say)
+        else:
+            used = set(opened[1])
         for index, (param, _, text, quoted) in enumerate(steps):
             used.add(param.name)
             if text is None:
@@ -433,9 +453,10 @@ class ConstrainedDecoder:
         """Decode one call given the logits after the prompt; ``utterance`` bounds copied values.
 
         ``redraft(intents, fits)`` drafts the call again (one of ``intents``, a call that ``fits``
-        what is chosen) at each decision of the call's opening where the prompt's draft no longer
-        holds (it guessed another intent or first parameter, or there was none): the rest is then
-        verified in the evaluation that decision needs anyway, not decided step by step."""
+        what is chosen) where the prompt's draft no longer holds (it guessed another intent,
+        parameter or value, or there was none): at each decision of the call's opening, and at
+        each later parameter's opener. The rest is then verified in the evaluation the next
+        decision needs anyway, not decided step by step."""
         decoded = Decoded("", NO_INTENT, 0.0, {})
         start = self.model.n_tokens  # the prompt; max_tokens bounds what is added after it
         cursor = _Cursor(self.model, logits, decoded)
@@ -454,6 +475,8 @@ class ConstrainedDecoder:
         while not option.end and spent() < max_tokens:
             param = option.param
             assert param is not None
+            if again is not None and redraft is not None and not (option.listed or option.item):
+                self._redraft_rest(cursor, option, frozenset(used), redraft, utterance)
             used.add(param.name)
             closers = self._closers(option.intent, param, used, option.listed, option.bare)
             if param.kind in ("choice", "bool"):
@@ -499,7 +522,37 @@ class ConstrainedDecoder:
         if len(tokens) <= done or tuple(tokens[:done]) != chosen:
             return
         # A read at q is the logits after token q; the one after the chosen tokens is the pending row.
-        logits = self.model.extend(cursor.pending, tokens[done:], [q - done for q in reads if q >= done])  # type: ignore[attr-defined]
+        self._verify(cursor, tokens[done:], [q - done for q in reads if q >= done])
+
+    def _redraft_rest(
+        self,
+        cursor: _Cursor,
+        option: _Option,
+        written: frozenset[str],
+        redraft: Callable[[list[str], Callable[[Call], bool]], Draft | None],
+        utterance: str,
+    ) -> None:
+        """Where the draft ahead no longer holds at the opener of another parameter (``option``,
+        after the parameters ``written``), draft the rest of the call: the nearest row of the
+        intent that has that parameter, from it on."""
+        param = option.param
+        if param is None or self.model.holds(cursor.pending):  # type: ignore[attr-defined]
+            return
+        opener = option.text[option.text.rfind(f"{param.name}=") :]
+
+        def fits(call: Call) -> bool:
+            return not call.args and param.name in call.kwargs
+
+        draft = redraft([option.intent], fits)
+        if draft is not None:
+            self._verify(cursor, *self.draft_tokens(draft, utterance, opened=(opener, written)))
+
+    def _verify(self, cursor: _Cursor, draft: list[int], reads: list[int]) -> None:
+        """Evaluate what is pending and ``draft`` after it in one batch (``reads``: the drafted
+        tokens whose logits a decision reads); the draft is then taken as the prompt's is."""
+        if not draft:
+            return
+        logits = self.model.extend(cursor.pending, draft, reads)  # type: ignore[attr-defined]
         cursor.decoded.evaluations += 1
         if logits is not None:
             cursor.logits, cursor.pending = logits, []
