@@ -363,11 +363,6 @@ class LlamaModel:
         self._hidden: np.ndarray | None = None
         self._drop_from: int | None = None
 
-    @classmethod
-    def load(cls, path: Path, lora: Path | None, n_ctx: int, n_batch: int, n_threads: int, lora_scale: float) -> LlamaModel:
-        """A context with one sequence (close it with :meth:`close`)."""
-        return LlamaContext(path, lora, n_ctx, n_batch, n_threads, lora_scale).sequences()[0]
-
     @property
     def n_tokens(self) -> int:
         return len(self.tokens)
@@ -505,7 +500,3 @@ class LlamaModel:
         if self._hidden is None:
             raise BackendError("no hidden state yet (enable_hidden(), then evaluate a prompt)")
         return self._hidden
-
-    def close(self) -> None:
-        """Close the whole context (every sequence)."""
-        self.context.close()
