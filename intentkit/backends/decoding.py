@@ -27,6 +27,7 @@ would have produced something the registry rejects.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Sequence
@@ -177,6 +178,8 @@ class DraftedModel:
 
     def __init__(self, model: TokenModel) -> None:
         self.base = model
+        #: Whether the model's feed computes only the rows asked for (``outputs=``, llama.cpp).
+        self._rows_asked = "outputs" in inspect.signature(model.feed).parameters
         self._draft: list[int] = []
         self._rows: list[np.ndarray | None] = []
         self.evaluations = 0
@@ -249,7 +252,7 @@ class DraftedModel:
         wanted = sorted(set(reads))
         outputs = [*([len(tokens) - 1] if tokens else []), *(len(tokens) + i for i in wanted)]
         together = [*tokens, *draft]
-        if "outputs" in inspect.signature(self.base.feed).parameters:  # llama.cpp: only the rows read
+        if self._rows_asked:  # llama.cpp: only the rows read
             rows = self.base.feed(together, outputs=outputs)  # type: ignore[call-arg]
         else:
             rows = self.base.feed(together, all_logits=True)[outputs]
@@ -460,9 +463,9 @@ class ConstrainedDecoder:
         decoded = Decoded("", NO_INTENT, 0.0, {})
         start = self.model.n_tokens  # the prompt; max_tokens bounds what is added after it
         cursor = _Cursor(self.model, logits, decoded)
-        again = None
-        if redraft is not None and getattr(self.model, "holds", None) is not None:
-            again = lambda alive, done: self._redraft(cursor, alive, done, redraft, utterance)  # noqa: E731
+        if getattr(self.model, "holds", None) is None:  # a model that cannot take another draft
+            redraft = None
+        again = None if redraft is None else functools.partial(self._redraft, cursor, redraft=redraft, utterance=utterance)
         option, _, intent_prob = self._walk(cursor, self.openers, scores=decoded.intent_scores, redraft=again)
         decoded.intent, decoded.confidence = option.intent, intent_prob
         decoded.intent_scores[option.intent] = intent_prob
@@ -475,7 +478,7 @@ class ConstrainedDecoder:
         while not option.end and spent() < max_tokens:
             param = option.param
             assert param is not None
-            if again is not None and redraft is not None and not (option.listed or option.item):
+            if redraft is not None and not (option.listed or option.item):
                 self._redraft_rest(cursor, option, frozenset(used), redraft, utterance)
             used.add(param.name)
             closers = self._closers(option.intent, param, used, option.listed, option.bare)
