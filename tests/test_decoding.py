@@ -150,6 +150,64 @@ def test_follows_the_model_when_it_is_allowed(catalog, answer, utterance):
     assert decoded.confidence > 0.99
 
 
+class Columns:
+    """A row that only answers for the token ids read (as llama.cpp's HeadRow)."""
+
+    def __init__(self, row: np.ndarray) -> None:
+        self._row = row
+
+    def __getitem__(self, tokens):
+        return self._row[tokens]
+
+
+class ColumnModel(ScriptedModel):
+    """The scripted model returning :class:`Columns` rows; ``full_row`` evaluates the last token again."""
+
+    def __init__(self, answer: str, **kwargs) -> None:
+        super().__init__(answer, **kwargs)
+        self.full_rows = 0
+
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False):
+        return [Columns(row) for row in super().feed(tokens, all_logits=all_logits)]
+
+    def prefill(self, tokens: list[int]):
+        row, reused = super().prefill(tokens)
+        return Columns(row), reused
+
+    def full_row(self) -> np.ndarray:
+        self.full_rows += 1
+        last = self.tokens.pop()
+        return ScriptedModel.feed(self, [last])[0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "utterance", "full_rows"),
+    [
+        ("play_music()", "我想听音乐", 0),
+        ('weather_search(date="明天", city="杭州")', "明天杭州冷不冷", 0),
+        ('listen(singer=["周杰伦", "蔡依林"], song="布拉格广场")', "周杰伦和蔡依林的布拉格广场", 0),
+        ("volume(step=-20)", "音量调低20", 0),  # numbers: the vocabulary's number pieces, no whole row
+        ('normalise_date(date="明天")', "明儿", 2),  # a free value reads the model's best tokens: whole rows
+    ],
+)
+def test_rows_that_compute_only_the_columns_read_decode_the_same(catalog, answer, utterance, full_rows):
+    model = ColumnModel(answer)
+    drafted = DraftedModel(model)
+    decoder = ConstrainedDecoder(drafted, catalog)
+    logits, _ = drafted.prefill(model.tokenize(f"<prompt>{utterance}<answer>"))
+    decoded = decoder.decode(logits, utterance)
+    reference, _ = decode(catalog, answer, utterance)
+    assert decoded.text == reference.text == answer
+    assert decoded.confidence == pytest.approx(reference.confidence)
+    assert model.full_rows == full_rows
+
+
+def test_greedy_decoding_completes_rows_of_columns():
+    model = ColumnModel("play_music()")
+    text, _ = greedy_decode(model, model.start("<prompt>x<answer>"), 20)
+    assert text == "play_music()" and model.full_rows == len(model.tokenize("play_music()")) + 1
+
+
 def test_a_finished_call_is_not_evaluated_further(catalog):
     decoded, model = decode(catalog, "play_music()", "我想听音乐")
     # One decision after the prompt (play_music vs the others); the forced rest is never fed.

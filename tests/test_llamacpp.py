@@ -295,25 +295,39 @@ def test_cli_export_fits_an_out_of_scope_detector_the_backend_loads(tmp_path):
         assert router.handle("我想听音乐", dispatch=False).scope is None
 
 
-def test_hidden_state_is_read_back_from_the_logits_as_llama_cpp_computes_it():
+def test_decisions_read_columns_computed_from_llama_cpps_hidden_state():
+    import dataclasses
+
     import numpy as np
 
-    texts = [*MAIN_JOB, "把客厅的灯调到百分之三十", "今天股市怎么样"]
-    with LlamaCppBackend.default() as backend:
-        model, context = backend._model, backend._context
-        first = backend.hidden_state(texts[0])  # llama.cpp's own hidden state, which checks the read-back
-        assert isinstance(context._inverse, tuple), "gemma-3's head has no soft-capping: the read-back must hold"
-        read_back = [backend.hidden_state(t) for t in texts]
-        inverse, context._inverse = context._inverse, False  # embeddings mode, as for a model where it fails
-        direct = [backend.hidden_state(t) for t in texts]
-        context._inverse = inverse
-        # Logits that do not come from the hidden state (a soft-capped or biased head) fail the
-        # check, and such a model keeps asking llama.cpp for it.
-        logits = model.feed(model.tokenize("我想听音乐"))[0]
-        assert context._head_inverse(logits, np.random.default_rng(1).normal(size=context.n_embd)) is False
-    assert np.allclose(first, direct[0])
-    for a, b in zip(read_back, direct, strict=True):
-        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.9999
+    from intentkit.backends.llamacpp.head import HeadRow
+
+    texts = [*MAIN_JOB, "把客厅的灯调到百分之三十", "空调调到二十六度", "今天股市怎么样"]
+    with Router.default(fast_path=False) as router:
+        backend = router.backend
+        context, model = backend._context, backend._model
+        assert model.columns and not context.computes_columns  # asked for; not yet checked
+        answers = [router.handle(t, dispatch=False) for t in texts]  # the first evaluation checks the head
+        assert context.computes_columns
+        catalog = router.registry.catalog
+        for text in texts:
+            tokens = model.tokenize(router.prompt.render(text, catalog), special=True, bos=True)
+            row, _ = model.prefill(tokens)
+            assert isinstance(row, HeadRow) and np.array_equal(row.hidden, model.hidden())
+            whole = model.full_row()  # llama.cpp's own row at the same position
+            ids = np.concatenate([np.argpartition(whole, -200)[-200:], np.random.default_rng(0).integers(0, len(whole), 200)])
+            assert np.abs(row[ids] - whole[ids]).max() <= 1e-4 * np.abs(whole).max()
+        # The router's answers with whole rows: the same calls, the same confidences.
+        context._head_ok = False
+        whole_rows = [router.handle(t, dispatch=False) for t in texts]
+        assert [a.call_text for a in answers] == [w.call_text for w in whole_rows]
+        assert [a.confidence for a in answers] == pytest.approx([w.confidence for w in whole_rows], abs=1e-4)
+        # A head that does not give llama.cpp's logits (here: a soft-capping it does not have)
+        # fails the check on the next evaluation, and the rows stay llama.cpp's own.
+        context._head_ok, context.head = None, dataclasses.replace(context.head, softcap=5.0)
+        assert router.handle(texts[0], dispatch=False).call_text == answers[0].call_text
+        assert context._head_ok is False
+        assert isinstance(model.feed(model.tokenize("我想听音乐"))[0], np.ndarray)
 
 
 def test_bad_model_files(tmp_path):
@@ -382,6 +396,12 @@ def test_llama_cpp_and_transformers_predict_the_same(fresh_base):
 
 
 @pytest.mark.slow
+def _whole_row(model, ids):
+    """llama.cpp's whole logits row after a prompt (the backend's rows compute the columns read)."""
+    model.prefill(ids)
+    return model.full_row()
+
+
 def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path, base_model, fresh_base):
     """A full fine-tune of the default base (two steps at a high rate, so it visibly moves),
     exported by export_full_gguf, gives llama.cpp the trained weights: its next-token scores after
@@ -413,7 +433,7 @@ def test_full_fine_tune_runs_in_llama_cpp_as_trained(tmp_path, base_model, fresh
     path = export_full_gguf(tmp_path, initial_weights=initial)
     assert path == tmp_path / "model.gguf"
     with LlamaCppBackend(path, scope=None) as llama:
-        exported = [llama._model.prefill(ids)[0] for ids in prompts]
+        exported = [_whole_row(llama._model, ids) for ids in prompts]
     top = [(int(g.argmax()), int(a.argmax()), int(b.argmax())) for g, a, b in zip(exported, after, before, strict=True)]
     # 8-bit weights against float32 may flip a near tie, not more.
     assert sum(g == a for g, a, _ in top) >= len(top) - 1, top
@@ -457,9 +477,9 @@ def test_qlora_over_the_default_base_runs_in_llama_cpp(tmp_path, monkeypatch, ba
         trained = [model(torch.tensor([ids])).logits[0, -1].float().numpy() for ids in prompts]
     adapter = export_gguf_lora(tmp_path / "run")
     with LlamaCppBackend(base_gguf, scope=None) as llama:
-        plain = [llama._model.prefill(ids)[0] for ids in prompts]
+        plain = [_whole_row(llama._model, ids) for ids in prompts]
     with LlamaCppBackend(base_gguf, adapter=adapter, scope=None) as llama:
-        adapted = [llama._model.prefill(ids)[0] for ids in prompts]
+        adapted = [_whole_row(llama._model, ids) for ids in prompts]
     for with_adapter, without, target in zip(adapted, plain, trained, strict=True):
         # Q4_K_M and NF4 are two 4-bit roundings of one model; the adapter moves llama.cpp's scores
         # toward those of the model it was trained over.

@@ -44,7 +44,16 @@ from ..text import can_copy, occurrences, word_boundaries
 if TYPE_CHECKING:
     from ..drafts import Draft
 
-__all__ = ["ConstrainedDecoder", "Decoded", "DraftedModel", "TokenModel", "greedy_decode", "reusable_prefix"]
+__all__ = [
+    "ConstrainedDecoder",
+    "Decoded",
+    "DraftedModel",
+    "Logits",
+    "Rows",
+    "TokenModel",
+    "greedy_decode",
+    "reusable_prefix",
+]
 
 _MAX_VALUE_TOKENS = 24
 _DRAFT_TOKENS = 4
@@ -64,6 +73,19 @@ _NUMBER = {
 }
 
 
+class Logits(Protocol):
+    """One logits row: ``row[tokens]`` gives the scores of those token ids. A numpy row, or one
+    that computes the columns read (llama.cpp's :class:`~intentkit.backends.llamacpp.head.HeadRow`),
+    since a decision reads a handful of the vocabulary's tokens; a model that returns such rows
+    offers ``full_row()`` for the decisions that need all of them."""
+
+    def __getitem__(self, tokens: Any, /) -> Any: ...
+
+
+#: Logits rows: an array (one row each), or a sequence of :class:`Logits`.
+Rows = np.ndarray | Sequence[Logits]
+
+
 class TokenModel(Protocol):
     """What the decoder needs from a backend: tokens in, logits out, a rewindable cache."""
 
@@ -78,7 +100,7 @@ class TokenModel(Protocol):
 
     def is_end(self, token: int) -> bool: ...
 
-    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> Rows:
         """Append ``tokens``; return logits rows (one per token if ``all_logits``, else the last)."""
         ...
 
@@ -86,7 +108,7 @@ class TokenModel(Protocol):
         """Forget everything after the first ``n_tokens`` tokens."""
         ...
 
-    def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+    def prefill(self, tokens: list[int]) -> tuple[Logits, int]:
         """Evaluate a prompt reusing the cached common prefix; returns (last logits, tokens reused)."""
         ...
 
@@ -131,7 +153,7 @@ class _Option:
 class _Cursor:
     """Tokens chosen but not yet evaluated, and the logits after the last evaluated one."""
 
-    def __init__(self, model: TokenModel, logits: np.ndarray, decoded: Decoded) -> None:
+    def __init__(self, model: TokenModel, logits: Logits, decoded: Decoded) -> None:
         self.model = model
         self.logits = logits
         self.pending: list[int] = []
@@ -142,7 +164,7 @@ class _Cursor:
         if forced:
             self.decoded.forced += 1
 
-    def row(self) -> np.ndarray:
+    def row(self) -> Logits:
         if self.pending:
             self.logits = self.model.feed(self.pending)[-1]
             self.pending = []
@@ -181,7 +203,7 @@ class DraftedModel:
         #: Whether the model's feed computes only the rows asked for (``outputs=``, llama.cpp).
         self._rows_asked = "outputs" in inspect.signature(model.feed).parameters
         self._draft: list[int] = []
-        self._rows: list[np.ndarray | None] = []
+        self._rows: list[Logits | None] = []
         self.evaluations = 0
         self.accepted = 0
 
@@ -213,14 +235,12 @@ class DraftedModel:
     def hidden_width(self) -> int:
         return self.base.hidden_width
 
-    def prefill(
-        self, tokens: list[int], *, draft: Sequence[int] = (), reads: Sequence[int] | None = None
-    ) -> tuple[np.ndarray, int]:
+    def prefill(self, tokens: list[int], *, draft: Sequence[int] = (), reads: Sequence[int] | None = None) -> tuple[Logits, int]:
         """The prompt's logits (and tokens reused), as :meth:`TokenModel.prefill`; ``draft`` is
         evaluated with it (in the same batch where the model offers ``prefill_draft``), with
-        logits kept after the drafted tokens ``reads`` indexes (default: all). Each output row
-        costs the output head over the whole vocabulary, as much as a token's pass through the
-        layers on a small model: rows no decision reads are not computed."""
+        logits kept after the drafted tokens ``reads`` indexes (default: all). A whole output
+        row costs the output head over the vocabulary, as much as a token's pass through the
+        layers on a small model: rows no decision reads are not asked for."""
         self.settle()
         if not draft:
             return self.base.prefill(tokens)
@@ -231,7 +251,8 @@ class DraftedModel:
             logits, kept = rows[0], rows[1:]
         else:
             logits, reused = self.base.prefill(tokens)
-            kept = self.base.feed(list(draft), all_logits=True)[wanted]
+            fed = self.base.feed(list(draft), all_logits=True)
+            kept = [fed[i] for i in wanted]
             self.evaluations += 1
         self._rows = [None] * len(draft)
         for index, row in zip(wanted, kept, strict=True):
@@ -243,7 +264,7 @@ class DraftedModel:
         """Whether a draft is ahead and ``tokens`` (chosen, not yet evaluated) go along it."""
         return bool(self._draft) and all(a == b for a, b in zip(tokens, self._draft, strict=False))
 
-    def extend(self, tokens: Sequence[int], draft: Sequence[int], reads: Sequence[int]) -> np.ndarray | None:
+    def extend(self, tokens: Sequence[int], draft: Sequence[int], reads: Sequence[int]) -> Logits | None:
         """Evaluate ``tokens`` (chosen, not yet evaluated) and a new ``draft`` after them in one
         batch; returns the logits after the last of ``tokens`` (``None`` when there are none).
         The draft is then taken as :meth:`prefill`'s is, with logits kept after the drafted
@@ -255,7 +276,8 @@ class DraftedModel:
         if self._rows_asked:  # llama.cpp: only the rows read
             rows = self.base.feed(together, outputs=outputs)  # type: ignore[call-arg]
         else:
-            rows = self.base.feed(together, all_logits=True)[outputs]
+            fed = self.base.feed(together, all_logits=True)
+            rows = [fed[i] for i in outputs]
         self.evaluations += 1
         last = rows[0] if tokens else None
         self._rows = [None] * len(draft)
@@ -264,8 +286,8 @@ class DraftedModel:
         self._draft = list(draft)
         return last
 
-    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
-        rows: list[np.ndarray | None] = []
+    def feed(self, tokens: Sequence[int], *, all_logits: bool = False) -> Rows:
+        rows: list[Logits | None] = []
         taken = 0
         while taken < len(tokens) and self._draft and tokens[taken] == self._draft[0]:
             self._draft.pop(0)
@@ -285,7 +307,18 @@ class DraftedModel:
             self.evaluations += 1
             rows.extend(fed if all_logits else fed[-1:])
         out = [row for row in rows if row is not None] if all_logits else [rows[-1]]
-        return np.stack(out)  # type: ignore[arg-type]  # no None is left where rows are asked for
+        if all(isinstance(row, np.ndarray) for row in out):
+            return np.stack(out)  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]  # no None is left where rows are asked for
+
+    def full_row(self) -> np.ndarray:
+        """The whole logits row after the last token the decoder has reached (see :class:`Logits`)."""
+        self.settle()
+        full = getattr(self.base, "full_row", None)
+        if full is None:
+            raise TypeError(f"{type(self.base).__name__} returns no rows to complete")
+        self.evaluations += 1
+        return full()  # type: ignore[no-any-return]
 
     def rewind(self, n_tokens: int) -> None:
         self.settle()
@@ -311,7 +344,7 @@ class ConstrainedDecoder:
         self.catalog = catalog
         self._token_cache: dict[str, tuple[int, ...]] = {}
         self._source: _Source | None = None  # the last utterance's
-        self._number_tokens: dict[str, int] | None = None
+        self._number_tokens: list[tuple[int, bytes]] | None = None
         self._specs: dict[str, IntentSpec] = {spec.name: spec for spec in catalog.intents}
         self.openers = self._options(self._opening_texts())
 
@@ -447,7 +480,7 @@ class ConstrainedDecoder:
     # ------------------------------------------------------------------ decoding
     def decode(
         self,
-        logits: np.ndarray,
+        logits: Logits,
         utterance: str,
         *,
         max_tokens: int = 64,
@@ -622,15 +655,18 @@ class ConstrainedDecoder:
         closer_ids = np.fromiter(closer_first, dtype=np.int64)
         value = b""
         prob = 1.0
-        rows: list[np.ndarray] = []  # logits after each drafted token (already in the cache)
+        rows: list[Logits] = []  # logits after each drafted token (already in the cache)
         draft: list[int] = []  # drafted tokens in the cache whose turn has not come yet
         token = closers[0].tokens[0]
         for _ in range(min(_MAX_VALUE_TOKENS, max(1, budget))):
             row = rows.pop(0) if rows else cursor.row()
             if numeric:
-                allowed = self._numeric(row, value, closer_first, numeric)
+                allowed = self._numeric(value, closer_first, numeric)
+            elif source is None:
+                allowed = self._free(self._whole(cursor, row), value, closer_first)
+                row = cursor.logits
             else:
-                allowed = self._allowed(row, value, source, closer_first)
+                allowed = self._copied(value, source, closer_first)
             probs = _softmax(row[allowed])
             # Stop or go on is decided on the summed probability of each side, then the best token
             # of the winning side is taken: the model's mass for "the value ends here" is spread
@@ -666,31 +702,48 @@ class ConstrainedDecoder:
         option, p, _ = self._walk(cursor, closers, first=token)
         return value, prob * p, option
 
-    def _numeric(self, row: np.ndarray, value: bytes, closer_first: set[int], kind: str) -> np.ndarray:
+    def _numeric(self, value: bytes, closer_first: set[int], kind: str) -> np.ndarray:
         """The tokens that keep ``value`` a number of ``kind`` (``int``: ``-?\\d+``; ``float`` also one
-        ``.``): the single characters, and the model's best tokens that are such pieces; a closer
-        once the value is a number."""
-        if self._number_tokens is None:
-            self._number_tokens = {c: self._tok(c)[0] for c in "0123456789-." if len(self._tok(c)) == 1}
-        top = np.argpartition(row, -16)[-16:]
-        candidates = set(self._number_tokens.values()) | {int(t) for t in top}
-        allowed = [
-            t for t in candidates if _NUMBER_PREFIX[kind].fullmatch((value + self.model.piece(t)).decode("utf-8", "replace"))
-        ]
+        ``.``): the vocabulary's number pieces (:meth:`_number_pieces`); a closer once the value is
+        a number."""
+        prefix = _NUMBER_PREFIX[kind]
+        allowed = [t for t, piece in self._number_pieces() if prefix.fullmatch((value + piece).decode("utf-8", "replace"))]
         if _NUMBER[kind].fullmatch(value.decode("utf-8", "replace")):
             allowed += list(closer_first)
         return np.array(sorted(set(allowed)) or list(closer_first), dtype=np.int64)
 
-    def _allowed(self, row: np.ndarray, value: bytes, source: _Source | None, closer_first: set[int]) -> np.ndarray:
-        if source is not None:
-            if value:
-                at = source.at(value)
-                tokens = [t for t, piece in source.tokens if any(source.text.startswith(value + piece, i) for i in at)]
-                ends = list(closer_first) if any(i + len(value) in source.ends for i in at) else []
-            else:
-                tokens, ends = source.first, []
-            return np.array(tokens + ends or list(closer_first), dtype=np.int64)
-        # A free value: the model's best tokens, except ones that would break the quoting.
+    def _number_pieces(self) -> list[tuple[int, bytes]]:
+        """The tokens numbers are written with: those of ``0`` to ``999`` (whatever digits a
+        tokenizer groups), ``-`` and ``.``, with their text; found once per decoder."""
+        if self._number_tokens is None:
+            texts = [str(n) for n in range(1000)] + ["-", ".", "0.5", "-1"]
+            tokens = {t for text in texts for t in self._tok(text)}
+            pieces = [(t, self.model.piece(t)) for t in sorted(tokens)]
+            self._number_tokens = [(t, p) for t, p in pieces if p and regex.fullmatch(rb"[-.0-9]+", p)]
+        return self._number_tokens
+
+    def _whole(self, cursor: _Cursor, row: Logits) -> np.ndarray:
+        """``row`` as a whole array: the model completes a row that computes only the columns read."""
+        if isinstance(row, np.ndarray):
+            return row
+        whole: np.ndarray = self.model.full_row()  # type: ignore[attr-defined]
+        cursor.logits = whole
+        cursor.decoded.evaluations += 1
+        return whole
+
+    def _copied(self, value: bytes, source: _Source, closer_first: set[int]) -> np.ndarray:
+        """The tokens a value copied from ``source`` goes on with after ``value``; the closers where
+        it may end."""
+        if value:
+            at = source.at(value)
+            tokens = [t for t, piece in source.tokens if any(source.text.startswith(value + piece, i) for i in at)]
+            ends = list(closer_first) if any(i + len(value) in source.ends for i in at) else []
+        else:
+            tokens, ends = source.first, []
+        return np.array(tokens + ends or list(closer_first), dtype=np.int64)
+
+    def _free(self, row: np.ndarray, value: bytes, closer_first: set[int]) -> np.ndarray:
+        """A free value: the model's best tokens, except ones that would break the quoting."""
         top = np.argpartition(row, -16)[-16:]
         free = [int(t) for t in top if b'"' not in self.model.piece(int(t)) and not self.model.is_end(int(t))]
         return np.array(free + (list(closer_first) if value else []) or list(closer_first), dtype=np.int64)
@@ -796,12 +849,14 @@ def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
     return min(common, len(tokens) - 1)
 
 
-def greedy_decode(model: TokenModel, logits: np.ndarray, max_tokens: int) -> tuple[str, int]:
+def greedy_decode(model: TokenModel, logits: Logits, max_tokens: int) -> tuple[str, int]:
     """Unconstrained greedy decoding until an end token; returns (text, tokens generated)."""
     out = b""
     count = 0
     for count in range(1, max_tokens + 1):  # noqa: B007
-        token = int(logits.argmax())
+        if not isinstance(logits, np.ndarray):  # a row of a few columns (see Logits): this needs all
+            logits = model.full_row()  # type: ignore[attr-defined]
+        token = int(np.asarray(logits).argmax())
         if model.is_end(token):
             break
         out += model.piece(token)

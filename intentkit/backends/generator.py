@@ -14,7 +14,7 @@ from ..calls import NO_INTENT
 from ..errors import BackendError, ConfigError
 from ..prompt import check_prompt
 from .base import GenerateRequest, Generation
-from .decoding import ConstrainedDecoder, DraftedModel, TokenModel, greedy_decode
+from .decoding import ConstrainedDecoder, DraftedModel, Logits, TokenModel, greedy_decode
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +40,9 @@ class LocalGenerator:
         n_ctx: int | None = None,
     ) -> None:
         self.model = DraftedModel(model)
+        columns = getattr(model, "compute_columns", None)
+        if constrained and columns is not None:  # decisions read a few tokens' logits each (see Logits)
+            columns()
         self.trained_prompt, self.source = trained_prompt, source
         self.constrained, self.n_ctx = constrained, n_ctx
         self.scope: ScopeDetector | None = None
@@ -77,7 +80,7 @@ class LocalGenerator:
             decoder = self._decoders[request.catalog.fingerprint] = ConstrainedDecoder(self.model, request.catalog)
         return decoder
 
-    def _prefill(self, request: GenerateRequest, *, draft: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    def _prefill(self, request: GenerateRequest, *, draft: bool = False) -> tuple[Logits, dict[str, Any]]:
         if request.prompt.fingerprint not in self._checked:
             check_prompt(self.trained_prompt, request.prompt, self.source)
             self._checked.add(request.prompt.fingerprint)

@@ -17,29 +17,34 @@ from typing import Any
 
 import numpy as np
 
-from ...cache import build_once, digest
 from ...errors import BackendError
-from ..decoding import reusable_prefix
+from ..decoding import Logits, Rows, reusable_prefix
+from .head import Head, HeadRow, load_head
 
 __all__ = ["LlamaContext", "LlamaModel"]
 
 
 @dataclass(eq=False)
 class _Job:
-    """Tokens one sequence appends in one evaluation, and what comes back: the logits after the
-    tokens ``outputs`` indexes (in order) and, where ``embed`` is set, llama.cpp's hidden state
-    after that token."""
+    """Tokens one sequence appends in one evaluation, and what comes back after the tokens
+    ``outputs`` indexes (in order): llama.cpp's final hidden state, and its logits rows unless
+    ``full`` is off and the context computes the columns read instead (:class:`HeadRow`)."""
 
     seq: int
     pos: int
     tokens: Sequence[int]
     outputs: list[int]
-    embed: int | None = None
+    full: bool = True
     drop_from: int | None = None  # the sequence's cache from this position leaves first (a rewind)
     rows: np.ndarray | None = None
     hidden: np.ndarray | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+
+# The fields of ggml's tensor struct (ggml.h) that the evaluation callback reads: ne, data, name.
+_TENSOR_NE, _TENSOR_DATA, _TENSOR_NAME = 16, 248, 256
+_RESULT_NORM = b"result_norm\0"  # every llama.cpp model graph names its final norm so
 
 
 class LlamaContext:
@@ -81,6 +86,12 @@ class LlamaContext:
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx * n_seq, n_batch * n_seq, n_batch * n_seq
         params.n_threads = params.n_threads_batch = n_threads
         params.n_seq_max, params.kv_unified = n_seq, n_seq > 1
+        # Called at each node of the graph: keeps the final hidden state, and ends the evaluation
+        # there when no job needs llama.cpp's logits (the head over the whole vocabulary).
+        self._norm: list[np.ndarray] = []
+        self._stop = False
+        self._callback = lc.ggml_backend_sched_eval_callback(self._on_tensor)
+        params.cb_eval = self._callback
         self.ctx = lc.llama_init_from_model(self.model, params)
         if not self.ctx:
             self.close()
@@ -104,10 +115,10 @@ class LlamaContext:
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._path = path
-        #: Reads the hidden state back from the logits row (:meth:`_head_inverse`); None until
-        #: checked against llama.cpp's own hidden state on the first prompt, False where it failed.
-        self._inverse: tuple[np.ndarray, np.ndarray] | bool | None = None
-        self._built: tuple[np.ndarray, np.ndarray] | None = None
+        #: The output head read from the file (:meth:`load_head`), and whether it gives
+        #: llama.cpp's own logits: None until checked on the first rows evaluated in full.
+        self.head: Head | None = None
+        self._head_ok: bool | None = None
         self._scheduler = _Scheduler(self, gather_s) if n_seq > 1 else None
         self._sequences = [LlamaModel(self, seq) for seq in range(n_seq)]
 
@@ -145,8 +156,38 @@ class LlamaContext:
         if job.error is not None:
             raise job.error
 
+    def load_head(self) -> None:
+        """Compute the logits a decision reads from the hidden state from now on, where the head's
+        type allows it (:mod:`~intentkit.backends.llamacpp.head`): checked against llama.cpp's
+        own rows on the first evaluation that computes them. Not with a LoRA adapter applied at
+        run time, which may change the head."""
+        if self.head is None and self.adapter is None and self._head_ok is None:
+            self.head = load_head(self._path, self.n_vocab, self.n_embd)
+            if self.head is None:
+                self._head_ok = False
+
+    @property
+    def computes_columns(self) -> bool:
+        """Whether rows evaluated without ``full`` come as :class:`HeadRow`."""
+        return self._head_ok is True
+
+    def _on_tensor(self, tensor: int, ask: bool, _: Any) -> bool:
+        try:
+            if ctypes.string_at(tensor + _TENSOR_NAME, len(_RESULT_NORM)) != _RESULT_NORM:
+                return False
+            if ask:
+                return True
+            width, rows = ctypes.cast(tensor + _TENSOR_NE, ctypes.POINTER(ctypes.c_int64))[0:2]
+            data = ctypes.cast(tensor + _TENSOR_DATA, ctypes.POINTER(ctypes.c_void_p))[0]
+            if width == self.n_embd and rows and data:
+                pointer = ctypes.cast(data, ctypes.POINTER(ctypes.c_float))
+                self._norm.append(np.ctypeslib.as_array(pointer, shape=(rows, width)).copy())
+            return not self._stop
+        except Exception:  # never stop llama.cpp's graph by accident; the hidden state is then missing
+            return True
+
     def _run(self, jobs: list[_Job]) -> None:
-        """Evaluate ``jobs`` in one llama.cpp batch (a job with ``embed`` set comes alone)."""
+        """Evaluate ``jobs`` in one llama.cpp batch."""
         lc, batch = self.lc, self.batch
         for job in jobs:
             if job.drop_from is not None:
@@ -162,82 +203,46 @@ class LlamaContext:
                 batch.logits[n] = i in wanted
                 n += 1
         batch.n_tokens = n
-        embed = any(job.embed is not None for job in jobs)
-        if embed:
-            lc.llama_set_embeddings(self.ctx, True)
-        try:
-            status = lc.llama_decode(self.ctx, batch)
-            if status != 0:
-                for job in jobs:
-                    lc.llama_memory_seq_rm(self.memory, job.seq, job.pos, -1)
-                raise BackendError(f"llama_decode failed with status {status}")
-            first = 0
+        self._norm.clear()
+        self._stop = stop = self._head_ok is True and not any(job.full for job in jobs)
+        status = lc.llama_decode(self.ctx, batch)
+        if status != 0:
             for job in jobs:
+                lc.llama_memory_seq_rm(self.memory, job.seq, job.pos, -1)
+            raise BackendError(f"llama_decode failed with status {status}")
+        outputs = sum(len(job.outputs) for job in jobs)
+        hidden = np.concatenate(self._norm) if self._norm else None
+        if hidden is not None and len(hidden) != outputs:
+            hidden = None
+        if stop and hidden is None:
+            raise BackendError("llama.cpp's graph gave no final hidden state")
+        first = row = 0
+        for job in jobs:
+            if not stop:
                 rows = [lc.llama_get_logits_ith(self.ctx, first + i) for i in job.outputs]
-                job.rows = np.stack([np.ctypeslib.as_array(row, shape=(self.n_vocab,)) for row in rows]) if rows else None
-                if job.embed is not None:
-                    pointer = lc.llama_get_embeddings_ith(self.ctx, first + job.embed)
-                    if not pointer:
-                        raise BackendError("llama.cpp returned no hidden state")
-                    job.hidden = np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy()
-                first += len(job.tokens)
-        finally:
-            if embed:
-                lc.llama_set_embeddings(self.ctx, False)
+                job.rows = np.stack([np.ctypeslib.as_array(r, shape=(self.n_vocab,)) for r in rows]) if rows else None
+            job.hidden = hidden[row : row + len(job.outputs)] if hidden is not None else None
+            first += len(job.tokens)
+            row += len(job.outputs)
+        if self._head_ok is None and self.head is not None and not stop:
+            self._check_head(jobs)
 
-    @staticmethod
-    def _read_back(built: tuple[np.ndarray, np.ndarray], logits: np.ndarray) -> np.ndarray:
-        rows, inverse = built
-        # einsum's own loop, not BLAS: OpenBLAS's threads spin on after a call and took the two
-        # cores from llama.cpp's (p50 2.2x slower on the demo set).
-        return np.einsum("ij,j->i", inverse, logits[rows])
-
-    # The logits are the output head times the final hidden state, so that state can be read back
-    # from the logits row decoding needs anyway (least squares over a few thousand head rows)
-    # instead of asking llama.cpp for embeddings, which makes every token of the batch an output:
-    # the head over the whole vocabulary on each drafted token, and the prompt split in two batches.
-    # It holds for a head without soft-capping or bias (gemma-3); it is checked once against
-    # llama.cpp's own hidden state, and any model where it does not hold keeps the embeddings.
-    _HEAD_ROWS = 4096
-    _MIN_COSINE = 0.9999
-
-    def _build_inverse(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The head rows and their pseudo-inverse, or ``None`` where the head cannot be read.
-        Built once per GGUF file into the cache: parsing the GGUF took about 4 s at each load."""
-        if self.adapter is not None:
-            return None
-        stat = self._path.stat()
-        key = digest(self._path.name.encode(), f"{stat.st_size}:{stat.st_mtime_ns}:{self._HEAD_ROWS}".encode())
-        try:
-            with np.load(build_once(f"{self._path.stem}.head-inverse-{key}.npz", self._write_inverse)) as saved:
-                rows, inverse = saved["rows"], saved["inverse"]
-        except Exception:  # an unreadable or unusual GGUF: keep asking llama.cpp for the hidden state
-            return None
-        return (rows, inverse) if len(rows) else None
-
-    def _write_inverse(self, out: Path) -> None:
-        import gguf
-
-        rows, inverse = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)  # saved as such: no head to read
-        reader = gguf.GGUFReader(str(self._path))
-        tensors = {t.name: t for t in reader.tensors}
-        head = tensors.get("output.weight") or tensors.get("token_embd.weight")
-        if head is not None and int(head.shape[-1]) == self.n_vocab:
-            rng = np.random.default_rng(0)
-            rows = np.sort(rng.choice(self.n_vocab, min(self._HEAD_ROWS, self.n_vocab), replace=False))
-            weights = gguf.quants.dequantize(np.asarray(head.data)[rows], head.tensor_type).astype(np.float64)
-            inverse = np.linalg.pinv(weights).astype(np.float32)
-        with out.open("wb") as file:  # a file object: np.savez would add ".npz" to the temporary name
-            np.savez(file, rows=rows, inverse=inverse)
-
-    def _head_inverse(self, logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | bool:
-        """The read-back (built at :meth:`enable_hidden`) if it gives ``hidden`` from ``logits``, else False."""
-        built = self._built
-        if built is None:
-            return False
-        guess = self._read_back(built, logits)
-        cosine = float(guess @ hidden / (np.linalg.norm(guess) * np.linalg.norm(hidden) + 1e-12))
-        return built if cosine >= self._MIN_COSINE else False
+    def _check_head(self, jobs: list[_Job]) -> None:
+        """Whether :class:`HeadRow` gives llama.cpp's logits, on the rows of this evaluation: the
+        64 best tokens of each and 64 others, within a ten-thousandth of the largest logit."""
+        head = self.head
+        assert head is not None
+        done = [job for job in jobs if job.rows is not None and job.hidden is not None]
+        pairs = [pair for job in done for pair in zip(job.rows, job.hidden, strict=True)]  # type: ignore[arg-type]
+        if not pairs:
+            return
+        rng = np.random.default_rng(0)
+        ok = True
+        for logits, hidden in pairs[:4]:
+            tokens = np.concatenate([np.argpartition(logits, -64)[-64:], rng.integers(0, self.n_vocab, 64)])
+            ours = HeadRow(head, hidden)[tokens]
+            ok = ok and bool(np.abs(ours - logits[tokens]).max() <= 1e-4 * max(1.0, float(np.abs(logits).max())))
+        self._head_ok = ok
 
     def close(self) -> None:
         lc = self.lc
@@ -307,12 +312,10 @@ class _Scheduler:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            if self._jobs[0].embed is not None:  # a batch of its own: every token becomes an output
-                return [self._jobs.pop(0)]
             taken: list[_Job] = []
             size = 0
             for job in list(self._jobs):
-                if job.embed is None and size + len(job.tokens) <= self.capacity:
+                if size + len(job.tokens) <= self.capacity:
                     taken.append(job)
                     size += len(job.tokens)
             for job in taken:
@@ -353,14 +356,18 @@ class _Scheduler:
 
 class LlamaModel:
     """One sequence of a :class:`LlamaContext`: a rewindable token cache (implements
-    :class:`~intentkit.backends.decoding.TokenModel`). Runs one request at a time."""
+    :class:`~intentkit.backends.decoding.TokenModel`). Runs one request at a time.
+
+    After :meth:`compute_columns`, the rows it returns may be :class:`HeadRow` objects, which compute
+    the logits of the tokens read (:meth:`full_row` gives a whole row when a decision needs one)."""
 
     def __init__(self, context: LlamaContext, seq: int = 0) -> None:
         self.context, self.seq = context, seq
         self.n_vocab, self.n_ctx, self.n_batch = context.n_vocab, context.n_ctx, context.n_batch
         self.tokens: list[int] = []
-        self.keep_hidden = False
+        self.columns = False
         self._hidden: np.ndarray | None = None
+        self._hidden_rows: np.ndarray | None = None  # the last evaluation's, one per output
         self._drop_from: int | None = None
 
     @property
@@ -386,14 +393,20 @@ class LlamaModel:
             with scheduler.active():
                 yield
 
+    def compute_columns(self) -> None:
+        """Return rows as :class:`HeadRow` from now on, where the context can
+        (:meth:`LlamaContext.load_head`): for a decoder that reads a few columns of each."""
+        self.context.load_head()
+        self.columns = True
+
     def rewind(self, n_tokens: int) -> None:
         # The cache leaves with the next evaluation (on the scheduler's thread, before the batch).
         if n_tokens < len(self.tokens):
             self._drop_from = n_tokens if self._drop_from is None else min(self._drop_from, n_tokens)
             del self.tokens[n_tokens:]
 
-    def _evaluate(self, tokens: Sequence[int], outputs: list[int], embed: int | None = None) -> _Job:
-        job = _Job(self.seq, len(self.tokens), tokens, outputs, embed, self._drop_from)
+    def _evaluate(self, tokens: Sequence[int], outputs: list[int], full: bool) -> _Job:
+        job = _Job(self.seq, len(self.tokens), tokens, outputs, full, self._drop_from)
         self._drop_from = None
         try:
             self.context.evaluate(job)
@@ -404,21 +417,17 @@ class LlamaModel:
         return job
 
     def feed(
-        self, tokens: Sequence[int], *, all_logits: bool = False, logits: bool = True, outputs: Sequence[int] | None = None
-    ) -> np.ndarray:
-        """Append ``tokens``; the logits of the last (``all_logits``: of each; ``outputs``: of the
-        tokens at those indices, in order) — none with ``logits=False``."""
-        return self._feed(tokens, all_logits=all_logits, logits=logits, outputs=outputs)[0]
-
-    def _feed(
         self,
         tokens: Sequence[int],
         *,
         all_logits: bool = False,
         logits: bool = True,
         outputs: Sequence[int] | None = None,
-        embed: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        full: bool = False,
+    ) -> Rows:
+        """Append ``tokens``; the logits of the last (``all_logits``: of each; ``outputs``: of the
+        tokens at those indices, in order) — none with ``logits=False``. With ``full`` (or before
+        :meth:`compute_columns`) llama.cpp's whole rows, else possibly :class:`HeadRow` objects."""
         if not tokens:
             raise ValueError("nothing to evaluate")
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -430,73 +439,64 @@ class LlamaModel:
         starts = list(range(0, len(tokens), self.n_batch))
         if wanted and wanted[0] < starts[-1]:
             raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens at once")
-        if embed is not None and embed < starts[-1]:
-            raise ValueError(f"the hidden state must come from the last n_batch={self.n_batch} tokens")
+        full = full or not self.columns or not self.context.computes_columns
         job = None
         for start in starts:
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)
-            job = self._evaluate(
-                chunk, [i - start for i in wanted] if last else [], embed - start if last and embed is not None else None
-            )
+            job = self._evaluate(chunk, [i - start for i in wanted] if last else [], full)
         assert job is not None
+        self._hidden_rows = self._hidden = None
         if not wanted:
-            return np.empty((0, self.n_vocab), dtype=np.float32), job.hidden
-        rows = job.rows
-        assert rows is not None
-        if list(outputs) != wanted:  # the order asked for (duplicates included)
-            rows = rows[[wanted.index(i) for i in outputs]]
-        return rows, job.hidden
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        self._hidden_rows = job.hidden
+        self._hidden = job.hidden[-1] if job.hidden is not None else None
+        order = [wanted.index(i) for i in outputs] if list(outputs) != wanted else None  # duplicates included
+        if job.rows is not None:
+            return job.rows if order is None else job.rows[order]
+        assert job.hidden is not None and self.context.head is not None
+        rows = [HeadRow(self.context.head, hidden) for hidden in job.hidden]
+        return rows if order is None else [rows[i] for i in order]
 
-    def prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+    def full_row(self) -> np.ndarray:
+        """llama.cpp's whole logits row after the last token in the cache (that token is
+        evaluated again where its row came as a :class:`HeadRow`)."""
+        if not self.tokens:
+            raise BackendError("nothing evaluated yet")
+        last = self.tokens[-1]
+        self.rewind(len(self.tokens) - 1)
+        row: np.ndarray = self.feed([last], full=True)[0]  # type: ignore[assignment]  # full: an array
+        return row
+
+    def prefill(self, tokens: list[int]) -> tuple[Logits, int]:
         """Evaluate ``tokens`` reusing the cached common prefix; returns (last logits, tokens reused)."""
         rows, common = self.prefill_draft(tokens, [], ())
         return rows[0], common
 
-    def prefill_draft(self, tokens: list[int], draft: list[int], reads: Sequence[int]) -> tuple[np.ndarray, int]:
+    def prefill_draft(self, tokens: list[int], draft: list[int], reads: Sequence[int]) -> tuple[Rows, int]:
         """:meth:`prefill` with ``draft`` evaluated in the same batch as the prompt's uncached
         tokens; returns the logits after the prompt's last token, then after each drafted token
-        ``reads`` indexes (the hidden state, when kept, is the prompt's last token's)."""
-        context = self.context
+        ``reads`` indexes. The hidden state kept is the prompt's last token's."""
         common = reusable_prefix(self.tokens, tokens)
         self.rewind(common)
         rest = [*tokens[common:], *draft]
-        from_logits = self.keep_hidden and isinstance(context._inverse, tuple)
-        if len(rest) > self.n_batch or (self.keep_hidden and not from_logits):
-            # Embeddings make every token of a batch an output (the LM head on each): the prompt
-            # before its last token goes first without them.
+        if len(rest) > self.n_batch:
             if len(tokens) - common > 1:
                 self.feed(tokens[common:-1], logits=False)
             rest = [tokens[-1], *draft]
         last = len(rest) - len(draft) - 1  # the prompt's last token
-        outputs = [last, *(last + 1 + i for i in reads)]
-        if not self.keep_hidden:
-            return self.feed(rest, outputs=outputs), common
-        if from_logits:
-            rows = self.feed(rest, outputs=outputs)
-            self._hidden = self._from_logits(rows[0])
-            return rows, common
-        rows, hidden = self._feed(rest, outputs=outputs, embed=last)
-        self._hidden = hidden
-        if context._inverse is None:
-            context._inverse = context._head_inverse(rows[0], hidden)  # type: ignore[arg-type]
+        rows = self.feed(rest, outputs=[last, *(last + 1 + i for i in reads)])
+        self._hidden = self._hidden_rows[0] if self._hidden_rows is not None else None
         return rows, common
-
-    def _from_logits(self, logits: np.ndarray) -> np.ndarray:
-        return self.context._read_back(self.context._inverse, logits)  # type: ignore[arg-type]
 
     @property
     def hidden_width(self) -> int:
         return int(self.context.n_embd)
 
     def enable_hidden(self) -> None:
-        context = self.context
-        # Built here, at load (or read from the cache), not on the first request.
-        if context._built is None and context._inverse is None:
-            context._built = context._build_inverse()
-        self.keep_hidden = True
+        """Kept on every evaluation already (the context's callback reads llama.cpp's final norm)."""
 
     def hidden(self) -> np.ndarray:
         if self._hidden is None:
-            raise BackendError("no hidden state yet (enable_hidden(), then evaluate a prompt)")
+            raise BackendError("no hidden state yet (evaluate a prompt first; or llama.cpp's graph names no result_norm)")
         return self._hidden
