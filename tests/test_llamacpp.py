@@ -5,6 +5,8 @@ Runs offline: the base GGUF is assembled from its installed PyPI package, the ad
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 import warnings
@@ -607,3 +609,7 @@ def test_the_service_reports_how_requests_share_batches(live_server):
     counts = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("intentkit_llama_")}
     jobs, batches = counts["intentkit_llama_jobs"], counts["intentkit_llama_batches"]
     assert jobs >= len(MAIN_JOB) and 0 < batches <= jobs
+    # The Grafana dashboard charts only batch series such a service exports.
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    charted = {n for p in dashboard["panels"] for t in p["targets"] for n in re.findall(r"intentkit_llama_[a-z_]+", t["expr"])}
+    assert charted and charted <= set(counts), charted - set(counts)

@@ -498,5 +498,11 @@ class LlamaModel:
 
     def hidden(self) -> np.ndarray:
         if self._hidden is None:
-            raise BackendError("no hidden state yet (evaluate a prompt first; or llama.cpp's graph names no result_norm)")
+            if self.tokens:  # evaluated, yet the callback never saw the final norm
+                raise BackendError(
+                    "llama.cpp gave no final hidden state: its graph names no result_norm, or this "
+                    f"llama-cpp-python ({getattr(self.context.lc, '__version__', '?')}) lays out ggml tensors "
+                    "otherwise than the one intentkit reads them for"
+                )
+            raise BackendError("no hidden state yet (evaluate a prompt first)")
         return self._hidden
