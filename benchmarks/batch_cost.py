@@ -8,7 +8,9 @@ For each n: one batch of n prompts' uncached tokens (the utterance and the turn 
 10 tokens each, the shared system prompt cached per sequence) with one logits row each, then one
 batch of one decoding step per sequence; then, at n = 8, the prompt batch with a logits row on
 every token. A least-squares fit over those batches gives the fixed cost of a batch (reading the
-weights), the cost per token and per logits row (the output head over the vocabulary)."""
+weights), the cost per token and per logits row (the output head over the vocabulary). Then the
+same prompt batches as the router evaluates them (the logits computed from the hidden state,
+:class:`~intentkit.backends.llamacpp.head.HeadRow`): the cost of a row there."""
 
 from __future__ import annotations
 
@@ -73,12 +75,29 @@ def main() -> None:
         for r in range(args.rounds):
             group = [prompts[(r * n + k) % len(prompts)][shared:] for k in range(n)]
             timed([_Job(k, shared, rest, list(range(len(rest))), drop_from=shared) for k, rest in enumerate(group)])
+        # The same batches as the router evaluates them: hidden states, the logits read computed
+        # from the head's rows (HeadRow), not llama.cpp's head over the vocabulary.
+        fitted = len(samples)
+        context.load_head()
+        context._run([_Job(0, shared, prompts[0][shared:], [0], drop_from=shared)])  # checks the head
+        if context.computes_columns:
+            for r in range(args.rounds):
+                group = [prompts[(r * n + k) % len(prompts)][shared:] for k in range(n)]
+                timed([_Job(k, shared, t, list(range(len(t))), full=False, drop_from=shared) for k, t in enumerate(group)])
+                timed([_Job(k, shared, t, [len(t) - 1], full=False, drop_from=shared) for k, t in enumerate(group)])
     finally:
         context.close()
-    design = np.array([[b, t, w] for b, t, w, _ in samples], dtype=float)
-    fixed, per_token, per_row = np.linalg.lstsq(design, np.array([s for *_, s in samples]), rcond=None)[0] * 1e3
-    print(f"\nfit over {len(samples)} batches: {fixed:.1f} ms per batch + {per_token:.2f} ms per token", end="")
+    design = np.array([[b, t, w] for b, t, w, _ in samples[:fitted]], dtype=float)
+    fixed, per_token, per_row = np.linalg.lstsq(design, np.array([s for *_, s in samples[:fitted]]), rcond=None)[0] * 1e3
+    print(f"\nfit over {fitted} batches: {fixed:.1f} ms per batch + {per_token:.2f} ms per token", end="")
     print(f" + {per_row:.2f} ms per logits row")
+    columns = samples[fitted:]
+    if columns:
+        every = statistics.median(seconds for i, (*_, seconds) in enumerate(columns) if i % 2 == 0) * 1e3
+        one = statistics.median(seconds for i, (*_, seconds) in enumerate(columns) if i % 2 == 1) * 1e3
+        rows = statistics.median(w for i, (_, _, w, _) in enumerate(columns) if i % 2 == 0) - n
+        print(f"computing only the columns read ({n} sequences' prompts): a row on every token {every:.1f} ms, ", end="")
+        print(f"one row each {one:.1f} ms: {(every - one) / max(rows, 1):.2f} ms per extra row")
 
 
 if __name__ == "__main__":
