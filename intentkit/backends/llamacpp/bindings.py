@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +42,31 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-# The fields of ggml's tensor struct (ggml.h) that the evaluation callback reads: ne, data, name.
+# The fields of ggml's tensor struct (ggml.h) that the evaluation callback reads: type, ne, name.
 _TENSOR_NE, _TENSOR_DATA, _TENSOR_NAME = 16, 248, 256
 _RESULT_NORM = b"result_norm\0"  # every llama.cpp model graph names its final norm so
+
+
+def _tensor_reader(lc: Any) -> Callable[[int, np.ndarray], None] | None:
+    """Copies a float32 tensor's data into an array, wherever the tensor lives: ggml's
+    ``ggml_backend_tensor_get`` (a GPU build keeps the final norm in device memory, which the
+    host must not read directly); without it, a plain read on a build without GPU offload;
+    else ``None`` (no hidden state)."""
+    try:
+        from llama_cpp._ggml import libggml
+
+        get = libggml.ggml_backend_tensor_get
+        get.argtypes, get.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t], None
+        return lambda tensor, out: get(tensor, out.ctypes.data, 0, out.nbytes)
+    except (ImportError, AttributeError, OSError):
+        if lc.llama_supports_gpu_offload():
+            return None
+
+        def read(tensor: int, out: np.ndarray) -> None:
+            data = ctypes.cast(tensor + _TENSOR_DATA, ctypes.POINTER(ctypes.c_void_p))[0]
+            ctypes.memmove(out.ctypes.data, data, out.nbytes)
+
+        return read
 
 
 class LlamaContext:
@@ -90,6 +112,7 @@ class LlamaContext:
         # there when no job needs llama.cpp's logits (the head over the whole vocabulary).
         self._norm: list[np.ndarray] = []
         self._stop = False
+        self._read = _tensor_reader(lc)
         self._callback = lc.ggml_backend_sched_eval_callback(self._on_tensor)
         params.cb_eval = self._callback
         self.ctx = lc.llama_init_from_model(self.model, params)
@@ -177,11 +200,14 @@ class LlamaContext:
                 return False
             if ask:
                 return True
-            width, rows = ctypes.cast(tensor + _TENSOR_NE, ctypes.POINTER(ctypes.c_int64))[0:2]
-            data = ctypes.cast(tensor + _TENSOR_DATA, ctypes.POINTER(ctypes.c_void_p))[0]
-            if width == self.n_embd and rows and data:
-                pointer = ctypes.cast(data, ctypes.POINTER(ctypes.c_float))
-                self._norm.append(np.ctypeslib.as_array(pointer, shape=(rows, width)).copy())
+            kind = ctypes.c_int32.from_address(tensor).value
+            width, rows, *more = ctypes.cast(tensor + _TENSOR_NE, ctypes.POINTER(ctypes.c_int64))[0:4]
+            if self._read is None or kind != 0 or width != self.n_embd or more != [1, 1]:  # 0: GGML_TYPE_F32
+                return True  # no hidden state: the graph runs on, and decisions read whole rows
+            out = np.empty((rows, width), dtype=np.float32)
+            if rows:
+                self._read(tensor, out)
+            self._norm.append(out)
             return not self._stop
         except Exception:  # never stop llama.cpp's graph by accident; the hidden state is then missing
             return True
