@@ -52,6 +52,8 @@ class Head:
 
     def logits(self, prepared: tuple[np.ndarray, ...], tokens: np.ndarray) -> np.ndarray:
         """The logits of ``tokens`` (a 1-d array of ids) for a :meth:`prepare`\\ d hidden state."""
+        if not len(tokens):
+            return np.zeros(0, dtype=np.float32)
         rows = self.weights[tokens]
         if self.kind == _Q8_0:
             scale, values = prepared
