@@ -392,7 +392,7 @@ class LlamaModel:
         self.n_vocab, self.n_ctx, self.n_batch = context.n_vocab, context.n_ctx, context.n_batch
         self.tokens: list[int] = []
         self.columns = False
-        self._hidden: np.ndarray | None = None
+        self._hidden: np.ndarray | None = None  # at the last prompt's last token (prefill_draft)
         self._hidden_rows: np.ndarray | None = None  # the last evaluation's, one per output
         self._drop_from: int | None = None
 
@@ -472,11 +472,9 @@ class LlamaModel:
             last = start + len(chunk) == len(tokens)
             job = self._evaluate(chunk, [i - start for i in wanted] if last else [], full)
         assert job is not None
-        self._hidden_rows = self._hidden = None
+        self._hidden_rows = job.hidden if wanted else None
         if not wanted:
             return np.empty((0, self.n_vocab), dtype=np.float32)
-        self._hidden_rows = job.hidden
-        self._hidden = job.hidden[-1] if job.hidden is not None else None
         order = [wanted.index(i) for i in outputs] if list(outputs) != wanted else None  # duplicates included
         if job.rows is not None:
             return job.rows if order is None else job.rows[order]
