@@ -48,8 +48,8 @@ class LocalGenerator:
         self.scope: ScopeDetector | None = None
         #: Drafts the call from the nearest training utterance (``None``: decode step by step).
         self.drafts: DraftIndex | None = None
-        #: Draft again where the prompt's draft stops holding in the call's opening (False: the
-        #: prompt's draft only, as before; the answers are the same either way).
+        #: Draft again where the prompt's draft stops holding: in the call's opening and at later
+        #: parameters' openers (False: the prompt's draft only; the answers are the same either way).
         self.redraft = True
         self._hidden_on = False
         self._decoders: dict[str, ConstrainedDecoder] = {}
