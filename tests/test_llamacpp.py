@@ -134,6 +134,19 @@ def test_prompt_mismatch_warns_loudly():
         router.close()
 
 
+def test_short_texts_keep_their_tokenization(router):
+    context = router.backend._model.context
+    for text in ("客厅的灯", "turn on", "卧室", ""):
+        first = context.tokenize(text)
+        first.append(-1)  # a caller's list is its own: the kept tokenization does not change
+        again = context.tokenize(text)
+        assert again == first[:-1]
+        # special=True is never kept (each call tokenizes): plain text tokenizes the same either way
+        assert again == context.tokenize(text, special=True)
+    long = "把客厅的灯打开，再把卧室的空调调到二十六度，然后放一首周杰伦的歌"
+    assert context.tokenize(long) == context.tokenize(long, special=True) and long not in context._tokens
+
+
 def test_trimmed_vocabulary_tokenizes_like_the_full_one():
     from intentkit.backends.llamacpp.bundled import base_model_path
     from trainers.data import load_records

@@ -545,6 +545,8 @@ class ConstrainedDecoder:
         them, in one batch, to be taken as the prompt's draft is."""
         if self.model.holds(cursor.pending):  # type: ignore[attr-defined]
             return
+        if len(alive) == 1 and alive[0].end:  # the call is complete: nothing is left to decide
+            return
         chosen = alive[0].tokens[:done]
         openings = {(o.intent, o.param.name if o.param else None) for o in alive}
 
@@ -630,9 +632,12 @@ class ConstrainedDecoder:
                 best = int(probs.argmax())
                 cursor.decoded.sampled += 1
                 if scores is not None:
+                    by_token: dict[int, set[str]] = {}
+                    for o in alive:
+                        by_token.setdefault(o.tokens[pos], set()).add(o.intent)
                     for index, token in enumerate(branches):
                         if index != best:
-                            intents = {o.intent for o in alive if o.tokens[pos] == token}
+                            intents = by_token[token]
                             for intent in intents:
                                 scores[intent] = scores.get(intent, 0.0) + prob * float(probs[index]) / len(intents)
                 prob *= float(probs[best])
@@ -759,7 +764,7 @@ class ConstrainedDecoder:
             return self._source
         found: dict[int, bytes] = {}
         for start in range(len(utterance)):
-            for token in self.model.tokenize(utterance[start:]):  # not cached: utterances are unbounded
+            for token in self.model.tokenize(utterance[start:]):
                 if token not in found:
                     found[token] = self.model.piece(token)
             for end in range(start + 1, min(len(utterance), start + 16) + 1):

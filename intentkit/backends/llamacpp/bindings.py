@@ -45,6 +45,12 @@ class _Job:
 # The fields of ggml's tensor struct (ggml.h) that the evaluation callback reads: type, ne, name.
 _TENSOR_NE, _TENSOR_DATA, _TENSOR_NAME = 16, 248, 256
 _RESULT_NORM = b"result_norm\0"  # every llama.cpp model graph names its final norm so
+# The callback runs at each of the graph's nodes (727 for gemma-3-270m): the name's first 8 bytes
+# are compared as one integer (0.13 µs against 0.39 µs for reading them as bytes), the rest only then.
+_NAME_START = int.from_bytes(_RESULT_NORM[:8], "little")
+_u64_at = ctypes.c_uint64.from_address
+# Tokenizations kept per context: texts of at most this many characters, this many at most.
+_SHORT_TEXT, _SHORT_TEXTS_KEPT = 24, 20_000
 
 
 def _tensor_reader(lc: Any) -> Callable[[int, np.ndarray], None] | None:
@@ -136,6 +142,7 @@ class LlamaContext:
         self.batch = lc.llama_batch_init(n_batch * n_seq, 0, 1)
         self.n_embd = lc.llama_model_n_embd(self.model)
         self._pieces: dict[int, bytes] = {}
+        self._tokens: dict[str, tuple[int, ...]] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._path = path
         #: The output head read from the file (:meth:`load_head`), and whether it gives
@@ -150,6 +157,11 @@ class LlamaContext:
         return list(self._sequences)
 
     def tokenize(self, text: str, *, special: bool = False, bos: bool = False) -> list[int]:
+        # Short plain texts are kept: the decoder tokenizes the utterance's substrings (the pieces a
+        # copied value is written with), 20 to 40 per request, and utterances share most of them.
+        short = len(text) <= _SHORT_TEXT and not special and not bos
+        if short and (cached := self._tokens.get(text)) is not None:
+            return list(cached)
         data = text.encode()
         size = len(data) + 8
         buf = (self.lc.llama_token * size)()
@@ -158,7 +170,12 @@ class LlamaContext:
             size = -n
             buf = (self.lc.llama_token * size)()
             n = self.lc.llama_tokenize(self.vocab, data, len(data), buf, size, bos, special)
-        return list(buf[:n])
+        tokens = list(buf[:n])
+        if short:
+            if len(self._tokens) >= _SHORT_TEXTS_KEPT:
+                self._tokens.clear()
+            self._tokens[text] = tuple(tokens)
+        return tokens
 
     def piece(self, token: int) -> bytes:
         cached = self._pieces.get(token)
@@ -196,6 +213,8 @@ class LlamaContext:
 
     def _on_tensor(self, tensor: int, ask: bool, _: Any) -> bool:
         try:
+            if _u64_at(tensor + _TENSOR_NAME).value != _NAME_START:
+                return False
             if ctypes.string_at(tensor + _TENSOR_NAME, len(_RESULT_NORM)) != _RESULT_NORM:
                 return False
             if ask:
