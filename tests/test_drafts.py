@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,31 @@ def test_nearest_within_the_intents_the_model_chose(index):
     assert index.draft("查一下天气", intents=["weather_search"], fits=lambda call: "date" in call.kwargs) is not None
     assert index.draft("查一下天气", intents=["weather_search"], fits=lambda call: "room" in call.kwargs) is None
     assert index.draft("查一下天气", intents=["not_indexed"]) is None
+
+
+def test_rows_that_agree_outvote_the_nearest_one():
+    index = DraftIndex.from_outputs(
+        [
+            ("查查明天的天气", 'weather_search(date="明天")'),
+            ("查查上海明天的天气吧", 'weather_search(city="上海", date="明天")'),
+            ("查查北京明天的天气呀", 'weather_search(city="北京", date="明天")'),
+            ("播放音乐", "play_music()"),
+        ]
+    )
+    # The nearest row has no city; the next two, less near but together weightier, place one.
+    assert index.nearest("查查香港明天的天气")[0] == "查查明天的天气"
+    assert index.draft("查查香港明天的天气") == Draft("weather_search", (("city", "香港"), ("date", "明天")))
+
+
+def test_the_intent_is_drafted_from_all_of_its_rows():
+    # The bundled model's rows. On its dev set the nearest row alone drafted the intent the model
+    # answered for 67 % of requests; naive Bayes over every row of each intent for 70 %.
+    index = DraftIndex.load(Path(__file__).parent.parent / "models" / "smart-home" / DRAFTS_FILE)
+    # The most similar row of the two volume intents is a volume_down one.
+    utterance, call = index.nearest("请音量加大", intents=["volume_down", "volume_up"])
+    assert (utterance, call.name) == ("请音量调低", "volume_down")
+    assert index.intent("请音量加大") == "volume_up"
+    assert index.draft("请音量加大") == Draft("volume_up")
+    assert index.draft("stop the music") == Draft("music_exit")
+    assert index.draft("想听十年这首歌，谢谢") == Draft("music_query_player", (("song", "十年"),))
+    assert index.intent("zzzz") is None  # no feature indexed
