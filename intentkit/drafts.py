@@ -3,10 +3,11 @@
 Every decision the constrained decoder takes after the prompt is one more evaluation of the
 model, and on a CPU each costs about as much as the utterance's own tokens. Most requests,
 though, are phrased like a training utterance and answered like it: ``把客厅的灯打开`` like
-``把卧室的灯打开`` → ``light_on(room="卧室")``. :class:`DraftIndex` finds that utterance
-(characters weighted by how rare they are), carries its values over to the new one (the value's place in the
-training utterance, mapped through the two texts' alignment: ``卧室`` → ``客厅``), and returns
-a :class:`Draft`. The local backends evaluate the draft's tokens in
+``把卧室的灯打开`` → ``light_on(room="卧室")``. :class:`DraftIndex` finds such utterances (the
+intent by all of its rows, then the nearest rows of it by characters weighted by how rare they
+are), carries their values over to the new one (the value's place in the training utterance,
+mapped through the two texts' alignment: ``卧室`` → ``客厅``), and returns the :class:`Draft` they
+agree on. The local backends evaluate the draft's tokens in
 one batch with the prompt and then decode as always (:class:`~intentkit.backends.decoding.DraftedModel`):
 each decision that agrees with the draft is read from logits already computed; the first that
 does not drops the rest. A wrong draft costs its tokens in that batch, never the answer.
