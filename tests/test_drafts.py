@@ -121,3 +121,18 @@ def test_the_intent_is_drafted_from_all_of_its_rows():
     assert index.draft("stop the music") == Draft("music_exit")
     assert index.draft("想听十年这首歌，谢谢") == Draft("music_query_player", (("song", "十年"),))
     assert index.intent("zzzz") is None  # no feature indexed
+
+
+def test_a_carried_value_is_trimmed_of_what_the_rows_only_say_around_values():
+    index = DraftIndex.from_outputs(
+        [
+            ("永高股份的股票", 'stock_query(name="永高股份")'),
+            ("帮我查下中集集团行情", 'stock_query(name="中集集团")'),
+            ("查下同方股份走势", 'stock_query(name="同方股份")'),
+        ]
+    )
+    # Aligned with the nearest row, whose value opens it, the value would take in 查下: the other
+    # rows say 查 and 下 before their values and never inside one.
+    assert index.nearest("查下北京首创的股票", intents=["stock_query"])[0] == "永高股份的股票"
+    assert carry("永高股份", "永高股份的股票", "查下北京首创的股票") == "查下北京首创"
+    assert index.draft("查下北京首创的股票", intents=["stock_query"]) == Draft("stock_query", (("name", "北京首创"),))
