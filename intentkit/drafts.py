@@ -207,10 +207,9 @@ class DraftIndex:
     ) -> tuple[str, Call] | None:
         """The most similar indexed utterance and its call, when some row's similarity (0–1)
         reaches the cutoff: without ``intents``, among the rows of the intent :meth:`intent`
-        gives. With
-        ``intents`` (the model has narrowed the intent down to these), the most similar one
-        answered with one of them whose call ``fits`` (any of their rows shows the call's shape:
-        no cutoff)."""
+        gives. With ``intents`` (the model has narrowed the intent down to these), the most
+        similar one answered with one of them whose call ``fits`` (any of their rows shows the
+        call's shape: no cutoff)."""
         ranked = self._ranked(utterance, intents, fits, 1)
         if not ranked:
             return None
