@@ -34,6 +34,7 @@ import regex
 from .calls import NO_INTENT, Call, Value
 from .errors import ModelDirError, ParseError
 from .parser import parse_calls
+from .text import can_copy, whole_words
 
 __all__ = ["DEFAULT_CUTOFF", "DRAFTS_FILE", "Draft", "DraftIndex", "carry", "resolve_drafts"]
 
@@ -340,11 +341,12 @@ def _weights(grams: Counter[str], idf: dict[str, float], unseen: float) -> dict[
 
 
 def carry(value: str, source: str, target: str) -> str | None:
-    """``value``, said in ``source``, as ``target`` says it: itself when ``target`` holds it;
-    else the text of ``target`` in its place (the span mapped through the two utterances'
-    alignment: ``carry("卧室", "把卧室的灯打开", "把客厅的灯打开") == "客厅"``); ``None`` when the value
-    is not in ``source`` or its edges fall inside a changed stretch."""
-    if value in target:
+    """``value``, said in ``source``, as ``target`` says it: itself when ``target`` holds it as
+    whole words; else the text of ``target`` in its place (the span mapped through the two
+    utterances' alignment: ``carry("卧室", "把卧室的灯打开", "把客厅的灯打开") == "客厅"``), widened to
+    the words it cuts into; ``None`` when the value is not in ``source`` or its edges fall inside
+    a changed stretch."""
+    if value in target and can_copy(target, value):
         return value
     at = source.find(value)
     if at < 0 or not value:
@@ -353,6 +355,7 @@ def carry(value: str, source: str, target: str) -> str | None:
     start, end = _mapped(opcodes, at), _mapped(opcodes, at + len(value))
     if start is None or end is None or end <= start:
         return None
+    start, end = whole_words(target, start, end)  # a value is copied in whole words (decoding's rule)
     return target[start:end]
 
 

@@ -11,7 +11,7 @@ import unicodedata
 
 import regex
 
-__all__ = ["can_copy", "normalize_utterance", "occurrences", "word_boundaries"]
+__all__ = ["can_copy", "normalize_utterance", "occurrences", "whole_words", "word_boundaries"]
 
 _NOISE = regex.compile(r"[\p{P}\p{S}\s]+")
 # Letters of scripts written without spaces between words: every character boundary is a word boundary.
@@ -52,6 +52,16 @@ def word_boundaries(text: str) -> tuple[frozenset[int], frozenset[int]]:
     starts = frozenset(offsets[k] for k in range(len(text)) if not text[k].isspace() and not joined(k))
     ends = frozenset(offsets[k] for k in range(1, len(text) + 1) if not text[k - 1].isspace() and not joined(k))
     return starts, ends
+
+
+def whole_words(text: str, start: int, end: int) -> tuple[int, int]:
+    """The character span ``start:end`` of ``text`` widened to the words it cuts into, as
+    :func:`word_boundaries` draws them: ``0008`` in ``代码000800的`` widens to ``000800``."""
+    while 0 < start < len(text) and (cls := _word_class(text[start])) is not None and _word_class(text[start - 1]) == cls:
+        start -= 1
+    while 0 < end < len(text) and (cls := _word_class(text[end - 1])) is not None and _word_class(text[end]) == cls:
+        end += 1
+    return start, end
 
 
 def occurrences(text: bytes, value: bytes, starts: frozenset[int]) -> list[int]:

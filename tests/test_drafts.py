@@ -21,6 +21,8 @@ from intentkit.errors import ModelDirError
         ("明天", "明天杭州冷不冷", "后天上海冷不冷", "后天"),
         ("七点", "七点叫我", "帮我订个闹钟", None),  # nowhere to put it
         ("北京", "杭州天气", "上海天气", None),  # not in the source
+        ("0003", "代码0003的涨幅", "代码000800的股票", "000800"),  # whole numbers, as decoding copies them
+        ("Jay", "播放Jay的歌", "播放Jayden的歌", "Jayden"),
     ],
 )
 def test_carry_maps_a_value_through_the_alignment(value, source, target, expected):
