@@ -73,7 +73,8 @@ class DraftIndex:
     rows of that intent (:meth:`draft`). On SMP2020's held-back training rows the drafted intent
     was the answer's for 85.4 % of them, against 78.7 % for the nearest row alone, and the whole
     call for 53.3 % against 46.4 %; with carried values trimmed of the characters the intent's
-    rows only ever say around values (:meth:`_trimmed`), 57.8 %."""
+    rows only ever say around values (:meth:`_trimmed`), 57.8 %; with a value no alignment
+    places taken from the values the rows said (:meth:`_said`), 59.4 %."""
 
     def __init__(self, rows: Iterable[tuple[str, Call]], *, cutoff: float = DEFAULT_CUTOFF) -> None:
         seen: dict[str, Call] = {}
@@ -128,11 +129,15 @@ class DraftIndex:
         # (``查询下北京首创`` → ``北京首创``).
         self._inside: dict[tuple[str, str], Counter[str]] = {}
         self._outside: dict[str, Counter[str]] = {}
+        # Each parameter's values as said in the rows: where no row's alignment places a value,
+        # the longest of them the utterance says is drafted.
+        self._values: dict[tuple[str, str], set[str]] = {}
         for utterance, call in zip(self.utterances, self.calls, strict=True):
             covered = [False] * len(utterance)
             for key, value in call.kwargs.items():
                 if isinstance(value, str) and value and (at := utterance.find(value)) >= 0:
                     self._inside.setdefault((call.name, key), Counter()).update(value)
+                    self._values.setdefault((call.name, key), set()).add(value)
                     covered[at : at + len(value)] = [True] * len(value)
             self._outside.setdefault(call.name, Counter()).update(
                 c for c, inside in zip(utterance, covered, strict=True) if not inside
@@ -292,6 +297,20 @@ class DraftIndex:
             end -= 1
         return value[start:end]
 
+    def _said(self, utterance: str, intent: str, param: str) -> str | None:
+        """The longest of ``param``'s values in ``intent``'s rows that ``utterance`` says as
+        whole words (its substrings looked up, so the cost does not grow with the rows)."""
+        values = self._values.get((intent, param))
+        if not values:
+            return None
+        longest = max(len(v) for v in values)
+        for length in range(min(longest, len(utterance)), 0, -1):
+            for start in range(len(utterance) - length + 1):
+                text = utterance[start : start + length]
+                if text in values and can_copy(utterance, text):
+                    return text
+        return None
+
     def _carried(self, call: Call, nearest: str, utterance: str) -> Draft | None:
         if call.args:  # positional values: the decoder writes keywords
             return None
@@ -303,6 +322,8 @@ class DraftIndex:
             carried = carry(value, nearest, utterance) if isinstance(value, str) else value
             if isinstance(carried, str) and carried != value:
                 carried = self._trimmed(carried, call.name, key)
+            elif carried is None and isinstance(value, str):
+                carried = self._said(utterance, call.name, key)
             items.append((key, carried))
             if carried is None:
                 break

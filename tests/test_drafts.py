@@ -138,3 +138,14 @@ def test_a_carried_value_is_trimmed_of_what_the_rows_only_say_around_values():
     assert index.nearest("查下北京首创的股票", intents=["stock_query"])[0] == "永高股份的股票"
     assert carry("永高股份", "永高股份的股票", "查下北京首创的股票") == "查下北京首创"
     assert index.draft("查下北京首创的股票", intents=["stock_query"]) == Draft("stock_query", (("name", "北京首创"),))
+
+
+def test_a_value_no_alignment_places_is_one_the_rows_said_that_the_utterance_says(monkeypatch):
+    import intentkit.drafts
+
+    monkeypatch.setattr(intentkit.drafts, "_VOTERS", 1)  # the nearest row alone
+    index = DraftIndex.from_outputs([("七点叫我起床", 'set_alarm(time="七点")'), ("下午三点的会", 'set_alarm(time="下午三点")')])
+    assert index.nearest("叫我起床，下午三点", intents=["set_alarm"])[0] == "七点叫我起床"
+    assert carry("七点", "七点叫我起床", "叫我起床，下午三点") is None  # the value's place was deleted
+    assert index.draft("叫我起床，下午三点", intents=["set_alarm"]) == Draft("set_alarm", (("time", "下午三点"),))
+    assert index.draft("叫我起床，马上", intents=["set_alarm"]) == Draft("set_alarm", (("time", None),))  # nothing said
