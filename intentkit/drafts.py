@@ -112,8 +112,8 @@ class DraftIndex:
         # once; smoothing _ALPHA): it weighs every row of an intent, where the nearest row is one
         # row. Stored sparsely: per feature, the intents with rows that have it and log(1 + count / α).
         by_feature: dict[str, Counter[int]] = {}
-        for row, utterance in enumerate(self.utterances):
-            for feature in _features(utterance):
+        for row, (utterance, grams) in enumerate(zip(self.utterances, counts, strict=True)):
+            for feature in _features(utterance, grams):
                 by_feature.setdefault(feature, Counter())[int(self._row_intent[row])] += 1
         totals = np.zeros(len(names))
         self._bayes: dict[str, tuple[Any, Any]] = {}
@@ -194,10 +194,13 @@ class DraftIndex:
     def intent(self, utterance: str) -> str | None:
         """The intent naive Bayes over the indexed rows gives ``utterance`` (``None`` when none of
         its features is indexed)."""
+        return self._intent(utterance, _grams(utterance))
+
+    def _intent(self, utterance: str, grams: Counter[str]) -> str | None:
         import numpy as np
 
         ids, values = [], []
-        for feature in _features(utterance):
+        for feature in _features(utterance, grams):
             seen = self._bayes.get(feature)
             if seen is not None:
                 ids.append(seen[0])
@@ -230,7 +233,8 @@ class DraftIndex:
         import numpy as np
 
         rows, weights = [], []
-        for gram, weight in _weights(_grams(utterance), self._idf, self._unseen).items():
+        grams = _grams(utterance)
+        for gram, weight in _weights(grams, self._idf, self._unseen).items():
             posting = self._postings.get(gram)
             if posting is not None:
                 rows.append(posting[0])
@@ -241,7 +245,7 @@ class DraftIndex:
         if intents is None and float(scores.max()) < self.cutoff:  # nothing is near
             return []
         candidates = np.flatnonzero(scores > 0)
-        chosen = intents if intents is not None else [name for name in [self.intent(utterance)] if name is not None]
+        chosen = intents if intents is not None else [name for name in [self._intent(utterance, grams)] if name is not None]
         wanted = [self._intent_id[name] for name in chosen if name in self._intent_id]
         candidates = candidates[np.isin(self._row_intent[candidates], wanted)]
         order = candidates[np.argsort(-scores[candidates], kind="stable")].tolist()
@@ -342,10 +346,10 @@ def _fitting(order: list[int], scores: Any, fits: Callable[[Call], bool], calls:
     return kept
 
 
-def _features(text: str) -> set[str]:
-    """What naive Bayes weighs: the grams (:func:`_grams`) and the Latin-script words."""
+def _features(text: str, grams: Counter[str]) -> set[str]:
+    """What naive Bayes weighs: ``text``'s grams (:func:`_grams`) and its Latin-script words."""
     words = {f"w:{word}" for word in regex.findall(r"\p{Latin}+", text.casefold())}
-    return set(_grams(text)) | words
+    return set(grams) | words
 
 
 def _grams(text: str) -> Counter[str]:

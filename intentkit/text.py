@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 import regex
@@ -35,6 +36,7 @@ def _word_class(char: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # asked again for one utterance: each draft's values, each copied value
 def word_boundaries(text: str) -> tuple[frozenset[int], frozenset[int]]:
     """The byte offsets (UTF-8) of ``text`` where a value copied from it may start, and where it may
     end. A value never starts or ends on whitespace, nor between two letters (or two digits) of a
