@@ -307,8 +307,7 @@ class DraftIndex:
         values = self._values.get((intent, param))
         if not values:
             return None
-        longest = max(len(v) for v in values)
-        for length in range(min(longest, len(utterance)), 0, -1):
+        for length in range(len(utterance), 0, -1):
             for start in range(len(utterance) - length + 1):
                 text = utterance[start : start + length]
                 if text in values and can_copy(utterance, text):
