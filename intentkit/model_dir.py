@@ -10,6 +10,7 @@ CLI and the backends read it, all through :class:`ModelInfo`::
       keep_tokens.npy             optional: the vocabulary the deployment is trimmed to
       scope.npz                   optional: the out-of-scope detector
       drafts.jsonl                optional: the training rows answers are drafted from
+      drafts.crf                  optional: the slot tagger drafted values are read with
       README.md                   the model card
 
 The record carries :data:`SCHEMA_VERSION`; a record without one is version 1 (what intentkit

@@ -342,6 +342,8 @@ def test_cli_train_on_an_hf_directory(tiny_records, tiny_model, tmp_path):
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter.gguf").is_file()
     drafts = DraftIndex.load(out / "drafts.jsonl")  # the rows answers are drafted from
     assert sorted(drafts.utterances) == sorted({r["instruction"] for r in in_scope})
+    assert drafts.tagger is not None and drafts.tagger.path == out / "drafts.crf"  # and the slot tagger beside them
+    assert drafts.tagger.tag("查下杭州天气", "weather_search") == {"city": "杭州"}
     assert "out-of-scope detector: not fitted" in done.output and "--scope-from" in done.output
     assert not (out / "scope.npz").exists()
     assert "| `adapter.gguf` |" in (out / "README.md").read_text(encoding="utf-8")  # the card lists the export

@@ -18,6 +18,7 @@ from intentkit.drafts import DRAFTS_FILE
 from intentkit.errors import ModelDirError
 from intentkit.model_dir import KEEP_FILE, META_FILE, ModelInfo
 from intentkit.scope import SCOPE_FILE
+from intentkit.tagger import TAGGER_FILE
 
 from .evaluate import percent
 
@@ -37,6 +38,7 @@ _FILES = {
     SCOPE_FILE: "the out-of-scope detector: hidden states of the training utterances and the threshold",
     KEEP_FILE: "the token ids the llama.cpp deployment trims the base's vocabulary to",
     DRAFTS_FILE: "the training rows answers are drafted from (one batch with the prompt verifies the nearest one's call)",
+    TAGGER_FILE: "the slot tagger (CRFsuite) that reads drafted values from the utterance",
     META_FILE: "the training record: prompt and its fingerprint, intents, configuration, speed",
 }
 

@@ -20,6 +20,7 @@ from intentkit.errors import ExportError, MissingDependencyError
 from intentkit.model_dir import KEEP_FILE, META_FILE, ModelInfo
 from intentkit.prompt import PromptFormat
 from intentkit.scope import SCOPE_FILE
+from intentkit.tagger import TAGGER_FILE
 
 from .card import write_model_card
 
@@ -168,7 +169,7 @@ def _copy_meta(adapter_dir: Path, out: Path) -> None:
     if out.parent.resolve() == adapter_dir.resolve():
         write_model_card(adapter_dir)
         return
-    for name in (META_FILE, SCOPE_FILE, DRAFTS_FILE):
+    for name in (META_FILE, SCOPE_FILE, DRAFTS_FILE, TAGGER_FILE):
         if (adapter_dir / name).exists():
             shutil.copy(adapter_dir / name, out.parent / name)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from intentkit.drafts import DRAFTS_FILE, DraftIndex
 from intentkit.scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE, SCOPE_FILE, ScopeDetector
+from intentkit.tagger import TAGGER_FILE
 
 from .card import write_model_card
 from .config import DEFAULT_BASE, TrainConfig
@@ -209,6 +210,8 @@ def _write_rows(path: Path, records: Sequence[Record]) -> None:
 
 def write_drafts(model_dir: str | Path, records: Sequence[Record]) -> Path:
     """Write ``model_dir/drafts.jsonl``: the training rows answers are drafted from
-    (:mod:`intentkit.drafts`)."""
+    (:mod:`intentkit.drafts`), and the slot tagger trained on them, ``drafts.crf``
+    (:mod:`intentkit.tagger`; none where no intent has values said verbatim)."""
     index = DraftIndex.from_outputs((r.instruction, r.output) for r in records)
+    index.fit_tagger(Path(model_dir) / TAGGER_FILE)
     return index.save(Path(model_dir) / DRAFTS_FILE)
