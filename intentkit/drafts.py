@@ -79,7 +79,7 @@ class DraftIndex:
     call for 53.3 % against 46.4 %; with carried values trimmed of the characters the intent's
     rows only ever say around values (:meth:`_trimmed`), 57.8 %; with a value no alignment
     places taken from the values the rows said (:meth:`_said`), 59.4 %; with a slot tagger
-    (``tagger``, :meth:`fit_tagger`) reading the values of the intents it tags, 69.8 %."""
+    (``tagger``, :meth:`fit_tagger`) reading the values of the intents it tags, 69.5 %."""
 
     def __init__(
         self, rows: Iterable[tuple[str, Call]], *, cutoff: float = DEFAULT_CUTOFF, tagger: SlotTagger | None = None

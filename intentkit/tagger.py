@@ -6,8 +6,8 @@ any row, the alignment misplaces values or the rows disagree on which parameters
 linear-chain CRF (CRFsuite, through python-crfsuite) reads the utterance itself: each character
 is tagged ``B-param`` / ``I-param`` / ``O`` from the characters around it and the drafted intent,
 as slot fillers are in the published intent/slot systems. On SMP2020's held-back training rows
-the whole call was drafted right for 69.8 % of them with the tagger, against 59.4 % by carried
-values; on the dev set, the model's own answer for 67.5 % against 55.4 %.
+the whole call was drafted right for 69.5 % of them with the tagger, against 59.4 % by carried
+values; on the dev set, the model's own answer for 67.8 % against 55.4 %.
 
 The tagger is trained with the drafts (``intentkit train`` writes ``drafts.crf`` beside
 ``drafts.jsonl``: a few seconds for 3k rows, averaged perceptron) and only for the intents whose
@@ -32,12 +32,13 @@ __all__ = ["TAGGER_FILE", "SlotTagger", "ordered", "shapes_of", "spans_of", "tag
 TAGGER_FILE = "drafts.crf"
 # A parameter is tagged when at least this share of its values are said verbatim in their rows.
 _VERBATIM = 0.9
-# Averaged perceptron, this many passes: within a point of L-BFGS's best on SMP2020's held-back
-# rows (69.8 % of whole calls against 70.5 % after 200 iterations), in 6 s rather than 90 s.
+# Averaged perceptron, this many passes: as good as L-BFGS on SMP2020's held-back rows (69.8 %
+# of whole calls against 69.5 % after 200 iterations), in 6 s rather than 90 s.
 _ALGORITHM, _PASSES = "ap", 10
 # Features seen once are left out from this many tagged rows on: the model file is 2.6 times
-# smaller (1.5 MB for SMP2020's 2.7k rows) and drafts as many calls right (67.8 % of the dev
-# answers, against 66.6 %). In a few dozen rows, a feature seen once is most of the evidence.
+# smaller (1.5 MB for SMP2020's 2.7k rows, against 3.9 MB) for about as many calls drafted right
+# (held-back rows 69.5 % against 71.7 %, dev answers 67.8 % against 66.6 %). In a few dozen
+# rows, a feature seen once is most of the evidence.
 _PRUNED_FROM = 500
 
 
