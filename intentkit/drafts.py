@@ -37,7 +37,7 @@ import regex
 from .calls import NO_INTENT, Call, Value
 from .errors import ModelDirError, ParseError
 from .parser import parse_calls
-from .tagger import TAGGER_FILE, SlotTagger, ordered, shapes_of, taggable_intents
+from .tagger import TAGGER_FILE, SlotTagger, taggable_intents
 from .text import can_copy, whole_words
 
 __all__ = ["DEFAULT_CUTOFF", "DRAFTS_FILE", "Draft", "DraftIndex", "carry", "resolve_drafts"]
@@ -91,9 +91,7 @@ class DraftIndex:
         self.calls = list(seen.values())
         self.cutoff = cutoff
         self.tagger = tagger
-        pairs = list(zip(self.utterances, self.calls, strict=True))
-        self._taggable = taggable_intents(pairs)
-        self._shapes = shapes_of(pairs)
+        self._taggable = taggable_intents(zip(self.utterances, self.calls, strict=True))
         counts = [_grams(u) for u in self.utterances]
         frequency: Counter[str] = Counter(g for c in counts for g in c)
         n = len(counts)
@@ -143,7 +141,12 @@ class DraftIndex:
         # Each parameter's values as said in the rows: where no row's alignment places a value,
         # the longest of them the utterance says is drafted.
         self._values: dict[tuple[str, str], set[str]] = {}
+        # Each set of parameters an intent's rows answer with, in the order said most: a tagged
+        # draft's items are put in it (and a set no row answers with is not drafted).
+        orders: dict[tuple[str, frozenset[str]], Counter[tuple[str, ...]]] = {}
         for utterance, call in zip(self.utterances, self.calls, strict=True):
+            keys = tuple(call.kwargs)
+            orders.setdefault((call.name, frozenset(keys)), Counter())[keys] += 1
             covered = [False] * len(utterance)
             for key, value in call.kwargs.items():
                 if isinstance(value, str) and value and (at := utterance.find(value)) >= 0:
@@ -153,6 +156,7 @@ class DraftIndex:
             self._outside.setdefault(call.name, Counter()).update(
                 c for c, inside in zip(utterance, covered, strict=True) if not inside
             )
+        self._orders = {shape: seen.most_common(1)[0][0] for shape, seen in orders.items()}
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -315,10 +319,10 @@ class DraftIndex:
         if self.tagger is None or intent not in self._taggable:
             return None
         spans = self.tagger.tag(utterance, intent)
-        items = ordered(spans, self._shapes.get(intent, {}))
-        if items is None or not all(can_copy(utterance, value) for _, value in items):
+        order = self._orders.get((intent, frozenset(spans)))
+        if order is None or not all(can_copy(utterance, spans[key]) for key in order):
             return None
-        return Draft(intent, tuple(items))
+        return Draft(intent, tuple((key, spans[key]) for key in order))
 
     def _trimmed(self, value: str, intent: str, param: str) -> str:
         """``value`` without the characters at its edges that ``intent``'s rows only ever say

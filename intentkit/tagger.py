@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .calls import Call
 from .errors import ModelDirError
 
-__all__ = ["TAGGER_FILE", "SlotTagger", "ordered", "shapes_of", "spans_of", "tag_labels", "taggable_intents"]
+__all__ = ["TAGGER_FILE", "SlotTagger", "spans_of", "tag_labels", "taggable_intents"]
 
 #: The file name inside a model directory (beside ``drafts.jsonl``).
 TAGGER_FILE = "drafts.crf"
@@ -162,22 +162,6 @@ class SlotTagger:
         with self._lock:
             labels = self._tagger.tag(items)
         return spans_of(utterance, labels)
-
-
-def shapes_of(rows: Iterable[tuple[str, Call]]) -> dict[str, dict[frozenset[str], tuple[str, ...]]]:
-    """Per intent, each set of keyword parameters its rows answer with, in the order said most."""
-    orders: dict[str, dict[frozenset[str], Counter[tuple[str, ...]]]] = {}
-    for _, call in rows:
-        keys = tuple(call.kwargs)
-        orders.setdefault(call.name, {}).setdefault(frozenset(keys), Counter())[keys] += 1
-    return {name: {keys: seen.most_common(1)[0][0] for keys, seen in by_set.items()} for name, by_set in orders.items()}
-
-
-def ordered(spans: Mapping[str, str], shapes: Mapping[frozenset[str], tuple[str, ...]]) -> list[tuple[str, Any]] | None:
-    """``spans`` as call items in the order the intent's rows say them; ``None`` when no row
-    answers with exactly these parameters."""
-    order = shapes.get(frozenset(spans))
-    return None if order is None else [(key, spans[key]) for key in order]
 
 
 def _import() -> Any:
