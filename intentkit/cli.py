@@ -424,6 +424,10 @@ def train(
     select_on: Annotated[
         str, typer.Option(help="loss | exact: keep the weights with the lowest dev loss or the highest dev exact match")
     ] = _default("select_on"),
+    average_decay: Annotated[
+        list[float] | None,
+        typer.Option(help=_help("average_decays") + "; repeat the option for several"),
+    ] = None,
     share_prefix: Annotated[bool, typer.Option(help=_help("share_prefix"))] = _default("share_prefix"),
     precision: Annotated[str, typer.Option(help=_help("precision"))] = _default("precision"),
     trimmed_head: Annotated[bool, typer.Option(help=_help("trimmed_head"))] = _default("trimmed_head"),
@@ -446,6 +450,8 @@ def train(
     from trainers.pipeline import build_model
 
     options = {name: value for name, value in locals().items() if name in TrainConfig.model_fields}
+    if average_decay is not None:
+        options["average_decays"] = average_decay
     config = TrainConfig.model_validate(options)
     records = [record for path in data for record in load_records(path)]
     dev_records = load_records(dev) if dev else []
@@ -470,7 +476,9 @@ def train(
     chosen_on = "held-back" if holdout and dev_records is not built.train_dev else "dev"
     if result.kept:
         typer.echo(
-            f"kept the weights of step {result.kept['step']}: {chosen_on} loss {result.kept['dev_loss']:.4f}, "
+            f"kept the weights of step {result.kept['step']}"
+            + (f" ({result.kept['weights']})" if "weights" in result.kept else "")
+            + f": {chosen_on} loss {result.kept['dev_loss']:.4f}, "
             f"exact match {result.kept['dev_exact']:.2%}"
         )
     for note in built.notes:

@@ -67,6 +67,9 @@ class DevEvaluation(pydantic.BaseModel):
     step: int
     dev_loss: float | None = None
     dev_exact: float | None = None
+    averages: dict[str, dict[str, float]] = pydantic.Field(
+        default_factory=dict, description="averaged weights evaluated beside them: name -> dev_loss, dev_exact"
+    )
 
 
 class ModelInfo(pydantic.BaseModel):
@@ -84,7 +87,9 @@ class ModelInfo(pydantic.BaseModel):
     prompt: dict[str, Any] | None = pydantic.Field(None, description="PromptFormat.to_dict() of the prompt trained on")
     intents: list[str] = pydantic.Field(default_factory=list)
     config: dict[str, Any] = pydantic.Field(default_factory=dict, description="the TrainConfig of the run")
-    best: dict[str, int | float] = pydantic.Field(default_factory=dict, description="the step whose weights were kept")
+    best: dict[str, int | float | str] = pydantic.Field(
+        default_factory=dict, description="the evaluation whose weights were kept ('weights': which average, if one)"
+    )
     train_seconds: float | None = None
     train_tokens: int | None = None
     tokens_per_second: float | None = None

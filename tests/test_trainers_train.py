@@ -188,17 +188,25 @@ def test_resume_continues_from_the_checkpoint(tiny_records, tiny_model, tmp_path
     assert resumed.steps == 12 and len(resumed.history) == 12 and resumed.resumed_from == 8
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
+@pytest.mark.parametrize(("grad_accum", "averages"), [(1, []), (2, []), (1, [0.8])])
 def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
-    tiny_records, tiny_model, tmp_path: Path, grad_accum: int
+    tiny_records, tiny_model, tmp_path: Path, grad_accum: int, averages: list[float]
 ) -> None:
     """Ctrl-C (SIGINT) mid-epoch: the step finishes, a checkpoint is written and KeyboardInterrupt
-    raised; the same call resumes it with the batches, weights, optimizer and best evaluation an
-    uninterrupted run has at that point, and ends with the same adapter."""
+    raised; the same call resumes it with the batches, weights, optimizer, averaged weights and
+    best evaluation an uninterrupted run has at that point, and ends with the same adapter."""
     import os
     import signal
 
-    config = TrainConfig(epochs=3, batch_size=2, grad_accum=grad_accum, learning_rate=5e-2, lora_r=4, eval_every=3)
+    config = TrainConfig(
+        epochs=3,
+        batch_size=2,
+        grad_accum=grad_accum,
+        learning_rate=5e-2,
+        lora_r=4,
+        eval_every=3,
+        average_decays=averages,
+    )
     whole = train(
         tiny_records, tmp_path / "whole", config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False
     )
@@ -223,11 +231,84 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_where_an_uninterrupt
     resumed = train(tiny_records, stopped, config, dev=tiny_records[:4], model_and_tokenizer=tiny_model(), progress=False)
     assert resumed.resumed_from == 5 and resumed.steps == whole.steps
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
+    for after, before in zip(resumed.history, whole.history, strict=True):
+        assert (
+            after.get("averages", {}).keys()
+            == before.get("averages", {}).keys()
+            == ({"average 0.8"} if averages and "dev_loss" in before else set())
+        )
+        for name, score in before.get("averages", {}).items():
+            assert after["averages"][name]["dev_loss"] == pytest.approx(score["dev_loss"], rel=1e-5)
     assert resumed.kept is not None and whole.kept is not None and resumed.kept["step"] == whole.kept["step"]
     final, expected = _adapter(stopped), _adapter(tmp_path / "whole")
     assert final.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(final[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_averaged_weights_are_evaluated_beside_the_trained_ones_and_kept_when_better(
+    tiny_records, tiny_model, tmp_path: Path
+) -> None:
+    """Each evaluation scores the trained weights and every average; the weights saved are the
+    best of them (here an average: a high rate makes the trained weights jump around), and they
+    are the exponentially weighted, bias-corrected mean of every step's weights, computed here
+    from the weights seen after each step."""
+    model, tokenizer = tiny_model()
+    decay = 0.7
+    config = TrainConfig(
+        epochs=6,
+        learning_rate=3.0,
+        batch_size=4,
+        lora_r=4,
+        lora_dropout=0.0,
+        eval_every=4,
+        select_on="loss",
+        average_decays=[decay],
+    )
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def lora_weights() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    result = train(
+        tiny_records,
+        tmp_path,
+        config,
+        dev=tiny_records[:4],
+        model_and_tokenizer=(model, tokenizer),
+        progress=False,
+        on_step=lambda record: seen.append(lora_weights()),
+    )
+    evaluations = [h for h in result.history if "dev_loss" in h]
+    assert len(evaluations) == 6 and all(h["averages"].keys() == {"average 0.7"} for h in evaluations)
+    candidates = [({"step": h["step"], "dev_loss": h["dev_loss"], "dev_exact": h["dev_exact"]}, None) for h in evaluations] + [
+        ({"step": h["step"], **h["averages"]["average 0.7"], "weights": "average 0.7"}, h["step"]) for h in evaluations
+    ]
+    kept, averaged_at = min(candidates, key=lambda c: (c[0]["dev_loss"], c[1] is not None))
+    assert result.kept == kept
+    assert averaged_at is not None, "the case this test is for: an average kept"
+    steps = seen[:averaged_at]
+    weights = [(1 - decay) * decay ** (len(steps) - 1 - i) for i in range(len(steps))]
+    expected = {n: sum(w * s[n] for w, s in zip(weights, steps, strict=True)) / sum(weights) for n in steps[0]}
+    saved = _adapter(tmp_path)  # peft's names: the wrapper's prefix, no adapter name
+    assert saved.keys() == {"base_model.model." + name.replace(".default", "") for name in expected}
+    for name, value in expected.items():
+        torch.testing.assert_close(saved["base_model.model." + name.replace(".default", "")], value, rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(seen[-1][name], value) for name, value in expected.items())  # not the last weights
+    meta = json.loads((tmp_path / "intentkit.json").read_text(encoding="utf-8"))
+    assert meta["best"]["weights"] == "average 0.7" and meta["dev_evaluations"][0]["averages"]["average 0.7"]["dev_loss"] > 0
+    assert "(average 0.7)" in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
+def test_averages_need_data_to_choose_on(tiny_records, tiny_model, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"average_decays.*dev or held-back data"):
+        train(tiny_records, tmp_path, TrainConfig(average_decays=[0.9]), model_and_tokenizer=tiny_model(), progress=False)
+
+
+@pytest.mark.parametrize("decays", [[1.0], [0.0], [0.9, 0.9]])
+def test_an_average_decay_must_lie_in_0_1_and_appear_once(decays: list[float]) -> None:
+    with pytest.raises(ValueError, match="average"):
+        TrainConfig(average_decays=decays)
 
 
 @pytest.mark.parametrize(
@@ -348,9 +429,13 @@ def test_cli_train_on_an_hf_directory(tiny_records, tiny_model, tmp_path):
     assert not (out / "scope.npz").exists()
     assert "| `adapter.gguf` |" in (out / "README.md").read_text(encoding="utf-8")  # the card lists the export
 
-    done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--lora-r", "4", "--no-scope"])
+    averaged = ["--average-decay", "0.9", "--average-decay", "0.99", "--dev", str(tmp_path / "train.jsonl"), "--holdout", "0"]
+    done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--lora-r", "4", "--no-scope", *averaged])
     assert done.exit_code == 0, done.output
     assert "out-of-scope detector" not in done.output
+    assert json.loads((out / "intentkit.json").read_text(encoding="utf-8"))["config"]["average_decays"] == [0.9, 0.99]
+    done = CliRunner().invoke(app, [*args, "--average-decay", "1.5"])
+    assert done.exit_code != 0 and "strictly between 0 and 1" in done.output
 
     done = CliRunner().invoke(app, [*args, "--batch-size", "4", "--method", "full", "--out", str(tmp_path / "full")])
     assert done.exit_code == 0, done.output  # trained and saved; the export needs the base as GGUF

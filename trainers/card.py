@@ -130,8 +130,9 @@ def _training(info: ModelInfo) -> list[str]:
     best = info.best
     if {"step", "dev_loss"} <= best.keys():
         on = info.data.chosen_on if info.data else "dev"
-        exact = percent(best.get("dev_exact"))
-        rows.append(("kept", f"step {best['step']:g}: {on} loss {best['dev_loss']:.4f}, {on} exact match {exact}"))
+        exact = percent(float(best["dev_exact"]) if "dev_exact" in best else None)
+        weights = f" ({best['weights']})" if "weights" in best else ""
+        rows.append(("kept", f"step {best['step']:g}{weights}: {on} loss {best['dev_loss']:.4f}, {on} exact match {exact}"))
     if info.prompt:
         prompt = info.prompt
         rows.append(("prompt", f"template `{prompt.get('template')}`, fingerprint `{prompt.get('fingerprint')}`"))

@@ -47,6 +47,11 @@ class TrainConfig(pydantic.BaseModel):
         description="what picks the weights kept and drives early stopping: dev exact match (the share of dev "
         "answers greedy decoding reproduces token for token; ties go to the lower loss), or dev loss",
     )
+    average_decays: list[float] = pydantic.Field(
+        default_factory=list,
+        description="decays of exponential moving averages of the weights, each evaluated beside the trained "
+        "weights at every held-back evaluation; the best of them all is kept (e.g. 0.99: about the last 100 steps)",
+    )
     save_every: int | None = pydantic.Field(None, description="steps between resumable checkpoints")
     seed: int = 42
     threads: int | None = None
@@ -71,6 +76,16 @@ class TrainConfig(pydantic.BaseModel):
         description="the order of keyword arguments in the answers trained on: 'utterance' writes them in the "
         "order their values occur in the utterance (the same calls), 'as_given' as the data has them",
     )
+
+    @pydantic.field_validator("average_decays")
+    @classmethod
+    def _decays(cls, decays: list[float]) -> list[float]:
+        for decay in decays:
+            if not 0.0 < decay < 1.0:
+                raise ValueError(f"an average's decay must lie strictly between 0 and 1, not {decay}")
+        if len(set(decays)) != len(decays):
+            raise ValueError(f"average_decays names a decay twice: {decays}")
+        return decays
 
     @pydantic.model_validator(mode="after")
     def _alpha(self) -> TrainConfig:

@@ -23,11 +23,13 @@ The prompt comes from :mod:`intentkit.prompt`; its fingerprint is saved next to 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,7 @@ from intentkit.errors import ConfigError, DataError
 from intentkit.hf import cache_name, quiet_peft
 from intentkit.model_dir import ModelInfo
 
+from .averaging import WeightAverage
 from .base import load_base, qlora_device
 from .card import write_model_card
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, run_identity, save_checkpoint, stop_on_interrupt
@@ -64,8 +67,8 @@ class TrainResult:
     steps: int
     train_tokens: int
     seconds: float
-    history: list[dict[str, float]]
-    kept: dict[str, float] | None = None  # the dev evaluation whose weights were saved
+    history: list[dict[str, Any]]
+    kept: dict[str, Any] | None = None  # the dev evaluation whose weights were saved ('weights': an average)
     resumed_from: int = 0  # the checkpoint's step when the run continued one
     vocabulary: list[int] | None = None  # the token ids the softmax was trained over (None: all)
 
@@ -359,8 +362,15 @@ def train(
         optimizer,
         lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
     )
+    if config.average_decays and not dev_examples:
+        raise ConfigError(
+            "average_decays: averaged weights are kept only when they score better, which needs dev or held-back data"
+        )
+    averages = [WeightAverage(params, decay) for decay in config.average_decays]
     run = run_identity(config, examples, dev_examples)
     state = load_checkpoint(output_dir, model, optimizer, scheduler, run)
+    for average, saved in zip(averages, state.get("averages", []), strict=False):
+        average.load_state_dict(saved)
     step, tokens, history = state["step"], state["tokens"], state["history"]
     resumed_from = step
     best, bad_evals = state.get("best"), state.get("bad_evals", 0)
@@ -397,16 +407,19 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                for average in averages:
+                    average.update()
                 step += 1
                 elapsed = time.perf_counter() - started
-                record = {
+                record: dict[str, Any] = {
                     "step": step,
                     "loss": loss_sum,
                     "lr": scheduler.get_last_lr()[0],
                     "tokens_per_s": run_tokens / elapsed if elapsed else 0.0,
                 }
                 if dev_examples and (step % eval_every == 0 or step == total_steps):
-                    dev_eval = evaluate_dev(
+                    evaluate = partial(
+                        evaluate_dev,
                         model,
                         dev_examples,
                         config.batch_size,
@@ -416,19 +429,43 @@ def train(
                         head=head,
                         autocast=amp,
                     )
+                    dev_eval = evaluate()
                     record["dev_loss"], record["dev_exact"] = dev_eval.loss, dev_eval.exact_rate
-                    improved = best is None or _rank(record, config) < _rank(best, config)
+                    # The trained weights first: an average is kept only when it scores strictly better.
+                    candidates: list[tuple[dict[str, Any], WeightAverage | None]] = [(record, None)]
+                    for average in averages:
+                        with average.applied():
+                            scored = evaluate()
+                        record.setdefault("averages", {})[average.name] = {
+                            "dev_loss": scored.loss,
+                            "dev_exact": scored.exact_rate,
+                        }
+                        candidates.append(
+                            (
+                                {"step": step, "dev_loss": scored.loss, "dev_exact": scored.exact_rate, "weights": average.name},
+                                average,
+                            )
+                        )
+                    chosen, chosen_average = min(candidates, key=lambda c: _rank(c[0], config))
+                    improved = best is None or _rank(chosen, config) < _rank(best, config)
                     if improved:
-                        best, bad_evals = record, 0
-                        _save(model, tokenizer, output_dir, config, prompt, records, record)
+                        best, bad_evals = chosen, 0
+                        with chosen_average.applied() if chosen_average is not None else contextlib.nullcontext():
+                            kept = {k: v for k, v in chosen.items() if k != "averages"}
+                            _save(model, tokenizer, output_dir, config, prompt, records, kept)
                     else:
                         bad_evals += 1
                         stop = config.patience is not None and bad_evals >= config.patience
                     if bar is not None:
+                        averaged = "".join(
+                            f"; {name}: {score['dev_loss']:.4f}, {score['dev_exact']:.2%}"
+                            for name, score in record.get("averages", {}).items()
+                        )
+                        which = f" ({chosen.get('weights', 'trained weights')})" if averages else ""
                         bar.write(
                             f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): {dev_name} loss "
-                            f"{record['dev_loss']:.4f}, exact match {record['dev_exact']:.2%}"
-                            + (" (best, saved)" if improved or best is None else f" (best: step {best['step']})")
+                            f"{record['dev_loss']:.4f}, exact match {record['dev_exact']:.2%}{averaged}"
+                            + (f" (best{which}, saved)" if improved else f" (best: step {best['step'] if best else '-'})")
                         )
                 history.append(record)
                 if bar is not None:
@@ -437,7 +474,12 @@ def train(
                 if on_step is not None:
                     on_step(record)
                 if (config.save_every and step % config.save_every == 0) or interrupted():
-                    position = {"epoch_rng": epoch_rng, "offset": start + len(group), "bad_evals": bad_evals}
+                    position = {
+                        "epoch_rng": epoch_rng,
+                        "offset": start + len(group),
+                        "bad_evals": bad_evals,
+                        "averages": [a.state_dict() for a in averages],
+                    }
                     save_checkpoint(
                         output_dir,
                         model,
@@ -480,7 +522,7 @@ def train(
                 "files": sorted({r.source.rsplit(":", 1)[0] for r in records}),
             },
             "dev_evaluations": [
-                {k: r[k] for k in ("step", "dev_loss", "dev_exact") if k in r} for r in history if "dev_loss" in r
+                {k: r[k] for k in ("step", "dev_loss", "dev_exact", "averages") if k in r} for r in history if "dev_loss" in r
             ],
         },
     )
