@@ -431,22 +431,7 @@ def train(
                     )
                     dev_eval = evaluate()
                     record["dev_loss"], record["dev_exact"] = dev_eval.loss, dev_eval.exact_rate
-                    # The trained weights first: an average is kept only when it scores strictly better.
-                    candidates: list[tuple[dict[str, Any], WeightAverage | None]] = [(record, None)]
-                    for average in averages:
-                        with average.applied():
-                            scored = evaluate()
-                        record.setdefault("averages", {})[average.name] = {
-                            "dev_loss": scored.loss,
-                            "dev_exact": scored.exact_rate,
-                        }
-                        candidates.append(
-                            (
-                                {"step": step, "dev_loss": scored.loss, "dev_exact": scored.exact_rate, "weights": average.name},
-                                average,
-                            )
-                        )
-                    chosen, chosen_average = min(candidates, key=lambda c: _rank(c[0], config))
+                    chosen, chosen_average = _choose(record, averages, evaluate, config)
                     improved = best is None or _rank(chosen, config) < _rank(best, config)
                     if improved:
                         best, bad_evals = chosen, 0
@@ -573,6 +558,23 @@ def evaluate_dev(
             exact += (wrong == 0).tolist()
     model.train()
     return DevEval(total / max(1, count), exact)
+
+
+def _choose(
+    record: dict[str, Any], averages: Sequence[WeightAverage], evaluate: Callable[[], DevEval], config: TrainConfig
+) -> tuple[dict[str, Any], WeightAverage | None]:
+    """The best of the trained weights (``record``, already scored) and each average, scored
+    here and written into ``record["averages"]``; the trained weights win ties."""
+    chosen: tuple[dict[str, Any], WeightAverage | None] = (record, None)
+    for average in averages:
+        with average.applied():
+            scored = evaluate()
+        score = {"dev_loss": scored.loss, "dev_exact": scored.exact_rate}
+        record.setdefault("averages", {})[average.name] = score
+        candidate = {"step": record["step"], **score, "weights": average.name}
+        if _rank(candidate, config) < _rank(chosen[0], config):
+            chosen = (candidate, average)
+    return chosen
 
 
 def _rank(record: dict[str, Any], config: TrainConfig) -> tuple[float, ...]:
