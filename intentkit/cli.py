@@ -401,6 +401,12 @@ def train(
             "out-of-scope threshold); 0: choose on --dev",
         ),
     ] = 0.1,
+    holdout_seed: Annotated[
+        int,
+        typer.Option(
+            help="seed of the draw of held-back rows, apart from --seed: runs that differ only in --seed choose on the same rows"
+        ),
+    ] = 42,
     base: Annotated[str, typer.Option(help=_help("base"))] = _default("base"),
     method: Annotated[str, typer.Option(help="lora | qlora | full")] = _default("method"),
     epochs: float = _default("epochs"),
@@ -462,6 +468,7 @@ def train(
             config,
             dev=dev_records,
             holdout=holdout,
+            holdout_seed=holdout_seed,
             export=export,
             trim_vocabulary=trim_vocabulary,
             scope=scope,

@@ -53,3 +53,21 @@ def test_no_trimmed_vocabulary_trains_the_whole_softmax(tmp_path, fresh_base, mo
     )
     assert result.train.vocabulary is None and not (tmp_path / "keep_tokens.npy").exists()
     assert ModelInfo.load(tmp_path).softmax_vocabulary is None
+
+
+def test_the_held_back_rows_do_not_move_with_the_training_seed(tmp_path, tiny_model, monkeypatch) -> None:
+    trained = pipeline.train
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: trained(*a, model_and_tokenizer=tiny_model(), **k))
+    records = [r for r in load_records(DEMO / "train.jsonl") if r.calls][::16]
+
+    def held_back(seed: int, **options) -> str:
+        out = tmp_path / f"{seed}-{options}"
+        config = TrainConfig(epochs=1, batch_size=8, lora_r=4, seed=seed)
+        pipeline.build_model(
+            records, out, config, holdout=0.2, export=False, trim_vocabulary=False, progress=False, say=lambda _: None, **options
+        )
+        return (out / pipeline.HOLDOUT_FILE).read_text(encoding="utf-8")
+
+    first = held_back(1)
+    assert first == held_back(2) and len(first.splitlines()) > 5
+    assert held_back(1, holdout_seed=3) != first

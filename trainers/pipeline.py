@@ -19,11 +19,22 @@ from .data import Record
 from .progress import progress_bar
 from .train import TrainResult, train
 
-__all__ = ["DEFAULT_HOLDOUT", "HOLDOUT_FILE", "BuildResult", "build_model", "fit_model_scope", "split_holdout", "write_drafts"]
+__all__ = [
+    "DEFAULT_HOLDOUT",
+    "DEFAULT_HOLDOUT_SEED",
+    "HOLDOUT_FILE",
+    "BuildResult",
+    "build_model",
+    "fit_model_scope",
+    "split_holdout",
+    "write_drafts",
+]
 
 #: The share of the training rows held back, by default, to choose on: early stopping, the weights
 #: kept, the out-of-scope detector's threshold. What a run reports on (``dev``) chooses nothing.
 DEFAULT_HOLDOUT = 0.1
+#: The held-back rows are drawn with this seed whatever the training seed (intentkit 0.2 drew them with the training seed).
+DEFAULT_HOLDOUT_SEED = 42
 HOLDOUT_FILE = "holdout.jsonl"
 #: Intents with fewer rows than this keep them all for training.
 _HOLDOUT_MIN_ROWS = 5
@@ -69,6 +80,7 @@ def build_model(
     *,
     dev: Sequence[Record] = (),
     holdout: float = 0.0,
+    holdout_seed: int = DEFAULT_HOLDOUT_SEED,
     export: bool = True,
     trim_vocabulary: bool = True,
     scope: bool | None = None,
@@ -89,12 +101,14 @@ def build_model(
     ``holdout``: hold back that share of ``records`` (:func:`split_holdout`, written to
     ``holdout.jsonl``) and choose on it, not on ``dev``: early stopping, the weights kept and the
     detector's threshold (unless ``calibration`` is given). ``dev`` is then left for the report
-    alone, an estimate no choice was made on."""
+    alone, an estimate no choice was made on. The rows held back are drawn with ``holdout_seed``,
+    not the training seed, so runs that differ only in ``config.seed`` choose on the same rows and
+    can be compared on them."""
     from .export import deployment_vocabulary, export_full_gguf, export_gguf_lora, save_vocabulary
 
     config = config or TrainConfig()
     out = Path(out)
-    records, held = split_holdout(records, holdout, seed=config.seed) if holdout else (list(records), [])
+    records, held = split_holdout(records, holdout, seed=holdout_seed) if holdout else (list(records), [])
     if held:
         _write_rows(out / HOLDOUT_FILE, held)
         say(f"held back {len(held)} of {len(records) + len(held)} training rows to choose on ({out / HOLDOUT_FILE})")
