@@ -27,7 +27,7 @@ from typing import Annotated, Any, TypeVar
 import pydantic
 import typer
 
-from trainers.config import TrainConfig
+from trainers.config import DEFAULT_HOLDOUT, DEFAULT_HOLDOUT_SEED, TrainConfig
 
 from .backends.factory import load_backend
 from .errors import (
@@ -400,13 +400,13 @@ def train(
             help="share of the training rows held back to choose on (early stopping, the weights kept, the "
             "out-of-scope threshold); 0: choose on --dev",
         ),
-    ] = 0.1,
+    ] = DEFAULT_HOLDOUT,
     holdout_seed: Annotated[
         int,
         typer.Option(
             help="seed of the draw of held-back rows, apart from --seed: runs that differ only in --seed choose on the same rows"
         ),
-    ] = 42,
+    ] = DEFAULT_HOLDOUT_SEED,
     base: Annotated[str, typer.Option(help=_help("base"))] = _default("base"),
     method: Annotated[str, typer.Option(help="lora | qlora | full")] = _default("method"),
     epochs: float = _default("epochs"),

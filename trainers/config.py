@@ -7,9 +7,15 @@ from typing import Literal
 
 import pydantic
 
-__all__ = ["DEFAULT_BASE", "TrainConfig"]
+__all__ = ["DEFAULT_BASE", "DEFAULT_HOLDOUT", "DEFAULT_HOLDOUT_SEED", "TrainConfig"]
 
 DEFAULT_BASE = "default"
+#: The share of the training rows held back, by default, to choose on: early stopping, the weights
+#: kept, the out-of-scope detector's threshold. What a run reports on (``dev``) chooses nothing.
+DEFAULT_HOLDOUT = 0.1
+#: The held-back rows are drawn with this seed whatever the training seed (intentkit 0.2 drew them
+#: with the training seed).
+DEFAULT_HOLDOUT_SEED = 42
 
 
 class TrainConfig(pydantic.BaseModel):

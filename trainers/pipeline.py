@@ -14,7 +14,7 @@ from intentkit.scope import DEFAULT_CONFIDENCE_WEIGHT, DEFAULT_QUANTILE, SCOPE_F
 from intentkit.tagger import TAGGER_FILE
 
 from .card import write_model_card
-from .config import DEFAULT_BASE, TrainConfig
+from .config import DEFAULT_BASE, DEFAULT_HOLDOUT, DEFAULT_HOLDOUT_SEED, TrainConfig
 from .data import Record
 from .progress import progress_bar
 from .train import TrainResult, train
@@ -30,17 +30,14 @@ __all__ = [
     "write_drafts",
 ]
 
-#: The share of the training rows held back, by default, to choose on: early stopping, the weights
-#: kept, the out-of-scope detector's threshold. What a run reports on (``dev``) chooses nothing.
-DEFAULT_HOLDOUT = 0.1
-#: The held-back rows are drawn with this seed whatever the training seed (intentkit 0.2 drew them with the training seed).
-DEFAULT_HOLDOUT_SEED = 42
 HOLDOUT_FILE = "holdout.jsonl"
 #: Intents with fewer rows than this keep them all for training.
 _HOLDOUT_MIN_ROWS = 5
 
 
-def split_holdout(records: Sequence[Record], fraction: float, *, seed: int = 42) -> tuple[list[Record], list[Record]]:
+def split_holdout(
+    records: Sequence[Record], fraction: float, *, seed: int = DEFAULT_HOLDOUT_SEED
+) -> tuple[list[Record], list[Record]]:
     """``(train, held back)``: ``fraction`` of each intent's rows (out-of-scope rows as one
     more intent), drawn at random with ``seed``; an intent with fewer than five rows keeps them
     all. The split is a function of the rows and the seed alone, so a resumed run gets the same."""
