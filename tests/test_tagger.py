@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import sys
 import threading
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from intentkit.calls import Call
 from intentkit.drafts import DRAFTS_FILE, Draft, DraftIndex
 from intentkit.errors import ModelDirError
+from intentkit.parser import parse_calls
 from intentkit.tagger import TAGGER_FILE, SlotTagger, spans_of, tag_labels, taggable_intents
 
 BUNDLED = Path(__file__).parent.parent / "models" / "smart-home"
@@ -121,6 +124,22 @@ def test_no_values_to_tag_writes_no_tagger(tmp_path):
     index = DraftIndex.from_outputs([("我想听音乐", "play_music()"), ("音量调到30", "volume(level=30)")])
     assert index.fit_tagger(path) is None
     assert not path.exists() and index.tagger is None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the C library's rand() is reached through the process's symbols")
+def test_the_same_rows_give_the_same_tagger_whatever_ran_before(tmp_path):
+    """CRFsuite shuffles with the C library's rand(): whatever else in the process drew from it
+    (here 1,000 draws) must not change the tagger the same rows train."""
+    rows = [(utterance, parse_calls(output)[0]) for utterance, output in weather_rows() if output]
+    libc = ctypes.CDLL(None)
+    trained = []
+    for draws in (0, 1, 1000):
+        for _ in range(draws):
+            libc.rand()
+        path = tmp_path / f"after-{draws}.crf"
+        assert SlotTagger.fit(rows, path) is not None
+        trained.append(path.read_bytes())
+    assert trained[0] == trained[1] == trained[2]
 
 
 def test_tagging_from_threads_gives_each_its_own_answer(tagged):
