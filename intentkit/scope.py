@@ -155,11 +155,17 @@ class ScopeDetector:
     def width(self) -> int:
         return int(self.features.shape[1])
 
-    def distances(self, features: np.ndarray, *, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def distances(
+        self, features: np.ndarray, *, exclude_self: bool = False, exclude: Sequence[Sequence[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Cosine distance of each row to its nearest indexed row, and that row's index.
 
-        ``exclude_self``: ``features`` are the indexed rows themselves (leave-one-out)."""
+        ``exclude_self``: ``features`` are the indexed rows themselves (leave-one-out).
+        ``exclude``: per row of ``features``, the indexed rows it is not measured against (its
+        own entries, where it is also indexed)."""
         query = self._query(features)
+        if exclude is not None and len(exclude) != len(query):
+            raise ValueError(f"exclude names {len(exclude)} rows' entries for {len(query)} rows")
         best = np.empty(len(query), dtype=np.float32)
         where = np.empty(len(query), dtype=np.int64)
         for start in range(0, len(query), 1024):  # bounded memory for large calibration sets
@@ -167,6 +173,8 @@ class ScopeDetector:
             if exclude_self:
                 rows = np.arange(start, start + len(sims))
                 sims[np.arange(len(sims)), rows] = -np.inf
+            for i, entries in enumerate(exclude[start : start + len(sims)] if exclude is not None else ()):
+                sims[i, list(entries)] = -np.inf
             where[start : start + len(sims)] = sims.argmax(1)
             best[start : start + len(sims)] = sims.max(1)
         return 1.0 - best, where
@@ -212,14 +220,19 @@ class ScopeDetector:
         *,
         calibration: np.ndarray | None = None,
         calibration_confidences: Sequence[float] | np.ndarray | None = None,
+        calibration_indexed: Sequence[Sequence[int]] | None = None,
         confidence_weight: float = DEFAULT_CONFIDENCE_WEIGHT,
         quantile: float = DEFAULT_QUANTILE,
         info: dict[str, Any] | None = None,
     ) -> ScopeDetector:
         """Index ``features``; the threshold is the ``quantile`` of in-scope distances.
 
-        ``calibration``: features of in-scope utterances not in the index (a dev file). Without
-        it, each indexed row is measured against the others. ``calibration_confidences``: the
+        ``calibration``: features of in-scope utterances the model was not trained on (a dev file,
+        the rows held back from training). Without it, each indexed row is measured against the
+        others. ``calibration_indexed``: per calibration row, the indexed rows that are the same
+        utterance (none for most dev files), left out when it is measured: the held-back rows can
+        join the index and still set the threshold, each as an utterance the index has not seen.
+        ``calibration_confidences``: the
         model's intent confidence for each calibration row; with them the threshold bounds the
         combined score (:class:`ConfidenceEvidence`, ``confidence_weight``) instead of the
         distance. ``quantile`` is the share of such in-scope utterances kept in scope (0.975:
@@ -229,9 +242,14 @@ class ScopeDetector:
         detector = cls(features, intents, threshold=np.inf)
         if calibration_confidences is not None and (calibration is None or len(calibration_confidences) != len(calibration)):
             raise ValueError("calibration_confidences needs one confidence per calibration row")
+        if calibration_indexed is not None and (calibration is None or len(calibration_indexed) != len(calibration)):
+            raise ValueError("calibration_indexed needs one list of indexed rows per calibration row")
         if calibration is not None and len(calibration):
-            distances, _ = detector.distances(calibration)
+            distances, _ = detector.distances(calibration, exclude=calibration_indexed)
             source = f"{len(calibration)} held-out in-scope utterances"
+            indexed_too = sum(bool(rows) for rows in calibration_indexed or ())
+            if indexed_too:
+                source += f", {indexed_too} of them also indexed and measured against the others"
             if calibration_confidences is not None:
                 evidence = ConfidenceEvidence(distances, np.asarray(calibration_confidences), confidence_weight)
                 distances = np.array([evidence.score(d, c) for d, c in zip(distances, calibration_confidences, strict=True)])

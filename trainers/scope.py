@@ -40,9 +40,13 @@ def fit_scope(
     """Index ``records``' in-scope utterances through ``backend`` (one with ``hidden_state``:
     llama.cpp or transformers) and calibrate the threshold on ``calibration``'s in-scope rows.
 
-    With calibration rows and ``confidence_weight > 0`` each of them is also decoded (with the
-    backend's detector off) for its intent confidence; a backend that reports none (unconstrained
-    decoding) gives a distance-only detector, as does no calibration file."""
+    A calibration row whose utterance is also among ``records`` is measured against the other
+    indexed rows, not its own entry: the rows ``intentkit train`` held back are indexed with the
+    rest and still calibrate as utterances the index has not seen, and a whole training file may be
+    given beside the rows held back from it. With calibration rows and ``confidence_weight > 0``
+    each of them is also decoded (with the backend's detector off) for its intent confidence; a
+    backend that reports none (unconstrained decoding) gives a distance-only detector, as does no
+    calibration file."""
     if not hasattr(backend, "hidden_state"):
         raise TypeError(f"{type(backend).__name__} exposes no hidden states; use the llama.cpp or transformers backend")
     indexed = [r for r in records if r.calls]
@@ -50,24 +54,33 @@ def fit_scope(
         where = records[0].source.rsplit(":", 1)[0] if records else "the training data"
         raise DataError(where, "no in-scope rows to index")
     held_out = [r for r in calibration if r.calls]
+    entries: dict[str, list[int]] = {}
+    for i, record in enumerate(indexed):
+        entries.setdefault(record.instruction, []).append(i)
+    also_indexed = [entries.get(r.instruction, []) for r in held_out]
     registry = build_registry(records)
     catalog = registry.catalog
     weigh_confidence = bool(held_out) and confidence_weight > 0
-    total = len(indexed) + len(held_out) * (2 if weigh_confidence else 1)
+    unseen = [r for r, rows in zip(held_out, also_indexed, strict=True) if not rows]
+    total = len(indexed) + len(unseen) + (len(held_out) if weigh_confidence else 0)
 
-    def features(rows: Sequence[Record], done: int) -> np.ndarray:
+    def features(rows: Sequence[Record], done: int) -> list[np.ndarray]:
         out = []
         for i, record in enumerate(rows, 1):
             out.append(backend.hidden_state(record.instruction, catalog))
             if progress:
                 progress(done + i, total)
-        return np.stack(out)
+        return out
 
-    train_features = features(indexed, 0)
-    calibration_features = features(held_out, len(indexed)) if held_out else None
+    train_features = np.stack(features(indexed, 0))
+    measured = iter(features(unseen, len(indexed)))
+    # A calibration row that is indexed has its hidden state there already.
+    calibration_features = (
+        np.stack([train_features[rows[0]] if rows else next(measured) for rows in also_indexed]) if held_out else None
+    )
     confidences = None
     if weigh_confidence:
-        confidences = _confidences(backend, held_out, registry, len(indexed) + len(held_out), total, progress)
+        confidences = _confidences(backend, held_out, registry, len(indexed) + len(unseen), total, progress)
     intents = ["+".join(call.name for call in r.calls) for r in indexed]
     info = {"model": str(getattr(backend, "loaded_path", "") or getattr(backend, "source", "")), "indexed": len(indexed)}
     return ScopeDetector.fit(
@@ -75,6 +88,7 @@ def fit_scope(
         intents,
         calibration=calibration_features,
         calibration_confidences=confidences,
+        calibration_indexed=also_indexed if any(also_indexed) else None,
         confidence_weight=confidence_weight,
         quantile=quantile,
         info=info,
