@@ -246,6 +246,8 @@ class ScopeDetector:
             raise ValueError("calibration_indexed needs one list of indexed rows per calibration row")
         if calibration is not None and len(calibration):
             distances, _ = detector.distances(calibration, exclude=calibration_indexed)
+            if not np.all(np.isfinite(distances)):
+                raise ConfigError("a calibration utterance is every indexed row: nothing else to measure it against")
             source = f"{len(calibration)} held-out in-scope utterances"
             indexed_too = sum(bool(rows) for rows in calibration_indexed or ())
             if indexed_too:

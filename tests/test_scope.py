@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from intentkit.errors import ConfigError
 from intentkit.scope import SCOPE_FILE, ConfidenceEvidence, ScopeDetector, ScopeFileError, resolve_scope
 
 
@@ -67,6 +68,8 @@ def test_calibration_rows_that_are_indexed_are_measured_against_the_others():
     assert unexcluded.threshold == pytest.approx(0.0, abs=1e-5)  # what it guards against: each row finds itself
     with pytest.raises(ValueError, match="calibration_indexed"):
         ScopeDetector.fit(rows, intents, calibration=held_out, calibration_indexed=[[0]])
+    with pytest.raises(ConfigError, match="nothing else to measure"):
+        ScopeDetector.fit(rows[:2], intents[:2], calibration=rows[:1], calibration_indexed=[[0, 1]])
 
 
 def test_save_and_load_round_trip(tmp_path):
