@@ -164,15 +164,14 @@ class ScopeDetector:
         ``exclude``: per row of ``features``, the indexed rows it is not measured against (its
         own entries, where it is also indexed)."""
         query = self._query(features)
+        if exclude_self:
+            exclude = [[i] for i in range(len(query))]
         if exclude is not None and len(exclude) != len(query):
             raise ValueError(f"exclude names {len(exclude)} rows' entries for {len(query)} rows")
         best = np.empty(len(query), dtype=np.float32)
         where = np.empty(len(query), dtype=np.int64)
         for start in range(0, len(query), 1024):  # bounded memory for large calibration sets
             sims = query[start : start + 1024] @ self.features.T
-            if exclude_self:
-                rows = np.arange(start, start + len(sims))
-                sims[np.arange(len(sims)), rows] = -np.inf
             for i, entries in enumerate(exclude[start : start + len(sims)] if exclude is not None else ()):
                 sims[i, list(entries)] = -np.inf
             where[start : start + len(sims)] = sims.argmax(1)
