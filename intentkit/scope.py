@@ -165,6 +165,8 @@ class ScopeDetector:
         own entries, where it is also indexed)."""
         query = self._query(features)
         if exclude_self:
+            if exclude is not None:
+                raise ValueError("exclude_self and exclude both name the entries to leave out: give one")
             exclude = [[i] for i in range(len(query))]
         if exclude is not None and len(exclude) != len(query):
             raise ValueError(f"exclude names {len(exclude)} rows' entries for {len(query)} rows")

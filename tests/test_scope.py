@@ -44,6 +44,8 @@ def test_leave_one_out_does_not_match_a_row_with_itself():
     distances, nearest = detector.distances(rows, exclude_self=True)
     assert list(nearest) == [2, 2, 0]
     assert distances[0] > 0
+    with pytest.raises(ValueError, match="give one"):
+        detector.distances(rows, exclude_self=True, exclude=[[1], [0], [1]])
 
 
 def test_calibration_rows_that_are_indexed_are_measured_against_the_others():
